@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates everything kb needs on a fresh machine of this kind: system packages, .venv, default models.
+# Idempotent: a second run only checks. Used by `make setup` (and so by `make run`, `make test` and .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+# System packages: OCR for scanned pages (Chinese too), PDF rasterising, file-type sniffing.
+APT_PACKAGES=(tesseract-ocr tesseract-ocr-chi-sim poppler-utils libmagic1)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "==> apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=.venv/.kb-setup
+inputs=$(cat requirements/*.txt pyproject.toml deploy/setup.sh deploy/en_core_web_sm_shim/pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
+  echo "==> creating .venv"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements/main.txt -r requirements/test.txt
+  .venv/bin/pip install -q --no-deps -r requirements/nodeps.txt
+  .venv/bin/pip install -q --no-deps ./deploy/en_core_web_sm_shim
+  .venv/bin/pip install -q --no-deps -e .
+  # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` beside the CPU torch;
+  # text models need none of them, and triton is unused on CPU.
+  .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  echo "$inputs" > "$stamp"
+fi
+
+echo "==> preparing default models"
+.venv/bin/kb prepare

@@ -1,0 +1,1 @@
+"""The write path: partition -> chunk -> embed -> index, driven by durable jobs in the registry."""

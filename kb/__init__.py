@@ -1,0 +1,1 @@
+"""kb: shared core (settings, domain models, ports and adapters)."""

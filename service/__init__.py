@@ -1,0 +1,1 @@
+"""The read path and every front door (HTTP API, CLI, web page, Slack)."""

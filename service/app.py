@@ -1,0 +1,61 @@
+"""create_app(settings) -> Litestar. The lifespan opens the adapters, starts the generator and the ingest worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.response import File
+
+from kb.container import Container
+from kb.settings import Settings
+from service.routes.ask import ask
+from service.routes.documents import DocumentController
+from service.routes.health import healthz, readyz
+from service.routes.search import search
+from service.state import Services
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).parent / "web"
+
+
+def _services(state: State) -> Services:
+    return state.services
+
+
+@get("/", include_in_schema=False)
+async def index_page() -> File:
+    return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type="text/html")
+
+
+def create_app(settings: Settings | None = None, *, with_generator: bool = True) -> Litestar:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        container = await asyncio.to_thread(Container.open, settings)
+        try:
+            services = await Services.open(container, with_generator=with_generator)
+            app.state.services = services
+            services.worker.start()
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(services.worker.stop)
+        finally:
+            await container.aclose()
+
+    return Litestar(
+        route_handlers=[DocumentController, search, ask, healthz, readyz, index_page],
+        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        lifespan=[lifespan],
+        request_max_body_size=settings.ingest.max_upload_bytes * 4,
+        openapi_config=OpenAPIConfig(title="kb", version="0.1.0", path="/schema"),
+    )

@@ -1,0 +1,216 @@
+"""The `kb` command: a front door like the HTTP routes, on the same data directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kb: answers from your documents, with citations.")
+console = Console(stderr=True)
+out = Console()
+
+_SKIP_NAMES = {".DS_Store", "Thumbs.db"}
+
+
+def _settings():  # noqa: ANN202 - heavy imports stay out of the entry module's top level (vLLM spawns)
+    from kb.settings import Settings
+
+    return Settings()
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p for p in sorted(path.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.name not in _SKIP_NAMES
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise typer.BadParameter(f"{path}: no such file or directory")
+    return found
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+) -> None:
+    """Run the API, the web page and the ingest worker on the data directory."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.datadir import DataDirLock
+
+    settings = _settings()
+    lock = DataDirLock(settings.resolved_data_dir)
+    if not lock.try_acquire():
+        console.print(f"[red]error:[/] {lock.busy_message()}")
+        raise typer.Exit(2)
+    try:
+        lock.publish_server(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        lock.release()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders")],
+    group: Annotated[list[str], typer.Option("--group", "-g", help="Access group (repeatable)")] = [],  # noqa: B006
+) -> None:
+    """Ingest files and folders; exits non-zero if any file failed, naming each failure."""
+    from service.cli_backends import open_backend
+
+    files = _files(paths)
+    if not files:
+        console.print("[red]error:[/] no files found")
+        raise typer.Exit(2)
+    backend = open_backend(_settings(), with_generator=False)
+    results: dict[str, dict[str, Any]] = {}
+    rejected: list[tuple[Path, str]] = []
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console,
+        ) as progress:
+            task = progress.add_task("ingesting", total=len(files))
+            submitted: dict[str, Path] = {}
+            for path in files:
+                try:
+                    document = backend.submit(path, group)
+                except Exception as exc:  # a rejected upload is reported, the rest go on
+                    rejected.append((path, str(exc)))
+                    progress.advance(task)
+                    continue
+                submitted[document["document_id"]] = path
+                if document["status"] in ("ready", "failed"):
+                    results[document["document_id"]] = document
+                    progress.advance(task)
+
+            def on_update(document: dict[str, Any]) -> None:
+                if document["status"] in ("ready", "failed") and document["document_id"] not in results:
+                    results[document["document_id"]] = document
+                    progress.advance(task)
+                    progress.update(task, description=f"ingested {document['filename']}")
+
+            for document in backend.wait(list(submitted), on_update):
+                on_update(document)
+    finally:
+        backend.close()
+
+    table = Table(title="kb ingest")
+    for column in ("file", "status", "pages", "chunks", "error"):
+        table.add_column(column)
+    failures = len(rejected)
+    for document_id, path in submitted.items():
+        document = results.get(document_id, {})
+        status = document.get("status", "?")
+        failures += status != "ready"
+        style = "green" if status == "ready" else "red"
+        table.add_row(str(path), f"[{style}]{status}[/]", str(document.get("pages") or ""),
+                      str(document.get("chunks") or ""), document.get("error") or "")
+    for path, error in rejected:
+        table.add_row(str(path), "[red]rejected[/]", "", "", error)
+    console.print(table)
+    console.print(f"{len(files) - failures} ready, {failures} failed")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: str,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Retrieve the passages that best match a query."""
+    from service.cli_backends import open_backend
+
+    backend = open_backend(_settings(), with_generator=False)
+    try:
+        result = backend.search(query, top_k)
+    finally:
+        backend.close()
+    if as_json:
+        print(json.dumps({"passages": result["passages"]}, ensure_ascii=False))
+        return
+    for i, passage in enumerate(result["passages"], 1):
+        where = passage["filename"] + (f" p.{passage['page']}" if passage.get("page") else "")
+        out.print(f"[bold]{i}. {where}[/]  score={passage['score']:.3f}")
+        out.print(passage["text"][:400], markup=False)
+        out.print()
+
+
+@app.command()
+def ask(
+    question: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Answer a question from the documents, with citations."""
+    from service.cli_backends import open_backend
+
+    backend = open_backend(_settings(), with_generator=True)
+    try:
+        answer = backend.ask(question)
+    finally:
+        backend.close()
+    if as_json:
+        print(json.dumps(answer, ensure_ascii=False))
+        return
+    out.print(answer["answer"], markup=False)
+    if answer["citations"]:
+        out.print()
+        for c in answer["citations"]:
+            where = c["filename"] + (f", page {c['page']}" if c.get("page") else "")
+            out.print(f"[{c['n']}] {where}: {c['snippet'][:200]}", markup=False)
+
+
+@app.command()
+def documents(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """List documents with their status, error, pages and chunks."""
+    from service.cli_backends import open_backend
+
+    backend = open_backend(_settings(), with_generator=False)
+    try:
+        docs = backend.documents()
+    finally:
+        backend.close()
+    if as_json:
+        print(json.dumps({"documents": docs}, ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("document_id", "filename", "status", "pages", "chunks", "error"):
+        table.add_column(column)
+    for d in docs:
+        table.add_row(d["document_id"], d["filename"], d["status"], str(d.get("pages") or ""),
+                      str(d.get("chunks") or ""), d.get("error") or "")
+    out.print(table)
+
+
+@app.command()
+def prepare() -> None:
+    """Prepare the default models (convert SmolLM2 once) so that the first start is fast."""
+    from kb.container import embedder_model_path, generator_model_path
+
+    settings = _settings()
+    console.print(f"embedder: {embedder_model_path(settings)}")
+    console.print(f"generator: {generator_model_path(settings)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What the CLI talks to: the data directory itself (when no server owns it) or the server that does."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from kb.settings import Settings
+from service.datadir import DataDirLock
+
+TERMINAL = {"ready", "failed"}
+OnUpdate = Callable[[dict[str, Any]], None]
+
+
+class CliBackend(Protocol):
+    def submit(self, path: Path, groups: list[str]) -> dict[str, Any]: ...
+
+    def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]: ...
+
+    def documents(self) -> list[dict[str, Any]]: ...
+
+    def search(self, query: str, top_k: int) -> dict[str, Any]: ...
+
+    def ask(self, question: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Opens the data directory in this process, which holds its lock."""
+
+    def __init__(self, settings: Settings, lock: DataDirLock, *, with_generator: bool) -> None:
+        from kb.container import Container
+        from service.state import Services
+
+        self._lock = lock
+        self._loop = asyncio.new_event_loop()
+        self._container = Container.open(settings)
+        self._services = self._loop.run_until_complete(
+            Services.open(self._container, with_generator=with_generator)
+        )
+
+    def submit(self, path: Path, groups: list[str]) -> dict[str, Any]:
+        submitted = self._services.pipeline.submit(path.name, path.read_bytes(), groups=groups)
+        return {**submitted.document.to_dict(), "duplicate": submitted.duplicate}
+
+    def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]:
+        registry = self._container.registry
+        # Jobs left unfinished by an earlier run are taken too: the queue is shared and durable.
+        while self._services.worker.run_once():
+            for document_id in document_ids:
+                document = registry.get_document(document_id)
+                if document is not None:
+                    on_update(document.to_dict())
+        return [d.to_dict() for d in (registry.get_document(i) for i in document_ids) if d is not None]
+
+    def documents(self) -> list[dict[str, Any]]:
+        return [d.to_dict() for d in self._container.registry.list_documents()]
+
+    def search(self, query: str, top_k: int) -> dict[str, Any]:
+        result = self._services.retrieval.search_sync(query, top_k)
+        return {"passages": [p.to_dict() for p in result.passages], "relevant": result.relevant}
+
+    def ask(self, question: str) -> dict[str, Any]:
+        if self._services.answers is None:
+            raise RuntimeError("opened without a generator")
+        return self._loop.run_until_complete(self._services.answers.ask(question)).to_dict()
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(self._container.aclose())
+            self._loop.close()
+        finally:
+            self._lock.release()
+
+
+class HttpBackend:
+    """Hands the work to the `kb serve` that owns the data directory."""
+
+    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=timeout)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if self._client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {base_url} owns the data directory but is not ready")
+            time.sleep(0.5)
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise RuntimeError(f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def submit(self, path: Path, groups: list[str]) -> dict[str, Any]:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as fh:
+            data = {"groups": ",".join(groups)} if groups else None
+            body = self._json(self._client.post("/v1/documents", files={"files": (path.name, fh, content_type)}, data=data))
+        if body["rejected"] and not body["documents"]:
+            raise RuntimeError(body["rejected"][0]["error"])
+        return body["documents"][0]
+
+    def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]:
+        latest: dict[str, dict[str, Any]] = {}
+        while True:
+            for document_id in document_ids:
+                if latest.get(document_id, {}).get("status") in TERMINAL:
+                    continue
+                document = self._json(self._client.get(f"/v1/documents/{document_id}"))
+                if latest.get(document_id) != document:
+                    on_update(document)
+                latest[document_id] = document
+            if all(d.get("status") in TERMINAL for d in latest.values()) and len(latest) == len(document_ids):
+                return [latest[i] for i in document_ids]
+            time.sleep(0.5)
+
+    def documents(self) -> list[dict[str, Any]]:
+        return self._json(self._client.get("/v1/documents"))["documents"]
+
+    def search(self, query: str, top_k: int) -> dict[str, Any]:
+        return self._json(self._client.post("/v1/search", json={"query": query, "top_k": top_k}))
+
+    def ask(self, question: str) -> dict[str, Any]:
+        return self._json(self._client.post("/v1/ask", json={"question": question}))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_backend(settings: Settings, *, with_generator: bool) -> CliBackend:
+    lock = DataDirLock(settings.resolved_data_dir)
+    if lock.try_acquire():
+        try:
+            return LocalBackend(settings, lock, with_generator=with_generator)
+        except BaseException:
+            lock.release()
+            raise
+    url = lock.server_url()
+    if url is None:
+        raise SystemExit(f"error: {lock.busy_message()}")
+    return HttpBackend(url)

@@ -1,0 +1,40 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import get
+from litestar.response import Response
+
+from service.state import Services
+
+
+@get("/healthz", tags=["health"], summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["health"], summary="The service can answer: index, registry and generator reachable")
+async def readyz(services: Services) -> Response[dict[str, Any]]:
+    checks: dict[str, str] = {}
+    try:
+        services.container.registry.pending_jobs()
+        checks["registry"] = "ok"
+    except Exception as exc:
+        checks["registry"] = f"error: {exc}"
+    try:
+        services.container.index.count()
+        checks["index"] = "ok"
+    except Exception as exc:
+        checks["index"] = f"error: {exc}"
+    generator = services.container.generator
+    if generator is None:
+        checks["generator"] = "not started"
+    else:
+        try:
+            checks["generator"] = "ok" if await generator.ready() else "not ready"
+        except Exception as exc:
+            checks["generator"] = f"error: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

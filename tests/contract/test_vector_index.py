@@ -1,0 +1,389 @@
+"""One contract for every VectorIndex adapter: Qdrant Edge and qdrant-client (local mode here)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kb.adapters.bm25 import SPARSE_VECTOR
+from kb.adapters.edge_index import EdgeVectorIndex
+from kb.adapters.qdrant_server_index import QdrantServerIndex
+from kb.models import Chunk, SearchFilter
+from kb.ports import VectorIndex
+
+pytestmark = pytest.mark.contract
+
+DIM = 8
+OpenIndex = Callable[..., VectorIndex]
+
+
+def _open_edge(path: Path, dimension: int = DIM, **kwargs: Any) -> VectorIndex:
+    return EdgeVectorIndex(path / "edge", dimension, **kwargs)
+
+
+def _open_qdrant_local(path: Path, dimension: int = DIM, **kwargs: Any) -> VectorIndex:
+    return QdrantServerIndex.from_url(f"path:{path / 'qdrant'}", None, "kb", dimension, **kwargs)
+
+
+@pytest.fixture(params=[_open_edge, _open_qdrant_local], ids=["edge", "qdrant-local"])
+def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenIndex]:
+    """Opens the adapter on tmp_path (again after close, to test persistence); closes what is still open."""
+    opened: list[VectorIndex] = []
+
+    def open_(**kwargs: Any) -> VectorIndex:
+        index = request.param(tmp_path, **kwargs)
+        opened.append(index)
+        return index
+
+    yield open_
+    for index in opened:
+        index.close()  # close() is idempotent
+
+
+@pytest.fixture
+def index(open_index: OpenIndex) -> VectorIndex:
+    return open_index()
+
+
+def unit(*components: tuple[int, float]) -> list[float]:
+    v = np.zeros(DIM)
+    for axis, value in components:
+        v[axis] = value
+    return list(v / np.linalg.norm(v))
+
+
+def e(axis: int) -> list[float]:
+    return unit((axis, 1.0))
+
+
+def chunk(
+    text: str,
+    *,
+    document_id: str = "doc-1",
+    ordinal: int = 0,
+    groups: list[str] | None = None,
+    chunk_id: str | None = None,
+    **fields: Any,
+) -> Chunk:
+    return Chunk(
+        chunk_id=chunk_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{document_id}/{ordinal}")),
+        document_id=document_id,
+        ordinal=ordinal,
+        text=text,
+        filename=fields.pop("filename", f"{document_id}.pdf"),
+        groups=groups or [],
+        **fields,
+    )
+
+
+def texts(passages: list[Any]) -> list[str]:
+    return [p.text for p in passages]
+
+
+def test_dense_search_ranks_nearest_first_with_cosine_scores(index: VectorIndex) -> None:
+    near, middle, far = chunk("near", ordinal=0), chunk("middle", ordinal=1), chunk("far", ordinal=2)
+    index.upsert([far, near, middle], [e(2), e(0), unit((0, 1.0), (1, 1.0))])
+
+    passages = index.search(e(0), "", limit=3, mode="dense")
+
+    assert texts(passages) == ["near", "middle", "far"]
+    assert passages[0].score == pytest.approx(1.0, abs=1e-5)
+    assert passages[1].score == pytest.approx(2**-0.5, abs=1e-5)
+    assert passages[2].score == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sparse_search_finds_a_rare_english_word(index: VectorIndex) -> None:
+    index.upsert(
+        [
+            chunk("Quarterly revenue report for the sales team", ordinal=0),
+            chunk("Holiday policy: employees accrue leave monthly", ordinal=1),
+            chunk("Postmortem of the Zanzibar outage in the billing service", ordinal=2),
+        ],
+        [e(0), e(1), e(2)],
+    )
+
+    passages = index.search(e(0), "what happened with zanzibar?", limit=3, mode="sparse")
+
+    assert texts(passages) == ["Postmortem of the Zanzibar outage in the billing service"]
+    assert passages[0].score > 0
+
+
+def test_sparse_search_finds_a_chinese_word_inside_a_sentence(index: VectorIndex) -> None:
+    rules = "人民检察院行政诉讼监督规则规定了检察机关对行政诉讼活动的法律监督。"
+    index.upsert(
+        [
+            chunk(rules, ordinal=0),
+            chunk("公司年度财务报告显示营业收入稳定增长。", ordinal=1),
+            chunk("员工休假制度适用于全体正式员工。", ordinal=2),
+        ],
+        [e(0), e(1), e(2)],
+    )
+
+    for query in ("行政诉讼", "检察院", "哪些规则适用于行政诉讼监督？"):
+        passages = index.search(e(1), query, limit=3, mode="sparse")
+        assert texts(passages)[:1] == [rules], query
+
+
+def test_sparse_vector_is_computed_from_embed_text(index: VectorIndex) -> None:
+    index.upsert(
+        [
+            chunk(
+                "Accrual is monthly.",
+                embed_text="Leave Policy\n\nAccrual is monthly.",
+                section="Leave Policy",
+            )
+        ],
+        [e(0)],
+    )
+
+    passages = index.search(e(0), "leave policy", limit=5, mode="sparse")
+
+    assert texts(passages) == ["Accrual is monthly."]
+
+
+def test_stopword_only_query_matches_nothing_sparse(index: VectorIndex) -> None:
+    index.upsert([chunk("the report of the year")], [e(0)])
+
+    assert index.search(e(0), "the of", limit=5, mode="sparse") == []
+    assert texts(index.search(e(0), "the of", limit=5, mode="hybrid")) == ["the report of the year"]
+
+
+def test_hybrid_fuses_dense_and_sparse_ranks(index: VectorIndex) -> None:
+    a = chunk("alpha notes", ordinal=0)
+    b = chunk("zanzibar archive with a long list of many other unrelated words inside", ordinal=1)
+    c = chunk("zanzibar zanzibar archive", ordinal=2)
+    d = chunk("delta notes", ordinal=3)
+    index.upsert([a, b, c, d], [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0))])
+
+    assert texts(index.search(e(0), "zanzibar", limit=4, mode="dense")) == [a.text, c.text, d.text, b.text]
+    assert texts(index.search(e(0), "zanzibar", limit=4, mode="sparse")) == [c.text, b.text]
+
+    passages = index.search(e(0), "zanzibar", limit=3, mode="hybrid")
+
+    # RRF with k=60 over 0-based ranks: C = 1/61 + 1/60 (dense 1, sparse 0), B = 1/63 + 1/61
+    # (dense 3, sparse 1), A = 1/60 (dense 0), D = 1/62 (dense 2) is cut by the limit.
+    assert texts(passages) == [c.text, b.text, a.text]
+    assert [p.score for p in passages] == pytest.approx([1 / 61 + 1 / 60, 1 / 63 + 1 / 61, 1 / 60], rel=1e-4)
+
+
+def test_hybrid_respects_limit(index: VectorIndex) -> None:
+    index.upsert([chunk(f"report number {i}", ordinal=i) for i in range(6)], [e(i % DIM) for i in range(6)])
+
+    assert len(index.search(e(0), "report", limit=4, mode="hybrid")) == 4
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_group_filter_keeps_only_chunks_whose_groups_intersect(index: VectorIndex, mode: str) -> None:
+    index.upsert(
+        [
+            chunk("handbook for hr", ordinal=0, groups=["hr"]),
+            chunk("handbook for eng", ordinal=1, groups=["eng"]),
+            chunk("handbook for hr and eng", ordinal=2, groups=["hr", "eng"]),
+            chunk("handbook for nobody", ordinal=3),
+        ],
+        [e(0), e(1), e(2), e(3)],
+    )
+
+    def visible(groups: list[str]) -> set[str]:
+        return set(texts(index.search(e(0), "handbook", limit=10, filter=SearchFilter(groups=groups), mode=mode)))
+
+    assert visible(["eng"]) == {"handbook for eng", "handbook for hr and eng"}
+    assert visible(["hr", "sales"]) == {"handbook for hr", "handbook for hr and eng"}
+    assert visible(["sales"]) == set()
+    assert visible([]) == set()
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_document_ids_filter(index: VectorIndex, mode: str) -> None:
+    index.upsert(
+        [
+            chunk("policy one", document_id="d1", ordinal=0, groups=["hr"]),
+            chunk("policy two", document_id="d1", ordinal=1, groups=["eng"]),
+            chunk("policy three", document_id="d2", ordinal=0, groups=["hr"]),
+            chunk("policy four", document_id="d3", ordinal=0, groups=["hr"]),
+        ],
+        [e(0), e(1), e(2), e(3)],
+    )
+
+    def found(search_filter: SearchFilter) -> set[str]:
+        return set(texts(index.search(e(0), "policy", limit=10, filter=search_filter, mode=mode)))
+
+    assert found(SearchFilter(document_ids=["d1"])) == {"policy one", "policy two"}
+    assert found(SearchFilter(document_ids=["d1", "d3"])) == {"policy one", "policy two", "policy four"}
+    assert found(SearchFilter(document_ids=["d1"], groups=["hr"])) == {"policy one"}
+    assert found(SearchFilter(document_ids=[])) == set()
+
+
+def test_count_with_and_without_filter(index: VectorIndex) -> None:
+    assert index.count() == 0
+    index.upsert(
+        [
+            chunk("a", document_id="d1", ordinal=0, groups=["hr"]),
+            chunk("b", document_id="d1", ordinal=1, groups=["eng"]),
+            chunk("c", document_id="d2", ordinal=0, groups=["hr", "eng"]),
+        ],
+        [e(0), e(1), e(2)],
+    )
+
+    assert index.count() == 3
+    assert index.count(SearchFilter()) == 3
+    assert index.count(SearchFilter(document_ids=["d1"])) == 2
+    assert index.count(SearchFilter(groups=["eng"])) == 2
+    assert index.count(SearchFilter(groups=["hr"], document_ids=["d2"])) == 1
+    assert index.count(SearchFilter(groups=["sales"])) == 0
+    assert index.count(SearchFilter(groups=[])) == 0
+
+
+def test_delete_document_removes_only_that_document(index: VectorIndex) -> None:
+    index.upsert(
+        [
+            chunk("keep me", document_id="keep", ordinal=0),
+            chunk("drop me", document_id="drop", ordinal=0),
+            chunk("drop me too", document_id="drop", ordinal=1),
+        ],
+        [e(0), e(1), e(2)],
+    )
+
+    index.delete_document("drop")
+
+    assert index.count() == 1
+    assert texts(index.search(e(1), "drop", limit=10, mode="hybrid")) == ["keep me"]
+    index.delete_document("no-such-document")
+    assert index.count() == 1
+
+
+def test_upserting_the_same_chunk_id_overwrites(index: VectorIndex) -> None:
+    index.upsert([chunk("old wording about walruses", groups=["hr"])], [e(0)])
+    index.upsert([chunk("new wording about penguins", groups=["eng"])], [e(1)])
+
+    assert index.count() == 1
+    assert index.search(e(0), "walruses", limit=5, mode="sparse") == []
+    [passage] = index.search(e(1), "penguins", limit=5, mode="hybrid")
+    assert passage.text == "new wording about penguins"
+    assert index.search(e(1), "", limit=5, mode="dense")[0].score == pytest.approx(1.0, abs=1e-5)
+    assert index.count(SearchFilter(groups=["hr"])) == 0
+
+
+def test_payload_round_trips(index: VectorIndex) -> None:
+    original = chunk(
+        "第三条 行政诉讼监督",
+        document_id="doc-42",
+        ordinal=7,
+        filename="规则 2021.pdf",
+        page=3,
+        page_end=4,
+        section="第一章 总则",
+        groups=["legal"],
+    )
+    index.upsert([original], [e(0)])
+
+    [passage] = index.search(e(0), "行政诉讼", limit=1, mode="hybrid")
+
+    assert passage.chunk_id == original.chunk_id
+    assert passage.document_id == "doc-42"
+    assert passage.ordinal == 7
+    assert passage.filename == "规则 2021.pdf"
+    assert (passage.page, passage.page_end, passage.section) == (3, 4, "第一章 总则")
+    assert passage.text == "第三条 行政诉讼监督"
+
+
+def test_missing_optional_fields_round_trip_as_none(index: VectorIndex) -> None:
+    index.upsert([chunk("plain text")], [e(0)])
+
+    [passage] = index.search(e(0), "plain", limit=1, mode="dense")
+
+    assert (passage.page, passage.page_end, passage.section) == (None, None, None)
+
+
+def test_data_persists_after_close_and_reopen(open_index: OpenIndex) -> None:
+    first = open_index()
+    first.upsert(
+        [
+            chunk("durable zanzibar note", document_id="d1", groups=["hr"]),
+            chunk("other", document_id="d2", ordinal=1),
+        ],
+        [e(0), e(1)],
+    )
+    first.delete_document("d2")
+    first.close()
+
+    reopened = open_index()
+
+    assert reopened.count() == 1
+    assert reopened.count(SearchFilter(groups=["hr"])) == 1
+    assert texts(reopened.search(e(0), "zanzibar", limit=5, mode="sparse")) == ["durable zanzibar note"]
+    assert reopened.search(e(0), "", limit=5, mode="dense")[0].score == pytest.approx(1.0, abs=1e-5)
+    reopened.upsert([chunk("added after reopening", document_id="d3", ordinal=2)], [e(2)])
+    assert reopened.count() == 2
+
+
+def test_reopening_with_another_dimension_is_refused(open_index: OpenIndex) -> None:
+    open_index().close()
+
+    with pytest.raises(Exception, match="(?i)dimension|size"):
+        open_index(dimension=DIM * 2)
+
+
+def test_upsert_of_mismatched_lengths_is_refused(index: VectorIndex) -> None:
+    with pytest.raises(ValueError):
+        index.upsert([chunk("a"), chunk("b", ordinal=1)], [e(0)])
+    index.upsert([], [])
+    assert index.count() == 0
+
+
+def test_searches_while_another_thread_upserts(index: VectorIndex) -> None:
+    rng = np.random.default_rng(7)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for batch in range(20):
+                chunks = [chunk(f"batch {batch} item {i}", ordinal=batch * 10 + i) for i in range(10)]
+                index.upsert(chunks, rng.normal(size=(10, DIM)).tolist())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    searches = 0
+    while not done.is_set() or searches == 0:
+        index.search(e(0), "batch item", limit=5, mode="hybrid")
+        searches += 1
+        time.sleep(0.001)  # Edge keeps the GIL while it searches: a tight loop would starve the writer
+    writer.join()
+
+    assert errors == []
+    assert index.count() == 200
+
+
+def test_both_adapters_store_identical_sparse_vectors(tmp_path: Path) -> None:
+    edge = EdgeVectorIndex(tmp_path / "edge", DIM)
+    local = QdrantServerIndex.from_url(":memory:", None, "kb", DIM)
+    text = "Kubernetes 部署指南: the operators' running notes, 人民检察院行政诉讼监督规则"
+    stored = chunk("shown text", embed_text=text)
+    try:
+        edge.upsert([stored], [e(0)])
+        local.upsert([stored], [e(0)])
+
+        [edge_record] = edge._shard.retrieve([stored.chunk_id], with_payload=False, with_vector=True)
+        [local_record] = local._client.retrieve("kb", [stored.chunk_id], with_vectors=True)
+    finally:
+        edge.close()
+        local.close()
+
+    edge_sparse = edge_record.vector[SPARSE_VECTOR]
+    local_sparse = local_record.vector[SPARSE_VECTOR]
+    assert len(edge_sparse.indices) > 5
+    assert dict(zip(edge_sparse.indices, edge_sparse.values, strict=True)) == pytest.approx(
+        dict(zip(local_sparse.indices, local_sparse.values, strict=True))
+    )

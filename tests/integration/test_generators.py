@@ -1,0 +1,199 @@
+"""Both Generator adapters against the real SmolLM2 model: in-process vLLM engine, and vLLM's OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from kb.adapters.openai_http import OpenAIHttpGenerator
+from kb.adapters.vllm_engine import VllmEngineGenerator
+from kb.ports import Generator
+from kb.settings import GeneratorSettings
+
+pytestmark = pytest.mark.integration
+
+CHAT = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France? Answer in one sentence."},
+]
+LONG_CHAT = [{"role": "user", "content": "Write a very long essay about the history of the Roman Empire."}]
+# Far more than the deltas read before stopping: without an abort the request would keep running for minutes.
+LONG_MAX_TOKENS = 3000
+
+
+async def collect(stream: AsyncIterator[str]) -> list[str]:
+    return [delta async for delta in stream]
+
+
+async def read_then_close(stream: AsyncIterator[str], deltas: int) -> None:
+    async with aclosing(stream):
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == deltas:
+                break
+
+
+@pytest.mark.asyncio(loop_scope="class")
+class TestVllmEngineGenerator:
+    # Class scope: one engine start for these tests, shut down before the server tests below start theirs.
+    @pytest_asyncio.fixture(scope="class", loop_scope="class")
+    async def generator(self, generator_model_dir: Path) -> AsyncIterator[VllmEngineGenerator]:
+        generator = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
+        started = time.perf_counter()
+        await generator.start()
+        print(f"\nin-process engine start: {time.perf_counter() - started:.1f}s")
+        yield generator
+        await generator.close()
+
+    @pytest.fixture
+    def abort_calls(self, generator: VllmEngineGenerator, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+        engine = generator.engine
+        calls: list[tuple[Any, ...]] = []
+        original_abort = engine.abort
+
+        async def recording_abort(request_id: Any, internal: bool = False) -> None:
+            calls.append((request_id, internal))
+            await original_abort(request_id, internal)
+
+        monkeypatch.setattr(engine, "abort", recording_abort)
+        return calls
+
+    async def test_streams_an_answer(self, generator: VllmEngineGenerator) -> None:
+        assert isinstance(generator, Generator)
+        assert await generator.ready()
+        started = time.perf_counter()
+        deltas = await collect(generator.stream(CHAT, max_tokens=48))
+        elapsed = time.perf_counter() - started
+        text = "".join(deltas)
+        print(f"\nengine answer ({generator.count_tokens(text) / elapsed:.1f} tok/s): {text!r}")
+        assert text.strip()
+        assert len(deltas) >= 3
+        assert "paris" in text.lower()
+        assert generator.engine.get_num_unfinished_requests() == 0
+
+    async def test_closing_the_stream_aborts_the_request(
+        self, generator: VllmEngineGenerator, abort_calls: list[tuple[Any, ...]]
+    ) -> None:
+        engine = generator.engine
+        stream = generator.stream(LONG_CHAT, max_tokens=LONG_MAX_TOKENS)
+        async with aclosing(stream):
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 2:
+                    assert engine.get_num_unfinished_requests() == 1
+                    break
+        assert engine.get_num_unfinished_requests() == 0
+        assert [c for c in abort_calls if str(c[0]).startswith("kb-") and not c[1]], abort_calls
+
+    async def test_cancelling_the_consumer_task_aborts_the_request(
+        self, generator: VllmEngineGenerator, abort_calls: list[tuple[Any, ...]]
+    ) -> None:
+        engine = generator.engine
+        two_deltas = asyncio.Event()
+
+        async def consume() -> None:
+            seen = 0
+            async for _ in generator.stream(LONG_CHAT, max_tokens=LONG_MAX_TOKENS):
+                seen += 1
+                if seen == 2:
+                    two_deltas.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(two_deltas.wait(), timeout=60)
+        assert engine.get_num_unfinished_requests() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.get_num_unfinished_requests() == 0
+        assert [c for c in abort_calls if str(c[0]).startswith("kb-") and not c[1]], abort_calls
+
+    async def test_tokens_and_window(self, generator: VllmEngineGenerator) -> None:
+        assert generator.max_model_len == GeneratorSettings().max_model_len
+        assert 0 < generator.count_tokens("The capital of France is Paris.") < 20
+
+
+async def server_metric(base_url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples (optionally filtered by labels) from the server's /metrics."""
+    root = base_url.removesuffix("/v1")
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{root}/metrics")
+    response.raise_for_status()
+    total = 0.0
+    for line in response.text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def wait_for_metric(base_url: str, name: str, expected: float, timeout_s: float = 15.0) -> float:
+    deadline = time.monotonic() + timeout_s
+    value = await server_metric(base_url, name)
+    while value != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        value = await server_metric(base_url, name)
+    return value
+
+
+class TestOpenAIHttpGenerator:
+    @pytest_asyncio.fixture
+    async def generator(self, vllm_server: str, generator_model_dir: Path) -> AsyncIterator[OpenAIHttpGenerator]:
+        settings = GeneratorSettings(backend="openai", base_url=vllm_server, max_model_len=4096)
+        generator = OpenAIHttpGenerator(settings, generator_model_dir)
+        await generator.start()
+        yield generator
+        await generator.close()
+
+    @pytest.mark.asyncio
+    async def test_streams_an_answer(self, generator: OpenAIHttpGenerator) -> None:
+        assert isinstance(generator, Generator)
+        assert await generator.ready()
+        started = time.perf_counter()
+        deltas = await collect(generator.stream(CHAT, max_tokens=48))
+        elapsed = time.perf_counter() - started
+        text = "".join(deltas)
+        print(f"\nserver answer ({generator.count_tokens(text) / elapsed:.1f} tok/s): {text!r}")
+        assert text.strip()
+        assert len(deltas) >= 3
+        assert "paris" in text.lower()
+
+    @pytest.mark.asyncio
+    async def test_closing_the_stream_aborts_the_request_on_the_server(
+        self, generator: OpenAIHttpGenerator, vllm_server: str
+    ) -> None:
+        aborted_before = await server_metric(vllm_server, "vllm:request_success_total", finished_reason="abort")
+        stream = generator.stream(LONG_CHAT, max_tokens=LONG_MAX_TOKENS)
+        async with aclosing(stream):
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 2:
+                    assert await server_metric(vllm_server, "vllm:num_requests_running") == 1
+                    break
+        assert await wait_for_metric(vllm_server, "vllm:num_requests_running", 0.0) == 0.0
+        aborted_after = await server_metric(vllm_server, "vllm:request_success_total", finished_reason="abort")
+        assert aborted_after == aborted_before + 1
+
+    @pytest.mark.asyncio
+    async def test_tokens_use_the_served_models_tokenizer(self, generator: OpenAIHttpGenerator) -> None:
+        assert generator.max_model_len == 4096
+        assert 0 < generator.count_tokens("The capital of France is Paris.") < 20
+
+    @pytest.mark.asyncio
+    async def test_not_ready_without_a_server(self) -> None:
+        generator = OpenAIHttpGenerator(GeneratorSettings(backend="openai", base_url="http://127.0.0.1:9/v1"))
+        try:
+            assert not await generator.ready()
+        finally:
+            await generator.close()
