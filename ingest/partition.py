@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -13,6 +14,14 @@ os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class _DropNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No languages specified")
+
+
+logging.getLogger("unstructured").addFilter(_DropNotice())
 
 BlockKind = Literal["heading", "text", "table"]
 
@@ -64,8 +73,8 @@ def _partition(path: Path, filename: str, strategy: str) -> list:
         filename=str(path),
         metadata_filename=filename,
         strategy=strategy,
-        # OCR needs the scripts named; text layers get their language detected (metadata only).
-        languages=["eng", "chi_sim"] if strategy == "ocr_only" else ["auto"],
+        # OCR needs the scripts named; for text layers languages only feed metadata.
+        languages=["eng", "chi_sim"] if strategy == "ocr_only" else None,
         infer_table_structure=True,
     )
 

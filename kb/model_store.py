@@ -55,7 +55,9 @@ def ensure_smollm2(models_dir: Path) -> Path:
     try:
         _convert_gguf(smollm2_gguf_path(), tmp)
         (tmp / COMPLETE_MARKER).write_text(SMOLLM2_GGUF + "\n")
-        if target.exists():  # a leftover without marker (e.g. copied by hand); replace it
+        if is_complete(target):  # another process converted it meanwhile
+            return target
+        if target.exists():  # an incomplete leftover, e.g. copied by hand
             shutil.rmtree(target)
         try:
             tmp.rename(target)

@@ -143,10 +143,12 @@ class Citation:
     chunk_id: str
     section: str | None = None
     score: float | None = None
+    inferred: bool = False  # the model did not mark it; the service matched the sentence to this source
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
+            "inferred": self.inferred,
             "document_id": self.document_id,
             "filename": self.filename,
             "page": self.page,

@@ -48,6 +48,9 @@ class GeneratorSettings(BaseModel):
     hf_overrides: dict | None = None  # e.g. YaRN rope_parameters for a 131072 window
     max_answer_tokens: int = 384
     temperature: float = 0.0
+    repetition_penalty: float = 1.0
+    # Small models continue with an invented next question; a stop there costs good models nothing.
+    stop: list[str] = ["\nQuestion:", "Question:"]
     request_timeout_s: float = 120.0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from kb.models import Answer, Passage, SearchFilter
 from kb.ports import Generator
 from kb.settings import GeneratorSettings, RetrievalSettings
-from service.citations import build_citations, parse_markers, strip_invalid_markers
+from service.citations import annotate, parse_markers
 from service.retrieval import RetrievalService
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -109,10 +109,10 @@ class AnswerService:
             parts.append(delta)
             yield AskEvent("token", {"text": delta})
         raw_answer = "".join(parts).strip()
-        citations = build_citations(raw_answer, sources)
+        annotated = annotate(raw_answer, sources)
         invalid = parse_markers(raw_answer, len(sources)).invalid
         yield AskEvent(
-            "citations", {"citations": [c.to_dict() for c in citations], "invalid_markers": invalid}
+            "citations", {"citations": [c.to_dict() for c in annotated.citations], "invalid_markers": invalid}
         )
         now = time.perf_counter()
         if first_token_at is not None:
@@ -120,7 +120,8 @@ class AnswerService:
         timings["total"] = (now - started) * 1000
         yield AskEvent(
             "done",
-            {"answer": strip_invalid_markers(raw_answer, len(sources)), "grounded": True, "timings_ms": timings},
+            # The final text: invalid markers dropped, sentences the model left uncited marked with their source.
+            {"answer": annotated.text, "grounded": True, "timings_ms": timings},
         )
 
     async def ask(self, question: str, filter: SearchFilter | None = None) -> Answer:

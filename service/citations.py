@@ -12,7 +12,11 @@ from service.lexical import content_terms
 # [1], [1, 2], [1][3], 【2】, [source 1]
 _MARKER = re.compile(r"[\[【]\s*(?:sources?\s*)?(\d+(?:\s*[,，、]\s*\d+)*)\s*[\]】]", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？.!?\n]+[。！？.!?]?")
+# The end of an answer sentence, with any markers right after it ("... stored. [1]").
+_SENTENCE_END = re.compile(r"(?:[.!?]+(?=\s|$)|[。！？]+|\n)(?:\s*[\[【][^\]】\n]{0,20}[\]】])*")
 SNIPPET_CHARS = 300
+# Share of a sentence's content terms that must occur in a source for the source to count as its support.
+MIN_SUPPORT = 0.5
 
 
 @dataclass
@@ -56,26 +60,53 @@ def best_snippet(passage_text: str, answer: str) -> tuple[str, int]:
     return best[:SNIPPET_CHARS], best_offset
 
 
-def supporting_source(answer: str, passages: Sequence[Passage]) -> int | None:
-    """1-based number of the passage that shares most content terms with the answer, if any does."""
-    answer_terms = content_terms(re.sub(_MARKER, " ", answer))
-    scores = [len(answer_terms & content_terms(p.text)) for p in passages]
-    if not scores or max(scores) == 0:
-        return None
-    return scores.index(max(scores)) + 1
+def _support(sentence_terms: set[str], passage: Passage) -> float:
+    if not sentence_terms:
+        return 0.0
+    return len(sentence_terms & content_terms(passage.text)) / len(sentence_terms)
 
 
-def build_citations(answer: str, passages: Sequence[Passage]) -> list[Citation]:
-    parsed = parse_markers(answer, len(passages))
-    numbers = parsed.cited
-    if not numbers:
-        # The model answered without markers: cite the source the answer was evidently drawn from.
-        fallback = supporting_source(answer, passages)
-        numbers = [fallback] if fallback else []
+@dataclass
+class AnnotatedAnswer:
+    text: str  # the answer with a [n] after every sentence that a source supports
+    citations: list[Citation]
+
+
+def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_SUPPORT) -> AnnotatedAnswer:
+    """Cite per sentence: the model's own valid markers, or else the source that evidently supports the sentence.
+
+    Small models often answer from the sources without citing them; a sentence whose content terms mostly occur
+    in one source gets that source's number, so that every statement a reader sees can be checked.
+    """
+    pieces: list[str] = []
+    support_text: dict[int, list[str]] = {}
+    order: list[int] = []
+    inferred: set[int] = set()
+    for start, end in _sentence_spans(answer):
+        sentence = answer[start:end]
+        numbers = parse_markers(sentence, len(passages)).cited
+        plain = _MARKER.sub(" ", sentence)
+        if not numbers:
+            terms = content_terms(plain)
+            scores = [_support(terms, p) for p in passages]
+            if scores and max(scores) >= min_support:
+                n = scores.index(max(scores)) + 1
+                numbers = [n]
+                inferred.add(n)
+                body = sentence.rstrip()
+                trailing = sentence[len(body) :]
+                cut = len(body.rstrip("。！？.!?"))
+                sentence = f"{body[:cut]} [{n}]{body[cut:]}{trailing}"
+        for n in numbers:
+            if n not in support_text:
+                order.append(n)
+                support_text[n] = []
+            support_text[n].append(plain)
+        pieces.append(sentence)
     citations = []
-    for n in numbers:
+    for n in order:
         passage = passages[n - 1]
-        snippet, offset = best_snippet(passage.text, answer)
+        snippet, offset = best_snippet(passage.text, " ".join(support_text[n]))
         citations.append(
             Citation(
                 n=n,
@@ -86,6 +117,21 @@ def build_citations(answer: str, passages: Sequence[Passage]) -> list[Citation]:
                 snippet=snippet,
                 chunk_id=passage.chunk_id,
                 score=passage.score,
+                inferred=n in inferred and n not in _explicit(answer, len(passages)),
             )
         )
-    return citations
+    return AnnotatedAnswer(strip_invalid_markers("".join(pieces), len(passages)), citations)
+
+
+def _sentence_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        spans.append((start, match.end()))
+        start = match.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def _explicit(answer: str, source_count: int) -> set[int]:
+    return set(parse_markers(answer, source_count).cited)

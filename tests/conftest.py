@@ -1,3 +1,7 @@
+"""Shared fixtures: the converted default generator model and a vLLM OpenAI-compatible server."""
+
+from __future__ import annotations
+
 import os
 
 # Nothing may be fetched from a hub at run time, in tests least of all.
@@ -5,3 +9,67 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+from kb.model_store import ensure_smollm2  # noqa: E402
+from kb.settings import GeneratorSettings  # noqa: E402
+from tests.support import free_port, log_tail, stop_process_group  # noqa: E402
+
+SERVER_START_TIMEOUT_S = 300.0
+SERVER_MAX_MODEL_LEN = 4096
+
+
+@pytest.fixture(scope="session")
+def generator_model_dir() -> Path:
+    models_dir = Path(os.environ.get("KB_MODELS_DIR") or Path.home() / ".cache" / "kb" / "models")
+    return ensure_smollm2(models_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(generator_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A vLLM OpenAI-compatible server serving the default generator; yields its base_url (…/v1)."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
+    # The `vllm` console script is broken under vllm-cpu (it looks up metadata of a package named `vllm`).
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(generator_model_dir),
+        "--served-model-name", GeneratorSettings().served_model_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "bfloat16", "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--enforce-eager",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        # Own session: teardown can signal the server together with the EngineCore process it spawns.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_healthy(process, f"http://127.0.0.1:{port}/health", log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process_group(process)
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], health_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"vLLM server exited with {process.returncode}:\n{log_tail(log_path)}")
+        try:
+            if httpx.get(health_url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S:.0f}s:\n{log_tail(log_path)}")

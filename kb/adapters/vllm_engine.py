@@ -74,11 +74,14 @@ class VllmEngineGenerator:
         params = SamplingParams(
             temperature=self._settings.temperature,
             max_tokens=max_tokens or self._settings.max_answer_tokens,
+            stop=list(self._settings.stop) or None,
+            repetition_penalty=self._settings.repetition_penalty,
             output_kind=RequestOutputKind.DELTA,
         )
+        (engine_input,) = await engine.renderer.render_cmpl_async([TokensPrompt(prompt_token_ids=token_ids)])
         request_id = f"kb-{uuid.uuid4().hex}"
         finished = False
-        outputs = engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, request_id)
+        outputs = engine.generate(engine_input, params, request_id)
         try:
             async for output in outputs:
                 finished = output.finished
@@ -86,15 +89,18 @@ class VllmEngineGenerator:
                 if text:
                     yield text
         finally:
-            # Reached when the consumer stops early (aclose, cancellation, garbage collection): free the slot now
-            # rather than letting the engine generate up to max_tokens for nobody.
+            # If the consumer stopped early (aclose, cancellation, garbage collection), free the slot now rather
+            # than letting the engine generate up to max_tokens for nobody.
             await outputs.aclose()
             if not finished and not engine.errored:
                 await engine.abort(request_id)
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
-            raise RuntimeError("VllmEngineGenerator.start() has not been awaited")
+            # Before start() (e.g. sizing a context while the engine boots): the same files vLLM will load.
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._model)
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def ready(self) -> bool:

@@ -1,7 +1,7 @@
 import pytest
 
 from kb.models import Passage
-from service.citations import build_citations, parse_markers, strip_invalid_markers
+from service.citations import annotate, parse_markers, strip_invalid_markers
 from service.lexical import content_terms, coverage
 
 pytestmark = pytest.mark.unit
@@ -28,19 +28,36 @@ def test_citations_follow_markers_and_name_the_page_of_the_snippet() -> None:
         passage(1, "Unrelated text about lunch."),
         passage(2, "Intro on page four. The upload limit is 100 MB per file.", page=4, starts=[(0, 4), (20, 5)]),
     ]
-    (citation,) = build_citations("The upload limit is 100 MB [2].", sources)
-    assert (citation.n, citation.document_id, citation.page) == (2, "d2", 5)
+    result = annotate("The upload limit is 100 MB [2].", sources)
+    (citation,) = result.citations
+    assert (citation.n, citation.document_id, citation.page, citation.inferred) == (2, "d2", 5, False)
     assert citation.snippet == "The upload limit is 100 MB per file."
+    assert result.text == "The upload limit is 100 MB [2]."
 
 
-def test_answer_without_markers_cites_the_source_it_draws_from() -> None:
+def test_uncited_sentences_get_the_source_that_supports_them() -> None:
     sources = [passage(1, "Backups run nightly at 02:00."), passage(2, "Originals are kept for seven years.")]
-    (citation,) = build_citations("Originals are kept seven years.", sources)
-    assert citation.n == 2
+    result = annotate("Originals are kept seven years. Backups run nightly [1].", sources)
+    assert result.text == "Originals are kept seven years [2]. Backups run nightly [1]."
+    assert [(c.n, c.inferred) for c in result.citations] == [(2, True), (1, False)]
+
+
+def test_invalid_markers_are_dropped_from_the_final_answer() -> None:
+    result = annotate("Backups run nightly [1]. See also [7].", [passage(1, "Backups run nightly at 02:00.")])
+    assert result.text == "Backups run nightly [1]. See also."
+    assert [c.n for c in result.citations] == [1]
 
 
 def test_nothing_cited_when_the_answer_shares_nothing_with_the_sources() -> None:
-    assert build_citations("I cannot say.", [passage(1, "Backups run nightly.")]) == []
+    result = annotate("I cannot say.", [passage(1, "Backups run nightly.")])
+    assert result.citations == [] and result.text == "I cannot say."
+
+
+def test_chinese_sentences_are_matched_to_their_source() -> None:
+    sources = [passage(1, "工作日值班时间为北京时间下午三点至晚上十二点。"), passage(2, "备份每天凌晨两点进行。")]
+    result = annotate("值班时间为下午三点至晚上十二点。", sources)
+    assert [c.n for c in result.citations] == [1]
+    assert result.text == "值班时间为下午三点至晚上十二点 [1]。"
 
 
 def test_chinese_terms_are_bigrams() -> None:

@@ -1,0 +1,164 @@
+"""The whole system, every part real: `kb serve` (Litestar, unstructured, sentence-transformers, Qdrant Edge, SQLite,
+vLLM) driven through its HTTP API and CLI. Runs once with the in-process engine and once through `vllm serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import free_port, log_tail, stop_process_group
+
+pytestmark = pytest.mark.e2e
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "docs"
+# Not among the samples; "TensorFlow" and "PyTorch" occur on its page 2 only.
+PAPER = CORPUS / "pdf" / "layout-parser-paper-fast.pdf"
+PAPER_QUESTION = "Which deep learning frameworks, such as TensorFlow, are existing document image analysis models developed with?"
+UNKNOWN_QUESTION = "What is the recipe for the chocolate cake served at the Mars colony canteen?"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module", params=["vllm", "openai"], ids=["in-process-engine", "vllm-serve"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not PAPER.exists():
+        pytest.fail(f"test corpus missing: {PAPER} (../shared must be beside the checkout)")
+    data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
+    env = {**os.environ, "KB_DATA_DIR": str(data_dir), "KB_GENERATOR__BACKEND": request.param}
+    if request.param == "openai":
+        env["KB_GENERATOR__BASE_URL"] = request.getfixturevalue("vllm_server")
+        env["KB_GENERATOR__MAX_MODEL_LEN"] = "4096"  # what the vllm_server fixture serves
+    # Samples are ingested first through the CLI on the bare data directory, as `make run` does.
+    ingest = subprocess.run(
+        [sys.executable, "-m", "service.cli", "ingest", str(SAMPLES)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    port = free_port()
+    log_path = data_dir.parent / f"serve-{request.param}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"kb serve not ready:\n{log_tail(log_path)}"
+            time.sleep(0.5)
+        yield Server(url, data_dir, env)
+    finally:
+        stop_process_group(process)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _wait_ready(client: httpx.Client, document_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        document = client.get(f"/v1/documents/{document_id}").json()
+        if document["status"] in ("ready", "failed"):
+            return document
+        assert time.monotonic() < deadline, f"still {document['status']} after {timeout}s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def paper_id(server: Server) -> str:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        with PAPER.open("rb") as fh:
+            response = client.post("/v1/documents", files={"files": (PAPER.name, fh, "application/pdf")})
+        assert response.status_code == 202, response.text
+        (document,) = response.json()["documents"]
+        assert document["status"] in ("queued", "processing", "ready")
+        document = _wait_ready(client, document["document_id"])
+    assert document["status"] == "ready", document
+    assert document["pages"] == 2 and document["chunks"] > 0
+    return document["document_id"]
+
+
+def test_answer_cites_the_uploaded_document_and_the_right_page(server: Server, paper_id: str) -> None:
+    response = httpx.post(f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"].strip()
+    assert body["grounded"] is True
+    numbers = {c["n"] for c in body["citations"]}
+    for marker in {int(n) for n in __import__("re").findall(r"\[(\d+)\]", body["answer"])}:
+        assert marker in numbers, f"[{marker}] in the answer has no citation: {body}"
+    cited = [(c["document_id"], c["page"]) for c in body["citations"]]
+    assert (paper_id, 2) in cited, body
+    assert all(c["filename"] and c["snippet"] for c in body["citations"])
+
+
+def test_question_outside_the_knowledge_base_says_so_and_cites_nothing(server: Server, paper_id: str) -> None:
+    body = httpx.post(f"{server.url}/v1/ask", json={"question": UNKNOWN_QUESTION}, timeout=300).json()
+    assert "no information" in body["answer"].lower()
+    assert body["citations"] == []
+    assert body["grounded"] is False
+
+
+def test_streamed_answer_arrives_as_tokens_then_citations_then_done(server: Server, paper_id: str) -> None:
+    events: list[tuple[str, dict]] = []
+    with httpx.stream(
+        "POST", f"{server.url}/v1/ask", json={"question": PAPER_QUESTION, "stream": True}, timeout=300
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    kinds = [name for name, _ in events]
+    assert kinds.count("token") >= 2
+    assert kinds[-2:] == ["citations", "done"]
+    assert set(kinds[:-2]) == {"token"}
+    streamed = "".join(data["text"] for name, data in events if name == "token").strip()
+    assert streamed
+    assert any(c["document_id"] == paper_id and c["page"] == 2 for c in events[-2][1]["citations"])
+
+
+def test_cli_hands_over_to_the_running_server(server: Server, paper_id: str) -> None:
+    api = httpx.post(f"{server.url}/v1/search", json={"query": PAPER_QUESTION, "top_k": 3}, timeout=60).json()
+    cli = subprocess.run(
+        [sys.executable, "-m", "service.cli", "search", PAPER_QUESTION, "--top-k", "3", "--json"],
+        env=server.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert [p["chunk_id"] for p in json.loads(cli.stdout)["passages"]] == [p["chunk_id"] for p in api["passages"]]
+    listing = subprocess.run(
+        [sys.executable, "-m", "service.cli", "documents", "--json"], env=server.env, capture_output=True, text=True, timeout=300
+    )
+    assert listing.returncode == 0, listing.stderr
+    names = {d["filename"]: d["status"] for d in json.loads(listing.stdout)["documents"]}
+    assert names[PAPER.name] == "ready" and len(names) == 4
+
+
+def test_original_file_can_be_opened_for_a_citation(server: Server, paper_id: str) -> None:
+    response = httpx.get(f"{server.url}/v1/documents/{paper_id}/file", timeout=60)
+    assert response.status_code == 200
+    assert response.content == PAPER.read_bytes()
+    assert response.headers["content-type"].startswith("application/pdf")
