@@ -29,7 +29,7 @@ def build_registry(settings: Settings) -> Registry:
     from kb.adapters.sql_registry import SqlRegistry
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    return SqlRegistry(settings.registry_url)
+    return SqlRegistry(settings.resolved_registry_url)
 
 
 def build_blob_store(settings: Settings) -> BlobStore:

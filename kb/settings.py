@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path("data")
+    # SQLAlchemy URL of the registry; empty: a SQLite file in the data directory.
+    registry_url: str = ""
     models_dir: Path = Field(default_factory=_default_models_dir)
     embedder: EmbedderSettings = EmbedderSettings()
     index: IndexSettings = IndexSettings()
@@ -86,8 +88,8 @@ class Settings(BaseSettings):
         return self.data_dir.expanduser().resolve()
 
     @property
-    def registry_url(self) -> str:
-        return f"sqlite:///{self.resolved_data_dir / 'registry.sqlite3'}"
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{self.resolved_data_dir / 'registry.sqlite3'}"
 
     @property
     def index_path(self) -> Path:

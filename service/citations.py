@@ -13,7 +13,7 @@ from service.lexical import content_terms
 _MARKER = re.compile(r"[\[【]\s*(?:sources?\s*)?(\d+(?:\s*[,，、]\s*\d+)*)\s*[\]】]", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？.!?\n]+[。！？.!?]?")
 # The end of an answer sentence, with any markers right after it ("... stored. [1]").
-_SENTENCE_END = re.compile(r"(?:[.!?]+(?=\s|$)|[。！？]+|\n)(?:\s*[\[【][^\]】\n]{0,20}[\]】])*")
+_SENTENCE_END = re.compile(r"(?:[.!?]+(?=\s|$)|[。！？]+|\n)(?:[ \t]*[\[【][^\]】\n]{0,20}[\]】])*")
 SNIPPET_CHARS = 300
 # Share of a sentence's content terms that must occur in a source for the source to count as its support.
 MIN_SUPPORT = 0.5

@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import post
 from litestar.exceptions import ClientException, ServiceUnavailableException
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from msgspec import Struct
 
 from kb.models import SearchFilter
@@ -33,7 +33,7 @@ def _filter(data: AskRequest) -> SearchFilter | None:
 
 
 @post("/v1/ask", tags=["ask"], status_code=200, summary="Answer a question with citations")
-async def ask(data: AskRequest, services: Services) -> Any:
+async def ask(data: AskRequest, services: Services) -> Response[Any]:
     if not data.question.strip():
         raise ClientException("question must not be empty")
     if services.answers is None:
@@ -51,4 +51,4 @@ async def ask(data: AskRequest, services: Services) -> Any:
 
         return ServerSentEvent(messages())
     answer = await services.answers.ask(data.question, _filter(data))
-    return {**answer.to_dict(), "conversation_id": data.conversation_id}
+    return Response({**answer.to_dict(), "conversation_id": data.conversation_id})

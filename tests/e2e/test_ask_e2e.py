@@ -21,9 +21,9 @@ from tests.support import free_port, log_tail, stop_process_group
 pytestmark = pytest.mark.e2e
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "docs"
-# Not among the samples; "TensorFlow" and "PyTorch" occur on its page 2 only.
+# Not among the samples; its "Model Zoo" is described on page 2 only.
 PAPER = CORPUS / "pdf" / "layout-parser-paper-fast.pdf"
-PAPER_QUESTION = "Which deep learning frameworks, such as TensorFlow, are existing document image analysis models developed with?"
+PAPER_QUESTION = "What is in the LayoutParser Model Zoo?"
 UNKNOWN_QUESTION = "What is the recipe for the chocolate cake served at the Mars colony canteen?"
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
