@@ -35,19 +35,35 @@ async def index_page() -> File:
     return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type="text/html")
 
 
+async def _start_generator(services: Services) -> None:
+    try:
+        await services.start_generator()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # /readyz reports the generator as not started; the log says why.
+        log.exception("the generator failed to start")
+
+
 def create_app(settings: Settings | None = None, *, with_generator: bool = True) -> Litestar:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await asyncio.to_thread(Container.open, settings)
+        generator_task: asyncio.Task[None] | None = None
         try:
-            services = await Services.open(container, with_generator=with_generator)
+            services = await Services.open(container, with_generator=False)
             app.state.services = services
             services.worker.start()
+            if with_generator:
+                # The engine takes seconds to start: serve /healthz, search and uploads meanwhile; /readyz says when.
+                generator_task = asyncio.create_task(_start_generator(services))
             try:
                 yield
             finally:
+                if generator_task is not None and not generator_task.done():
+                    generator_task.cancel()
                 await asyncio.to_thread(services.worker.stop)
         finally:
             await container.aclose()

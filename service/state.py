@@ -27,8 +27,12 @@ class Services:
         )
         worker = IngestWorker(container.registry, pipeline, settings.ingest.job_lease_s)
         retrieval = RetrievalService(container.embedder, container.index, settings.retrieval)
-        answers = None
+        services = cls(container, pipeline, worker, retrieval, None)
         if with_generator:
-            generator = await container.start_generator()
-            answers = AnswerService(retrieval, generator, settings.retrieval, settings.generator)
-        return cls(container, pipeline, worker, retrieval, answers)
+            await services.start_generator()
+        return services
+
+    async def start_generator(self) -> None:
+        settings = self.container.settings
+        generator = await self.container.start_generator()
+        self.answers = AnswerService(self.retrieval, generator, settings.retrieval, settings.generator)

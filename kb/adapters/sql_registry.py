@@ -185,20 +185,22 @@ class SqlRegistry:
             row = s.scalars(query).first()
             if row is None:
                 return None
+            job = Job(job_id=row.job_id, document_id=row.document_id, attempts=row.attempts + 1)
             # Compare-and-set so two processes sharing a SQLite file cannot both take the job.
             taken = s.execute(
                 update(_JobRow)
-                .where(_JobRow.job_id == row.job_id, _JobRow.state == row.state, _JobRow.attempts == row.attempts)
+                .where(_JobRow.job_id == job.job_id, _JobRow.state == row.state, _JobRow.attempts == row.attempts)
                 .values(
                     state="running",
-                    attempts=row.attempts + 1,
+                    attempts=job.attempts,
                     lease_owner=worker_id,
                     lease_until=now + timedelta(seconds=lease_seconds),
-                )
+                ),
+                execution_options={"synchronize_session": False},
             )
             if taken.rowcount != 1:
                 return None
-            return Job(job_id=row.job_id, document_id=row.document_id, attempts=row.attempts + 1)
+            return job
 
     def finish_job(self, job_id: int, *, error: str | None = None) -> None:
         with self._session() as s, s.begin():

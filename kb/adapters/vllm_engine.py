@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -55,7 +56,8 @@ class VllmEngineGenerator:
             enforce_eager=self._settings.enforce_eager,
             hf_overrides=self._settings.hf_overrides or {},
         )
-        self._engine = AsyncLLM.from_engine_args(args)
+        # Building the engine blocks for seconds (it spawns and waits for the EngineCore): keep the event loop free.
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self._tokenizer = self._engine.get_tokenizer()
 
     async def stream(

@@ -37,7 +37,7 @@ async def ask(data: AskRequest, services: Services) -> Response[Any]:
     if not data.question.strip():
         raise ClientException("question must not be empty")
     if services.answers is None:
-        raise ServiceUnavailableException("the generator is not running")
+        raise ServiceUnavailableException("the generator is starting or failed to start: see /readyz")
     if data.stream:
         events = services.answers.stream(data.question, _filter(data))
 
