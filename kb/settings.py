@@ -46,11 +46,12 @@ class GeneratorSettings(BaseModel):
     enforce_eager: bool = True
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     hf_overrides: dict | None = None  # e.g. YaRN rope_parameters for a 131072 window
-    max_answer_tokens: int = 384
+    max_answer_tokens: int = 320
     temperature: float = 0.0
     repetition_penalty: float = 1.0
-    # Small models continue with an invented next question; a stop there costs good models nothing.
-    stop: list[str] = ["\nQuestion:", "Question:"]
+    # Small models go on with an invented next question or a copy of the source list; stopping there costs
+    # good models nothing (they do not start a paragraph with "[n]").
+    stop: list[str] = ["\nQuestion:", "Question:", "\n\n["]
     request_timeout_s: float = 120.0
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from kb.ports import SearchMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kb: answers from your documents, with citations.")
 console = Console(stderr=True)
@@ -206,6 +210,69 @@ def prepare() -> None:
     settings = _settings()
     console.print(f"embedder: {embedder_model_path(settings)}")
     console.print(f"generator: {generator_model_path(settings)}")
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval quality on QA sets.")
+app.add_typer(eval_app, name="eval")
+
+
+class EvalMode(str, Enum):
+    dense = "dense"
+    sparse = "sparse"
+    hybrid = "hybrid"
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Option(help="SQuAD or TAT-QA json file, or BEIR directory")],
+    mode: Annotated[EvalMode | None, typer.Option(help="Search mode (default: settings.retrieval.mode)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Questions to ask, spread evenly over the set")] = None,
+    max_documents: Annotated[
+        int | None, typer.Option(min=1, help="Sets of whole documents (COVID-QA): index only the first N")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Unit embedding cache (default: beside the models dir)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Recall@1/5/10, MRR@10, nDCG@10 and search latency of retrieval on a QA set, in a scratch index."""
+    from service.evaluation import RetrievalEvaluation, detect_format
+
+    if not dataset.exists():
+        raise typer.BadParameter(f"{dataset}: no such file or directory", param_hint="--dataset")
+    try:
+        detect_format(dataset)  # before loading the embedder
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    settings = _settings()
+    evaluation = RetrievalEvaluation.open(settings, cache_dir)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        embedding = progress.add_task("embedding units", total=None)
+        try:
+            prepared = evaluation.prepare(
+                dataset, max_documents, lambda done, total: progress.update(embedding, completed=done, total=total)
+            )
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+        search_mode = cast("SearchMode", mode.value) if mode else settings.retrieval.mode
+        asking = progress.add_task("asking", total=None)
+        [report] = evaluation.evaluate(
+            prepared, [search_mode], limit,
+            lambda done, total: progress.update(asking, completed=done, total=total),
+        )
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False))
+        return
+    table = Table(title=f"kb eval retrieval: {report['name']} ({report['mode']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("questions", "units", "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10",
+                "latency_ms_p50", "latency_ms_p95"):
+        table.add_row(key, str(report[key]))
+    out.print(table)
 
 
 def main() -> None:
