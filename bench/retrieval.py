@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import date
@@ -68,7 +69,8 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     return f"""{SECTION}
 
 `python -m bench.retrieval {' '.join(summary['argv'])}` on {summary['date']}: {machine['cpu']}, {machine['cores']} cores,
-{machine['memory_gib']} GiB, Python {machine['python']} (2 cores shared with other work while it ran).
+{machine['memory_gib']} GiB, Python {machine['python']}; 1-minute load average {summary['load_start']} at the start and
+{summary['load_end']} at the end (latencies rise with the load of other work on the same cores).
 Embedder `{summary['embedder']}`, Qdrant Edge scratch shard (no HNSW build: exact scan), top {summary['top_k']},
 hybrid = RRF (k=60) of dense and BM25 candidates. Total run {summary['elapsed_s']} s.
 
@@ -109,6 +111,7 @@ def main() -> None:
     from service.evaluation import TOP_K, RetrievalEvaluation, dataset_name
 
     started = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2)
     settings = Settings()
     evaluation = RetrievalEvaluation.open(settings, args.cache_dir)
     paths = [p for p in discover(args.eval_dir) if not args.sets or any(s in dataset_name(p) for s in args.sets)]
@@ -138,6 +141,8 @@ def main() -> None:
         "limit": args.limit,
         "max_documents": args.max_documents,
         "elapsed_s": round(time.perf_counter() - started, 1),
+        "load_start": load_start,
+        "load_end": round(os.getloadavg()[0], 2),
     }
     print()
     print(text_table(reports))

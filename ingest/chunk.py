@@ -29,8 +29,8 @@ class TokenSpans(Protocol):
         ...
 
 
-def chunk_id_for(document_id: str, ordinal: int) -> str:
-    return str(uuid.uuid5(_CHUNK_NAMESPACE, f"{document_id}:{ordinal}"))
+def chunk_id_for(document_id: str, ordinal: int, version: int = 1) -> str:
+    return str(uuid.uuid5(_CHUNK_NAMESPACE, f"{document_id}:{version}:{ordinal}"))
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Chunker:
         return units
 
     def chunk(
-        self, blocks: Sequence[Block], *, document_id: str, filename: str, groups: Sequence[str]
+        self, blocks: Sequence[Block], *, document_id: str, filename: str, groups: Sequence[str], version: int = 1
     ) -> list[Chunk]:
         drafts: list[_Draft] = []
         current = _Draft()
@@ -169,7 +169,7 @@ class Chunker:
             heading = _truncate_heading(draft.section)
             chunks.append(
                 Chunk(
-                    chunk_id=chunk_id_for(document_id, ordinal),
+                    chunk_id=chunk_id_for(document_id, ordinal, version),
                     document_id=document_id,
                     ordinal=ordinal,
                     text=text,
@@ -180,6 +180,7 @@ class Chunker:
                     page_starts=page_starts,
                     groups=list(groups),
                     embed_text=f"{heading}\n{text}" if heading else text,
+                    version=version,
                 )
             )
         return chunks

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ingest.formats import ParseError
+
 # unstructured phones home and prints a banner unless told not to; nothing may leave this machine.
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -29,10 +31,6 @@ BlockKind = Literal["heading", "text", "table"]
 _SKIPPED_CATEGORIES = {"PageBreak", "Header", "Footer", "PageNumber", "Image", "Figure", "FigureCaption_"}
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _SENTENCE_END = re.compile(r"[。！？；.!?;:：]\s*$")
-
-
-class ParseError(Exception):
-    """A document that cannot be parsed, with a reason a user can act on."""
 
 
 @dataclass
@@ -66,34 +64,151 @@ def looks_like_heading(text: str) -> bool:
     return len(stripped) <= limit and not _SENTENCE_END.search(stripped)
 
 
-def _partition(path: Path, filename: str, strategy: str) -> list:
+_OCR_LANGUAGES = ["eng", "chi_sim"]
+_IMAGE_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/heic", "image/webp"}
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# Types partitioned as plain text: unstructured's JSON partitioner reads only its own element schema.
+_AS_PLAIN_TEXT = {"application/json", "application/x-ndjson", "application/yaml"}
+_SIGNATURES = {"application/pkcs7-signature", "application/x-pkcs7-signature", "application/pgp-signature"}
+MAX_NESTING = 1  # a zip (or e-mail) inside a zip (or e-mail) is opened; one level deeper is not
+
+
+def partition_file(path: Path, filename: str) -> list[Block]:
+    """Blocks of the file at `path`; `filename` is the name the user gave it (shown in errors, never trusted for
+    the format). Raises ParseError with a user-facing reason."""
+    return partition_bytes(path.read_bytes(), filename)
+
+
+def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block]:
+    from ingest.formats import EMPTY, EXTENSIONS, TEXT_TYPES, ZIP, decode_text, sniff_content_type
+
+    if not data.strip():
+        raise ParseError("empty: the file has no content")
+    mime = sniff_content_type(data, filename)
+    if mime == EMPTY:
+        raise ParseError("empty: the file has no content")
+    if mime == "application/encrypted":
+        raise ParseError("password protected")
+    if mime == ZIP:
+        return _partition_zip(data, filename, depth)
+    if mime not in EXTENSIONS and mime not in _AS_PLAIN_TEXT:
+        raise ParseError(f"unsupported format: {mime}")
+
+    encoding = None
+    if mime in TEXT_TYPES:
+        text = decode_text(data)
+        if not text.strip():
+            raise ParseError("empty: the file has only whitespace")
+        if mime != "message/rfc822" or not _is_ascii_compatible(data):
+            data, encoding = text.encode("utf-8"), "utf-8"
+    elif data.startswith(_OLE) and _ole_encrypted(data):
+        raise ParseError("password protected")
+    if mime == "application/pdf":
+        _check_pdf_password(data)
+
+    if mime in _AS_PLAIN_TEXT:
+        # Data, not prose: one text block; the chunker cuts it at line ends. unstructured would call every short
+        # line a title, and its JSON partitioner reads only its own element schema.
+        return [Block("text", text.strip())]
+    try:
+        elements = _run_unstructured(data, mime, EXTENSIONS[mime], filename, encoding)
+    except ParseError:
+        if mime not in ("text/csv", "text/tsv"):
+            raise
+        # A ragged CSV pandas refuses is still text.
+        elements = _run_unstructured(data, "text/plain", ".txt", filename, encoding)
+    blocks = _blocks(elements)
+    if mime in ("application/xml", "text/xml") or all(b.kind == "heading" for b in blocks):
+        # Nothing but short lines (XML leaves, a one-line file): headings alone would make no chunk at all.
+        blocks = [Block("text", b.text, b.page) if b.kind == "heading" else b for b in blocks]
+    if mime == "message/rfc822":
+        blocks += _email_attachments(data, depth)
+    elif mime == "application/vnd.ms-outlook":
+        blocks += _msg_attachments(data, depth)
+    if not blocks:
+        raise ParseError("empty: no text could be extracted")
+    return blocks
+
+
+def _is_ascii_compatible(data: bytes) -> bool:
+    from ingest.formats import detect_encoding
+
+    return (detect_encoding(data[:4096]) or "").lower().replace("_", "-") not in {
+        "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16", "utf-32",
+    }  # fmt: skip
+
+
+def _ole_encrypted(data: bytes) -> bool:
+    """Legacy Office files (.doc/.xls/.ppt) with a password to open."""
+    try:
+        import io
+
+        import msoffcrypto
+
+        return bool(msoffcrypto.OfficeFile(io.BytesIO(data)).is_encrypted())
+    except Exception:  # not an Office file msoffcrypto knows (e.g. Outlook .msg): not encrypted as far as we know
+        return False
+
+
+def _check_pdf_password(data: bytes) -> None:
+    """A PDF that needs a password to open fails; one with only an owner password (copy protection) opens with ""."""
+    import io
+
+    try:
+        from pypdf import PdfReader
+
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if not reader.is_encrypted:
+            return
+        opened = reader.decrypt("")
+    except Exception:  # malformed: leave it to pdfminer, which repairs what it can
+        return
+    if not opened:
+        raise ParseError("password protected")
+
+
+def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, encoding: str | None) -> list:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kb-partition-") as tmp:
+        path = Path(tmp) / f"document{extension}"
+        path.write_bytes(data)
+        try:
+            if mime == "application/pdf":
+                elements = _partition(path, filename, mime, "fast", encoding)
+                if not any((e.text or "").strip() for e in elements):
+                    # No text layer: a scanned PDF. OCR it (tesseract) rather than report it empty.
+                    elements = _partition(path, filename, mime, "ocr_only", encoding)
+                return elements
+            strategy = "ocr_only" if mime in _IMAGE_TYPES else "fast"
+            return _partition(path, filename, mime, strategy, encoding)
+        except ParseError:
+            raise
+        except Exception as exc:  # unstructured raises many types; the reason must reach the user
+            message = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            lowered = message.lower()
+            if "password" in lowered or "encrypt" in lowered:
+                raise ParseError("password protected") from exc
+            raise ParseError(f"corrupt: {message[:300]}") from exc
+
+
+def _partition(path: Path, filename: str, mime: str, strategy: str, encoding: str | None) -> list:
     from unstructured.partition.auto import partition
 
     return partition(
         filename=str(path),
+        content_type=mime,
         metadata_filename=filename,
+        encoding=encoding,
         strategy=strategy,
         # OCR needs the scripts named; for text layers languages only feed metadata.
-        languages=["eng", "chi_sim"] if strategy == "ocr_only" else None,
+        languages=_OCR_LANGUAGES if strategy == "ocr_only" else None,
         infer_table_structure=True,
+        process_attachments=False,  # e-mail attachments go through partition_bytes (sniffing, OCR, limits)
     )
 
 
-def partition_file(path: Path, filename: str) -> list[Block]:
-    try:
-        elements = _partition(path, filename, "fast")
-        is_pdf = path.read_bytes()[:5] == b"%PDF-"
-        if is_pdf and not any(e.text.strip() for e in elements):
-            # No text layer: a scanned PDF. OCR it (tesseract) rather than report it empty.
-            elements = _partition(path, filename, "ocr_only")
-    except ParseError:
-        raise
-    except Exception as exc:  # unstructured raises many types; the reason must reach the user
-        message = str(exc).strip() or type(exc).__name__
-        if "password" in message.lower() or "encrypt" in message.lower():
-            raise ParseError("password protected") from exc
-        raise ParseError(f"cannot parse {filename}: {message[:300]}") from exc
-
+def _blocks(elements: list) -> list[Block]:
     blocks: list[Block] = []
     for element in elements:
         category = getattr(element, "category", "")
@@ -107,6 +222,87 @@ def partition_file(path: Path, filename: str) -> list[Block]:
             blocks.append(Block("heading", text, page))
         else:
             blocks.append(Block("text", _unwrap(text), page))
+    return blocks
+
+
+def _sectioned(name: str, blocks: list[Block]) -> list[Block]:
+    """An attachment's or archive member's blocks under a heading with its name; its own headings keep the name as a
+    prefix so every chunk says where it came from. Pages belong to the member, not the container: dropped."""
+    out = [Block("heading", name)]
+    for block in blocks:
+        text = f"{name} — {block.text}" if block.kind == "heading" else block.text
+        out.append(Block(block.kind, text, None, block.html))
+    return out
+
+
+def _embedded(name: str, data: bytes, depth: int) -> list[Block]:
+    """An attachment or archive member: partitioned like a file; unreadable ones are skipped, not fatal."""
+    try:
+        return _sectioned(name, partition_bytes(data, name, depth=depth + 1))
+    except ParseError as exc:
+        if str(exc).startswith("decompression bomb"):
+            raise
+        logging.getLogger(__name__).info("skipping embedded %s: %s", name, exc)
+        return []
+
+
+def _partition_zip(data: bytes, filename: str, depth: int) -> list[Block]:
+    from ingest.formats import expand_zip
+
+    if depth > MAX_NESTING:
+        raise ParseError(f"unsupported format: archive nested more than {MAX_NESTING} level deep")
+    members = expand_zip(data)
+    blocks: list[Block] = []
+    for name, member in members:
+        if depth + 1 > MAX_NESTING and member[:4] == b"PK\x03\x04" and name.lower().endswith(".zip"):
+            continue
+        blocks += _embedded(name, member, depth)
     if not blocks:
-        raise ParseError("empty: no text could be extracted")
+        raise ParseError("empty: the archive holds no readable documents")
+    return blocks
+
+
+def _email_attachments(data: bytes, depth: int) -> list[Block]:
+    import email
+    import email.policy
+
+    if depth > MAX_NESTING:
+        return []
+    try:
+        message = email.message_from_bytes(data, policy=email.policy.compat32)
+    except Exception:
+        return []
+    blocks: list[Block] = []
+    for index, part in enumerate(message.walk()):
+        if part.is_multipart() or part.get_content_type() in _SIGNATURES:
+            continue
+        name = part.get_filename()
+        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        if not name and disposition != "attachment":
+            continue  # a body part: partition_email has it already
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:
+            continue
+        if payload:
+            blocks += _embedded(str(name or f"attachment-{index}"), payload, depth)
+    return blocks
+
+
+def _msg_attachments(data: bytes, depth: int) -> list[Block]:
+    import io
+
+    if depth > MAX_NESTING:
+        return []
+    try:
+        from oxmsg import Message
+
+        message = Message.load(io.BytesIO(data))
+        attachments = [(a.file_name or "attachment", a.file_bytes) for a in message.attachments]
+    except Exception:
+        return []
+    blocks: list[Block] = []
+    for name, payload in attachments:
+        if payload:
+            blocks += _embedded(name, payload, depth)
     return blocks

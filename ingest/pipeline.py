@@ -1,4 +1,9 @@
-"""One document through the write path: original -> blocks -> chunks -> vectors -> index, status in the registry."""
+"""One document through the write path: original -> blocks -> chunks -> vectors -> index, state in the registry.
+
+Versions: a changed upload of a known document (same `document_id`, or the same file name in the same collection)
+becomes its next version. Its chunks are indexed "staged" and `VectorIndex.publish` swaps them in, so a search sees
+the old version or the new one, never both or neither; the original of each version is kept until it is replaced.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import logging
 import mimetypes
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 from ingest.chunk import Chunker
-from ingest.partition import ParseError, partition_file
+from ingest.partition import Block, ParseError
 from kb.models import Document, DocumentStatus
 from kb.ports import BlobStore, Embedder, Registry, VectorIndex
 from kb.settings import IngestSettings
@@ -21,17 +27,36 @@ log = logging.getLogger(__name__)
 
 # Room left in the embedding window for the section heading prefixed to each chunk, and the special tokens.
 _HEADING_RESERVE_TOKENS = 48
+_EMBED_BATCH = 64
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+Progress = Callable[[dict[str, Any]], None]
 
 
 class UploadRejected(ValueError):
-    """The upload itself is unacceptable (too large, empty, ...): nothing was stored."""
+    """The upload itself is unacceptable (empty, unknown document, ...): nothing was stored."""
+
+
+class UploadTooLarge(UploadRejected):
+    pass
 
 
 def sanitize_filename(name: str) -> str:
     base = PurePath(name.replace("\\", "/")).name
     base = _UNSAFE_FILENAME.sub("_", base).strip(" .")
     return base[:255] or "unnamed"
+
+
+def blob_key(document_id: str, version: int) -> str:
+    return f"{document_id}-v{version}"
+
+
+def sniff_content_type(data: bytes, filename: str) -> str:
+    try:
+        from ingest.formats import sniff_content_type as sniff
+    except ImportError:  # pragma: no cover - formats arrives with the corpus work
+        return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    return sniff(data, filename)
 
 
 @dataclass
@@ -64,60 +89,106 @@ class IngestionPipeline:
         *,
         groups: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        document_id: str | None = None,
     ) -> Submitted:
-        """Store the original and queue it; identical bytes already present return the existing document."""
+        """Store the original and queue it. Identical bytes return the existing document; changed bytes of a known
+        document (by id, or by name within its collection) queue its next version."""
         if not data:
             raise UploadRejected(f"{filename}: empty file")
         if len(data) > self._settings.max_upload_bytes:
-            raise UploadRejected(
+            raise UploadTooLarge(
                 f"{filename}: {len(data)} bytes exceeds the upload limit of {self._settings.max_upload_bytes}"
             )
         sha256 = hashlib.sha256(data).hexdigest()
-        existing = self._registry.find_by_sha256(sha256)
-        if existing is not None:
-            return Submitted(existing, duplicate=True)
         safe_name = sanitize_filename(filename)
-        document = Document(
-            document_id=uuid.uuid4().hex,
-            filename=safe_name,
-            content_type=mimetypes.guess_type(safe_name)[0] or "application/octet-stream",
-            sha256=sha256,
-            size_bytes=len(data),
-            groups=list(groups or []),
-            metadata=dict(metadata or {}),
-        )
-        # Original first: a registry row never points at a missing file.
-        self._blobs.put(document.document_id, data)
-        document = self._registry.add_document(document)
+        content_type = sniff_content_type(data, safe_name)
+        metadata = dict(metadata or {})
+
+        if document_id is not None:
+            previous = self._registry.get_document(document_id)
+            if previous is None:
+                raise UploadRejected(f"no document {document_id} to replace")
+        else:
+            duplicate = self._registry.find_by_sha256(sha256)
+            if duplicate is not None:
+                return Submitted(duplicate, duplicate=True)
+            previous = self._registry.find_by_name(safe_name, str(metadata.get("collection", "")))
+
+        if previous is not None:
+            if previous.sha256 == sha256:
+                return Submitted(previous, duplicate=True)
+            self._blobs.put(blob_key(previous.document_id, previous.version + 1), data)
+            document = self._registry.new_version(
+                previous.document_id, sha256=sha256, size_bytes=len(data), content_type=content_type
+            )
+        else:
+            document = Document(
+                document_id=uuid.uuid4().hex,
+                filename=safe_name,
+                content_type=content_type,
+                sha256=sha256,
+                size_bytes=len(data),
+                groups=list(groups or []),
+                metadata=metadata,
+            )
+            # Original first: a registry row never points at a missing file.
+            self._blobs.put(blob_key(document.document_id, document.version), data)
+            document = self._registry.add_document(document)
         self._registry.enqueue_job(document.document_id)
         return Submitted(document, duplicate=False)
 
-    def process(self, document_id: str) -> Document:
-        """Parse, chunk, embed and index one document; a parse failure marks it failed with the reason."""
+    def original_key(self, document: Document) -> str:
+        """The original of the version searches see (or of the only version, before it is ready)."""
+        return blob_key(document.document_id, document.live_version or document.version)
+
+    def index_blocks(self, document_id: str, blocks: Sequence[Block], progress: Progress | None = None) -> Document:
+        """Chunk, embed and index parsed blocks as the document's current version, then publish that version."""
         document = self._registry.get_document(document_id)
         if document is None:
             raise LookupError(f"document {document_id} is not in the registry")
-        self._registry.set_status(document_id, DocumentStatus.PROCESSING)
-        try:
-            blocks = partition_file(self._blobs.path(document_id), document.filename)
-        except ParseError as exc:
-            self._registry.set_status(document_id, DocumentStatus.FAILED, error=str(exc))
-            return self._registry.get_document(document_id)  # type: ignore[return-value]
         pages = max((b.page for b in blocks if b.page is not None), default=None)
+        if pages is not None and pages > self._settings.max_pages:
+            raise ParseError(f"too many pages: {pages} (the limit is {self._settings.max_pages})")
         chunks = self.chunker.chunk(
-            blocks, document_id=document_id, filename=document.filename, groups=document.groups
-        )
-        vectors = self._embedder.embed_documents([c.embed_text or c.text for c in chunks])
-        # Stable chunk ids make a resumed job overwrite rather than duplicate; stale chunks of a previous run go first.
-        self._index.delete_document(document_id)
-        self._index.upsert(chunks, vectors)
+            blocks, document_id=document_id, filename=document.filename, groups=document.groups,
+            version=document.version,
+        )  # fmt: skip
+        for chunk in chunks:
+            chunk.staged = True
+        state: dict[str, Any] = {"stage": "embedding", "pages_parsed": pages, "chunks_total": len(chunks),
+                                 "chunks_embedded": 0}  # fmt: skip
+        self._report(document_id, state, progress)
+        # Leftovers of an interrupted run of this document are dropped; stable ids would overwrite most anyway.
+        self._index.discard_staged(document_id)
+        for start in range(0, len(chunks), _EMBED_BATCH):
+            batch = chunks[start : start + _EMBED_BATCH]
+            self._index.upsert(batch, self._embedder.embed_documents([c.embed_text or c.text for c in batch]))
+            state["chunks_embedded"] = start + len(batch)
+            self._report(document_id, state, progress)
+        self._index.publish(document_id, document.version)
+        self._registry.set_live_version(document_id, document.version)
         self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
+        self._registry.update_progress(document_id, {**state, "stage": "done"})
+        for older in range(1, document.version):
+            self._blobs.delete(blob_key(document_id, older))
         return self._registry.get_document(document_id)  # type: ignore[return-value]
 
+    def _report(self, document_id: str, state: dict[str, Any], progress: Progress | None) -> None:
+        self._registry.update_progress(document_id, dict(state))
+        if progress is not None:
+            progress(state)
+
+    def mark_failed(self, document_id: str, reason: str) -> None:
+        """A permanent failure: the reason is kept; the live version (if any) stays searchable."""
+        self._index.discard_staged(document_id)
+        self._registry.set_status(document_id, DocumentStatus.FAILED, error=reason)
+
     def delete(self, document_id: str) -> bool:
-        if self._registry.get_document(document_id) is None:
+        document = self._registry.get_document(document_id)
+        if document is None:
             return False
         self._index.delete_document(document_id)
         self._registry.delete_document(document_id)
-        self._blobs.delete(document_id)
+        for version in range(1, document.version + 1):
+            self._blobs.delete(blob_key(document_id, version))
         return True

@@ -1,4 +1,10 @@
-"""Takes ingestion jobs from the registry with leases; a crashed worker's jobs are taken again when the lease expires."""
+"""Takes ingestion jobs from the registry with leases and runs them, parsing one document ahead.
+
+While the parser process reads document n+1, this process embeds document n: on two cores parsing (pdfminer,
+tesseract) and embedding (torch) overlap instead of taking turns. A job's lease is renewed as it makes progress;
+a dead worker's job is taken again when its lease runs out (or at once by the next process that owns the registry
+alone). Parse errors are permanent and keep their reason; anything else is retried with exponential backoff.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +12,111 @@ import logging
 import os
 import socket
 import threading
-import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from ingest.pipeline import IngestionPipeline
-from kb.models import DocumentStatus
-from kb.ports import Registry
+from ingest.parser_process import ParserProcess
+from ingest.partition import ParseError
+from ingest.pipeline import IngestionPipeline, blob_key
+from kb.models import DocumentStatus, Job
+from kb.ports import BlobStore, Registry
+from kb.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
+OnDone = Callable[[str], None]
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    request_id: int
 
 
 class IngestWorker:
-    def __init__(self, registry: Registry, pipeline: IngestionPipeline, lease_seconds: float) -> None:
+    def __init__(
+        self, registry: Registry, blobs: BlobStore, pipeline: IngestionPipeline, settings: IngestSettings
+    ) -> None:
         self._registry = registry
+        self._blobs = blobs
         self._pipeline = pipeline
-        self._lease_seconds = lease_seconds
+        self._settings = settings
+        self._parser = ParserProcess(settings.parse_time_limit_s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._in_flight: deque[_InFlight] = deque()
 
-    def run_once(self) -> bool:
-        """Process one job if there is one; returns whether a job was taken."""
-        job = self._registry.claim_next_job(self.worker_id, self._lease_seconds)
+    def _take(self) -> bool:
+        """Claim one job and hand its original to the parser; False when the queue is empty."""
+        job = self._registry.claim_next_job(self.worker_id, self._settings.job_lease_s)
         if job is None:
             return False
-        try:
-            self._pipeline.process(job.document_id)
-        except Exception as exc:
-            log.error("ingestion of %s failed: %s", job.document_id, traceback.format_exc(limit=5))
-            if job.attempts < MAX_ATTEMPTS:
-                # Unexpected errors (not parse errors, which the pipeline records) are retried by re-queueing.
-                self._registry.finish_job(job.job_id, error=f"attempt {job.attempts}: {exc}")
-                self._registry.enqueue_job(job.document_id)
-                self._registry.set_status(job.document_id, DocumentStatus.QUEUED, error=f"retrying: {exc}")
-            else:
-                self._registry.finish_job(job.job_id, error=str(exc))
-                self._registry.set_status(job.document_id, DocumentStatus.FAILED, error=f"internal error: {exc}")
+        document = self._registry.get_document(job.document_id)
+        if document is None:  # deleted while queued
+            self._registry.finish_job(job.job_id)
             return True
-        self._registry.finish_job(job.job_id)
+        self._registry.set_status(job.document_id, DocumentStatus.PROCESSING)
+        self._registry.update_progress(job.document_id, {"stage": "parsing"})
+        # The version being ingested, which is not yet the one searches (and downloads) see.
+        path = self._blobs.path(blob_key(document.document_id, document.version))
+        self._in_flight.append(_InFlight(job, self._parser.submit(path, document.filename)))
         return True
 
-    def drain(self) -> int:
+    def run_once(self, on_done: OnDone | None = None) -> bool:
+        """Finish one job, keeping the next one parsing meanwhile; returns whether there was a job."""
+        while len(self._in_flight) < 2 and self._take():
+            pass
+        if not self._in_flight:
+            return False
+        current = self._in_flight.popleft()
+        # The next document starts parsing while this one is embedded.
+        while len(self._in_flight) < 1 and self._take():
+            pass
+        self._finish(current)
+        if on_done is not None:
+            on_done(current.job.document_id)
+        return True
+
+    def _finish(self, current: _InFlight) -> None:
+        job = current.job
+        try:
+            blocks = self._parser.result(current.request_id)
+
+            def renew(_: dict) -> None:
+                self._registry.extend_lease(job.job_id, self.worker_id, self._settings.job_lease_s)
+
+            self._pipeline.index_blocks(job.document_id, blocks, renew)
+        except ParseError as exc:
+            self._pipeline.mark_failed(job.document_id, str(exc))
+            self._registry.finish_job(job.job_id, error=str(exc))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if job.attempts < self._settings.max_attempts:
+                delay = self._settings.retry_backoff_s * 2 ** (job.attempts - 1)
+                log.warning("ingestion of %s failed (attempt %d), retrying in %.0f s: %s",
+                            job.document_id, job.attempts, delay, reason)  # fmt: skip
+                self._registry.retry_job(job.job_id, error=reason, delay_s=delay)
+                self._registry.set_status(job.document_id, DocumentStatus.QUEUED, error=f"retrying: {reason}")
+            else:
+                log.error("ingestion of %s failed for good: %s", job.document_id, reason)
+                self._pipeline.mark_failed(job.document_id, f"failed after {job.attempts} attempts: {reason}")
+                self._registry.finish_job(job.job_id, error=reason)
+        else:
+            self._registry.finish_job(job.job_id)
+
+    def drain(self, on_done: OnDone | None = None) -> int:
+        """Run jobs until the queue is empty (jobs waiting out a retry backoff included)."""
         done = 0
-        while self.run_once():
-            done += 1
-        return done
+        while True:
+            if self.run_once(on_done):
+                done += 1
+            elif self._registry.pending_jobs():
+                self._stop.wait(0.2)  # a retry is backing off
+            else:
+                return done
 
     def notify(self) -> None:
         self._wake.set()
@@ -76,3 +140,5 @@ class IngestWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._parser.close()
+

@@ -28,6 +28,9 @@ class Document:
     chunks: int | None = None
     groups: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = 1  # the latest version submitted (the one `status` is about)
+    live_version: int | None = None  # the version searches see; None until a version is ready
+    progress: dict[str, Any] = field(default_factory=dict)  # stage, pages_parsed, chunks_embedded, chunks_total
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -44,6 +47,9 @@ class Document:
             "chunks": self.chunks,
             "groups": list(self.groups),
             "metadata": dict(self.metadata),
+            "version": self.version,
+            "live_version": self.live_version,
+            "progress": dict(self.progress),
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
@@ -65,6 +71,8 @@ class Chunk:
     page_starts: list[tuple[int, int]] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     embed_text: str | None = None  # what is embedded (section heading prefixed); defaults to text
+    version: int = 1
+    staged: bool = False  # invisible to searches until the index publishes this version
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -78,6 +86,9 @@ class Chunk:
             "section": self.section,
             "page_starts": [list(p) for p in self.page_starts],
             "groups": list(self.groups),
+            "version": self.version,
+            # A keyword, not a bool: Qdrant Edge 0.9's MatchValue(True) does not match a boolean payload.
+            "state": "staged" if self.staged else "live",
         }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from kb.models import Chunk, Document, DocumentStatus, Job, Passage, SearchFilter
 
@@ -30,11 +30,21 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorIndex(Protocol):
-    """Chunks with a dense vector (given) and a BM25 sparse vector (computed by the index adapter)."""
+    """Chunks with a dense vector (given) and a BM25 sparse vector (computed by the index adapter).
+
+    Searches and counts never see staged chunks."""
 
     def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None: ...
 
     def delete_document(self, document_id: str) -> None: ...
+
+    def discard_staged(self, document_id: str) -> None:
+        """Drop staged (unpublished) chunks of a document, e.g. those of an interrupted run."""
+        ...
+
+    def publish(self, document_id: str, version: int) -> None:
+        """Make `version`'s staged chunks the document's only visible ones, in one step for searches."""
+        ...
 
     def search(
         self,
@@ -95,6 +105,14 @@ class Registry(Protocol):
 
     def find_by_sha256(self, sha256: str) -> Document | None: ...
 
+    def find_by_name(self, filename: str, collection: str = "") -> Document | None: ...
+
+    def new_version(self, document_id: str, *, sha256: str, size_bytes: int, content_type: str) -> Document: ...
+
+    def set_live_version(self, document_id: str, version: int) -> None: ...
+
+    def update_progress(self, document_id: str, progress: dict[str, Any]) -> None: ...
+
     def list_documents(self) -> list[Document]: ...
 
     def set_status(
@@ -116,6 +134,12 @@ class Registry(Protocol):
         ...
 
     def finish_job(self, job_id: int, *, error: str | None = None) -> None: ...
+
+    def retry_job(self, job_id: int, *, error: str, delay_s: float) -> None: ...
+
+    def extend_lease(self, job_id: int, worker_id: str, lease_seconds: float) -> None: ...
+
+    def release_leases(self) -> int: ...
 
     def pending_jobs(self) -> int: ...
 

@@ -67,7 +67,11 @@ class IngestSettings(BaseModel):
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 24
     max_upload_bytes: int = 100 * 1024 * 1024
-    job_lease_s: float = 600.0
+    max_pages: int = 5000
+    parse_time_limit_s: float = 600.0  # per document; the parser process is killed beyond it
+    max_attempts: int = 3  # transient failures (parser crash, I/O) are retried with exponential backoff
+    retry_backoff_s: float = 2.0
+    job_lease_s: float = 300.0  # renewed while a job makes progress; a dead worker's job is retaken after it
     workers: int = 1
 
 

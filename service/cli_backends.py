@@ -52,12 +52,14 @@ class LocalBackend:
 
     def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]:
         registry = self._container.registry
+
+        def done(document_id: str) -> None:
+            document = registry.get_document(document_id)
+            if document is not None:
+                on_update(document.to_dict())
+
         # Jobs left unfinished by an earlier run are taken too: the queue is shared and durable.
-        while self._services.worker.run_once():
-            for document_id in document_ids:
-                document = registry.get_document(document_id)
-                if document is not None:
-                    on_update(document.to_dict())
+        self._services.worker.drain(done)
         return [d.to_dict() for d in (registry.get_document(i) for i in document_ids) if d is not None]
 
     def documents(self) -> list[dict[str, Any]]:
@@ -74,6 +76,7 @@ class LocalBackend:
 
     def close(self) -> None:
         try:
+            self._services.worker.stop()
             self._loop.run_until_complete(self._container.aclose())
             self._loop.close()
         finally:

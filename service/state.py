@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ingest.pipeline import IngestionPipeline
@@ -9,6 +10,8 @@ from ingest.worker import IngestWorker
 from kb.container import Container
 from service.answering import AnswerService
 from service.retrieval import RetrievalService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,7 +28,13 @@ class Services:
         pipeline = IngestionPipeline(
             container.registry, container.blobs, container.embedder, container.index, settings.ingest
         )
-        worker = IngestWorker(container.registry, pipeline, settings.ingest.job_lease_s)
+        if not settings.registry_url:
+            # The registry is the SQLite file of a data directory this process holds the lock of: any job marked
+            # running was left by a process that died (kill -9, power cut). Resume it now, not when its lease ends.
+            resumed = container.registry.release_leases()
+            if resumed:
+                log.info("resuming %d interrupted ingestion job(s)", resumed)
+        worker = IngestWorker(container.registry, container.blobs, pipeline, settings.ingest)
         retrieval = RetrievalService(container.embedder, container.index, settings.retrieval)
         services = cls(container, pipeline, worker, retrieval, None)
         if with_generator:

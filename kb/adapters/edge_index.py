@@ -39,6 +39,8 @@ from kb.ports import SearchMode
 _PAYLOAD_INDEXES: dict[str, PayloadSchemaType | KeywordIndexParams] = {
     "document_id": PayloadSchemaType.Keyword,
     "groups": KeywordIndexParams(is_tenant=True),
+    "version": PayloadSchemaType.Integer,
+    "state": PayloadSchemaType.Keyword,
 }
 
 
@@ -46,26 +48,34 @@ class _MatchesNothing(Exception):
     """A filter with an empty list (e.g. a caller in no group) can match no chunk."""
 
 
-def _edge_filter(search_filter: SearchFilter | None) -> Filter | None:
-    if search_filter is None:
-        return None
+# A new version's chunks are written "staged" and are invisible until `publish` swaps them in.
+_NOT_STAGED = FieldCondition(key="state", match=MatchValue("staged"))
+
+
+def _document_filter(document_id: str, *conditions: ConditionType) -> Filter:
+    return Filter(must=[FieldCondition(key="document_id", match=MatchValue(document_id)), *conditions])
+
+
+def _edge_filter(search_filter: SearchFilter | None) -> Filter:
     conditions: list[ConditionType] = []
-    for key, values in (("groups", search_filter.groups), ("document_id", search_filter.document_ids)):
+    for key, values in (
+        ("groups", search_filter.groups if search_filter else None),
+        ("document_id", search_filter.document_ids if search_filter else None),
+    ):
         if values is None:
             continue
         if not values:
             raise _MatchesNothing
         conditions.append(FieldCondition(key=key, match=MatchAny(list(values))))
-    return Filter(must=conditions) if conditions else None
+    return Filter(must=conditions or None, must_not=[_NOT_STAGED])
 
 
 class EdgeVectorIndex:
     """Named dense vector "dense" (cosine) and sparse "bm25" (IDF) in one Edge shard at `path`.
 
-    The shard is safe to share between threads (checked: concurrent upserts and queries from several
-    threads neither fail nor lose points), so reads are not serialised. Writes are, so that each
-    upsert's flush covers exactly that upsert, and `close` waits for a write in progress. Edge holds
-    the GIL during every call, so two searches never run in parallel either way.
+    The shard is safe to share between threads, but every call (reads too) takes one lock: `publish` is two
+    operations (drop the old version, unstage the new one) and no search may run between them. This costs no
+    parallelism: Edge holds the GIL during every call, so two searches never run in parallel anyway.
     """
 
     def __init__(self, path: Path, dimension: int, *, candidates: int = 50) -> None:
@@ -121,10 +131,28 @@ class EdgeVectorIndex:
             self._shard.flush()
 
     def delete_document(self, document_id: str) -> None:
-        only_document = Filter(must=[FieldCondition(key="document_id", match=MatchValue(document_id))])
         with self._write_lock:
             self._check_open()
-            self._shard.update(UpdateOperation.delete_points_by_filter(only_document))
+            self._shard.update(UpdateOperation.delete_points_by_filter(_document_filter(document_id)))
+            self._shard.flush()
+
+    def discard_staged(self, document_id: str) -> None:
+        staged = _document_filter(document_id, FieldCondition(key="state", match=MatchValue("staged")))
+        with self._write_lock:
+            self._check_open()
+            self._shard.update(UpdateOperation.delete_points_by_filter(staged))
+            self._shard.flush()
+
+    def publish(self, document_id: str, version: int) -> None:
+        older = Filter(
+            must=[FieldCondition(key="document_id", match=MatchValue(document_id))],
+            must_not=[FieldCondition(key="version", match=MatchValue(version))],
+        )
+        new = _document_filter(document_id, FieldCondition(key="version", match=MatchValue(version)))
+        with self._write_lock:
+            self._check_open()
+            self._shard.update(UpdateOperation.delete_points_by_filter(older))
+            self._shard.update(UpdateOperation.set_payload_by_filter(new, {"state": "live"}))
             self._shard.flush()
 
     def search(
@@ -135,7 +163,6 @@ class EdgeVectorIndex:
         filter: SearchFilter | None = None,
         mode: SearchMode = "hybrid",
     ) -> list[Passage]:
-        self._check_open()
         if limit <= 0:
             return []
         try:
@@ -168,15 +195,19 @@ class EdgeVectorIndex:
             )
         else:
             raise ValueError(f"unknown search mode {mode!r}")
-        return [Passage.from_payload(point.payload or {}, point.score) for point in self._shard.query(request)]
+        with self._write_lock:
+            self._check_open()
+            points = self._shard.query(request)
+        return [Passage.from_payload(point.payload or {}, point.score) for point in points]
 
     def count(self, filter: SearchFilter | None = None) -> int:
-        self._check_open()
         try:
             edge_filter = _edge_filter(filter)
         except _MatchesNothing:
             return 0
-        return self._shard.count(CountRequest(exact=True, filter=edge_filter))
+        with self._write_lock:
+            self._check_open()
+            return self._shard.count(CountRequest(exact=True, filter=edge_filter))
 
     def optimize(self) -> bool:
         """Build HNSW and payload indexes; Edge runs no optimizer in the background.

@@ -19,17 +19,26 @@ class _MatchesNothing(Exception):
     """A filter with an empty list (e.g. a caller in no group) can match no chunk."""
 
 
-def _client_filter(search_filter: SearchFilter | None) -> models.Filter | None:
-    if search_filter is None:
-        return None
+# A new version's chunks are written "staged" and are invisible until `publish` swaps them in.
+_STAGED = models.FieldCondition(key="state", match=models.MatchValue(value="staged"))
+
+
+def _document_condition(document_id: str) -> models.FieldCondition:
+    return models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
+
+
+def _client_filter(search_filter: SearchFilter | None) -> models.Filter:
     conditions: list[models.Condition] = []
-    for key, values in (("groups", search_filter.groups), ("document_id", search_filter.document_ids)):
+    for key, values in (
+        ("groups", search_filter.groups if search_filter else None),
+        ("document_id", search_filter.document_ids if search_filter else None),
+    ):
         if values is None:
             continue
         if not values:
             raise _MatchesNothing
         conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
-    return models.Filter(must=conditions) if conditions else None
+    return models.Filter(must=conditions or None, must_not=[_STAGED])
 
 
 def _is_local_mode(client: QdrantClient) -> bool:
@@ -103,6 +112,10 @@ class QdrantServerIndex:
                     "groups",
                     field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
                 )
+                self._client.create_payload_index(
+                    self._collection, "version", field_schema=models.PayloadSchemaType.INTEGER
+                )
+                self._client.create_payload_index(self._collection, "state", field_schema=models.PayloadSchemaType.KEYWORD)
 
     def _check_dimension(self) -> None:
         vectors = self._client.get_collection(self._collection).config.params.vectors
@@ -133,14 +146,25 @@ class QdrantServerIndex:
             with self._guard():
                 self._client.upsert(self._collection, points=points[start : start + _UPSERT_BATCH], wait=True)
 
-    def delete_document(self, document_id: str) -> None:
-        only_document = models.Filter(
-            must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))]
-        )
+    def _delete(self, selector: models.Filter) -> None:
         with self._guard():
-            self._client.delete(
-                self._collection, points_selector=models.FilterSelector(filter=only_document), wait=True
-            )
+            self._client.delete(self._collection, points_selector=models.FilterSelector(filter=selector), wait=True)
+
+    def delete_document(self, document_id: str) -> None:
+        self._delete(models.Filter(must=[_document_condition(document_id)]))
+
+    def discard_staged(self, document_id: str) -> None:
+        self._delete(models.Filter(must=[_document_condition(document_id), _STAGED]))
+
+    def publish(self, document_id: str, version: int) -> None:
+        # On a server these are two requests: a search landing between them may see both versions for a few
+        # milliseconds (never neither). Local mode holds the lock across both, as Edge does.
+        this_version = models.FieldCondition(key="version", match=models.MatchValue(value=version))
+        older = models.Filter(must=[_document_condition(document_id)], must_not=[this_version])
+        new = models.Filter(must=[_document_condition(document_id), this_version])
+        with self._guard():
+            self._client.set_payload(self._collection, payload={"state": "live"}, points=models.FilterSelector(filter=new), wait=True)
+            self._client.delete(self._collection, points_selector=models.FilterSelector(filter=older), wait=True)
 
     def search(
         self,

@@ -46,6 +46,10 @@ class _DocumentRow(_Base):
     chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    collection: Mapped[str] = mapped_column(String(255), default="", index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    live_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
@@ -62,6 +66,9 @@ class _DocumentRow(_Base):
             chunks=self.chunks,
             groups=list(self.groups or []),
             metadata=dict(self.metadata_ or {}),
+            version=self.version,
+            live_version=self.live_version,
+            progress=dict(self.progress or {}),
             created_at=self.created_at,
             updated_at=self.updated_at,
         )
@@ -79,6 +86,7 @@ class _JobRow(_Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    run_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # retry backoff
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -122,6 +130,10 @@ class SqlRegistry:
                 chunks=document.chunks,
                 groups=list(document.groups),
                 metadata_=dict(document.metadata),
+                collection=str(document.metadata.get("collection", "")),
+                version=document.version,
+                live_version=document.live_version,
+                progress=dict(document.progress),
             )
             s.add(row)
             s.flush()
@@ -138,6 +150,37 @@ class SqlRegistry:
                 select(_DocumentRow).where(_DocumentRow.sha256 == sha256).order_by(_DocumentRow.created_at)
             ).first()
             return row.to_model() if row else None
+
+    def find_by_name(self, filename: str, collection: str = "") -> Document | None:
+        with self._session() as s:
+            row = s.scalars(
+                select(_DocumentRow)
+                .where(_DocumentRow.filename == filename, _DocumentRow.collection == collection)
+                .order_by(_DocumentRow.created_at)
+            ).first()
+            return row.to_model() if row else None
+
+    def new_version(self, document_id: str, *, sha256: str, size_bytes: int, content_type: str) -> Document:
+        """Record a new version of the document's content; searches keep seeing the live one until it is ready."""
+        with self._session() as s, s.begin():
+            row = s.get(_DocumentRow, document_id, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no document {document_id}")
+            row.version += 1
+            row.sha256, row.size_bytes, row.content_type = sha256, size_bytes, content_type
+            row.status, row.error, row.progress = DocumentStatus.QUEUED.value, None, {}
+            s.flush()
+            return row.to_model()
+
+    def set_live_version(self, document_id: str, version: int) -> None:
+        with self._session() as s, s.begin():
+            s.execute(update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(live_version=version))
+
+    def update_progress(self, document_id: str, progress: dict[str, Any]) -> None:
+        with self._session() as s, s.begin():
+            s.execute(
+                update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(progress=dict(progress))
+            )
 
     def list_documents(self) -> list[Document]:
         with self._session() as s:
@@ -172,13 +215,38 @@ class SqlRegistry:
         with self._session() as s, s.begin():
             s.add(_JobRow(document_id=document_id, state="queued", attempts=0))
 
+    def retry_job(self, job_id: int, *, error: str, delay_s: float) -> None:
+        """Put a job that hit a transient error back in the queue, not to be taken before `delay_s` from now."""
+        with self._session() as s, s.begin():
+            s.execute(
+                update(_JobRow)
+                .where(_JobRow.job_id == job_id)
+                .values(state="queued", error=error, lease_owner=None, lease_until=None,
+                        run_after=_now() + timedelta(seconds=delay_s))
+            )
+
+    def extend_lease(self, job_id: int, worker_id: str, lease_seconds: float) -> None:
+        with self._session() as s, s.begin():
+            s.execute(
+                update(_JobRow)
+                .where(_JobRow.job_id == job_id, _JobRow.lease_owner == worker_id, _JobRow.state == "running")
+                .values(lease_until=_now() + timedelta(seconds=lease_seconds))
+            )
+
+    def release_leases(self) -> int:
+        """Requeue every running job: called by a process that owns the registry alone, at start, after a crash."""
+        with self._session() as s, s.begin():
+            result = s.execute(
+                update(_JobRow).where(_JobRow.state == "running").values(state="queued", lease_owner=None, lease_until=None)
+            )
+            return result.rowcount
+
     def claim_next_job(self, worker_id: str, lease_seconds: float) -> Job | None:
         now = _now()
         with self._session() as s, s.begin():
             claimable = (
-                (_JobRow.state == "queued")
-                | ((_JobRow.state == "running") & (_JobRow.lease_until < now))
-            )
+                (_JobRow.state == "queued") & ((_JobRow.run_after.is_(None)) | (_JobRow.run_after <= now))
+            ) | ((_JobRow.state == "running") & (_JobRow.lease_until < now))
             query = select(_JobRow).where(claimable).order_by(_JobRow.job_id).limit(1)
             if self._engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)

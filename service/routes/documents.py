@@ -7,11 +7,11 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException
 from litestar.response import Response
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from ingest.pipeline import UploadRejected
+from ingest.pipeline import UploadRejected, UploadTooLarge
 from service.state import Services
 
 
@@ -41,16 +41,25 @@ class DocumentController(Controller):
                 raise ClientException(f"metadata must be a JSON object: {exc}") from exc
             if not isinstance(metadata, dict):
                 raise ClientException("metadata must be a JSON object")
+        document_id = form.get("document_id") or None
+        if document_id and len(files) != 1:
+            raise ClientException("a new version (document_id) takes exactly one file")
         accepted, rejected = [], []
+        too_large = False
         for upload in files:
             data = await upload.read()
             try:
-                submitted = services.pipeline.submit(upload.filename, data, groups=groups, metadata=metadata)
+                submitted = services.pipeline.submit(
+                    upload.filename, data, groups=groups, metadata=metadata, document_id=document_id
+                )
             except UploadRejected as exc:
+                too_large |= isinstance(exc, UploadTooLarge)
                 rejected.append({"filename": upload.filename, "error": str(exc)})
                 continue
             accepted.append({**submitted.document.to_dict(), "duplicate": submitted.duplicate})
         if not accepted:
+            if too_large and len(rejected) == 1:
+                raise HTTPException(rejected[0]["error"], status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
             raise ClientException("no file was accepted", extra={"rejected": rejected})
         services.worker.notify()
         return {"documents": accepted, "rejected": rejected}
@@ -77,7 +86,7 @@ class DocumentController(Controller):
         if document is None:
             raise NotFoundException(f"no document {document_id}")
         return Response(
-            services.container.blobs.read(document_id),
+            services.container.blobs.read(services.pipeline.original_key(document)),
             media_type=document.content_type,
             headers={"Content-Disposition": f"inline; filename*=UTF-8''{_quote(document.filename)}"},
         )

@@ -387,3 +387,33 @@ def test_both_adapters_store_identical_sparse_vectors(tmp_path: Path) -> None:
     assert dict(zip(edge_sparse.indices, edge_sparse.values, strict=True)) == pytest.approx(
         dict(zip(local_sparse.indices, local_sparse.values, strict=True))
     )
+
+
+def test_a_staged_version_is_invisible_until_published_then_replaces_the_old(index: VectorIndex) -> None:
+    old = chunk("old policy text", document_id="d", ordinal=0, version=1, chunk_id=str(uuid.uuid4()))
+    new = [
+        chunk("new policy text", document_id="d", ordinal=i, version=2, staged=True, chunk_id=str(uuid.uuid4()))
+        for i in range(2)
+    ]
+    other = chunk("other document", document_id="o", ordinal=0, chunk_id=str(uuid.uuid4()))
+    index.upsert([old, other], [e(0), e(1)])
+    index.upsert(new, [e(0), e(0)])
+
+    def visible() -> set[str]:
+        return {p.chunk_id for p in index.search(e(0), "policy", 10, mode="hybrid")}
+
+    assert visible() == {old.chunk_id, other.chunk_id}
+    assert index.count(SearchFilter(document_ids=["d"])) == 1
+    index.publish("d", 2)
+    assert visible() == {c.chunk_id for c in new} | {other.chunk_id}
+    assert index.count(SearchFilter(document_ids=["d"])) == 2
+    assert index.count() == 3
+
+
+def test_discard_staged_drops_only_unpublished_chunks(index: VectorIndex) -> None:
+    live = chunk("live text", document_id="d", ordinal=0, version=1, chunk_id=str(uuid.uuid4()))
+    staged = chunk("staged text", document_id="d", ordinal=0, version=2, staged=True, chunk_id=str(uuid.uuid4()))
+    index.upsert([live, staged], [e(0), e(0)])
+    index.discard_staged("d")
+    index.publish("d", 2)  # nothing staged is left: publishing version 2 leaves the document empty
+    assert index.count(SearchFilter(document_ids=["d"])) == 0
