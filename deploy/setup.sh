@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
-# System packages: OCR for scanned pages (Chinese too), PDF rasterising, file-type sniffing.
-APT_PACKAGES=(tesseract-ocr tesseract-ocr-chi-sim poppler-utils libmagic1)
+# System packages: OCR for scanned pages (Chinese too), PDF rasterising, file-type sniffing, document converters.
+# pandoc (+ its data files): RTF, RST, Org, EPUB. LibreOffice without GUI: legacy .doc/.ppt and ODT (converted to
+# .docx/.pptx; pandoc 2.17's sandbox cannot write .docx). ~430 MB installed, ~30 s.
+APT_PACKAGES=(tesseract-ocr tesseract-ocr-chi-sim poppler-utils libmagic1
+  pandoc pandoc-data libreoffice-writer-nogui libreoffice-impress-nogui)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -20,16 +23,19 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# pip names every local index directory that lacks a package ("... is ignored"): noise, not a problem.
+pip_quiet() { .venv/bin/pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; return "${PIPESTATUS[0]}"; }
+
 stamp=.venv/.kb-setup
 inputs=$(cat requirements/*.txt pyproject.toml deploy/setup.sh deploy/en_core_web_sm_shim/pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   echo "==> creating .venv"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements/main.txt -r requirements/test.txt
-  .venv/bin/pip install -q --no-deps -r requirements/nodeps.txt
-  .venv/bin/pip install -q --no-deps ./deploy/en_core_web_sm_shim
-  .venv/bin/pip install -q --no-deps -e .
+  pip_quiet install -q --upgrade pip
+  pip_quiet install -q -r requirements/main.txt -r requirements/test.txt
+  pip_quiet install -q --no-deps -r requirements/nodeps.txt
+  pip_quiet install -q --no-deps ./deploy/en_core_web_sm_shim
+  pip_quiet install -q --no-deps -e .
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` beside the CPU torch;
   # text models need none of them, and triton is unused on CPU.
   .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

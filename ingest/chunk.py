@@ -196,6 +196,9 @@ class Chunker:
         whole = "\n".join([header, rule, *body])
         if self.count(whole) <= self.max_tokens:
             return [whole]
+        if not body:
+            # One long row (an HTML layout table): no header to repeat, split it as text rather than lose it.
+            return [u.text for u in self._units(block)]
         pieces: list[str] = []
         head = [header, rule]
         head_tokens = self.count("\n".join(head))

@@ -118,6 +118,12 @@ def _utf16_or_32_without_bom(data: bytes) -> str | None:
     return None
 
 
+_SINGLE_BYTE_LATIN = {
+    "cp1250", "cp1252", "cp1254", "cp1257", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso8859_9",
+    "iso8859_10", "iso8859_13", "iso8859_14", "iso8859_15", "iso8859_16", "mac_roman", "mac_latin2", "cp850",
+}  # fmt: skip
+
+
 def detect_encoding(data: bytes) -> str | None:
     """The encoding of text bytes, or None when they are not text in any encoding we recognise."""
     for bom, name in _BOMS:
@@ -137,6 +143,12 @@ def detect_encoding(data: bytes) -> str | None:
     if best is None:
         return None
     encoding = best.encoding
+    if encoding in _SINGLE_BYTE_LATIN and encoding != "cp1252":
+        # Single-byte Latin code pages decode the same bytes with equal ease (cp1250 turns "ï" into "ď"); prefer
+        # Windows-1252, the legacy default for Western text, unless it reads clearly worse.
+        western = from_bytes(data[: 1 << 20], cp_isolation=["cp1252"]).best()
+        if western is not None and western.chaos <= best.chaos + 0.02:
+            encoding = "cp1252"
     # GB2312 text often contains characters only GB18030 (its superset) can decode; the superset never hurts.
     if encoding.replace("_", "").lower() in {"gb2312", "gbk"}:
         encoding = "gb18030"
@@ -164,7 +176,7 @@ def _looks_like_text(data: bytes) -> bool:
 
 def _is_encrypted_ooxml(data: bytes) -> bool:
     """Password-protected DOCX/XLSX/PPTX are OLE containers holding EncryptionInfo + EncryptedPackage."""
-    if not data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+    if not data.startswith(_OLE_MAGIC):
         return False
     try:
         import olefile
@@ -173,6 +185,36 @@ def _is_encrypted_ooxml(data: bytes) -> bool:
             return ole.exists("EncryptionInfo") and ole.exists("EncryptedPackage")
     except Exception:
         return False
+
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ZIP_BASED = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.oasis.opendocument.text",
+    "application/epub",
+    ZIP,
+}
+_OLE_BASED = {"application/msword", "application/vnd.ms-powerpoint", "application/vnd.ms-excel",
+              "application/vnd.ms-outlook"}  # fmt: skip
+
+
+def _consistent(mime: str, data: bytes, magic_type: str) -> bool:
+    """Whether the bytes can be `mime` at all: guards against a type taken from the file name alone."""
+    if mime in _ZIP_BASED:
+        return data.startswith(b"PK\x03\x04")
+    if mime in _OLE_BASED:
+        return data.startswith(_OLE_MAGIC)
+    if mime == "application/pdf":
+        return b"%PDF-" in data[:1024]
+    if mime == "text/rtf":
+        return data.lstrip()[:5] == b"{\\rtf"
+    if mime.startswith("image/"):
+        return magic_type.startswith("image/")
+    if mime in TEXT_TYPES:
+        return _looks_like_text(data)
+    return True
 
 
 def sniff_content_type(data: bytes, filename: str) -> str:
@@ -195,6 +237,8 @@ def sniff_content_type(data: bytes, filename: str) -> str:
     magic_type = _magic(data)
     if detected == "application/json" and ext not in (".json", ".ndjson", ".jsonl"):
         detected = None  # unstructured calls any text that parses as JSON json; the bytes' own kind decides
+    if detected is not None and not _consistent(detected, data, magic_type):
+        detected = None  # unstructured fell back to the extension for bytes it could not place
     if detected is None:
         if magic_type.startswith("text/") or (magic_type == OCTET_STREAM and _looks_like_text(data)):
             if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[") and ext in _TEXT_BY_EXTENSION:

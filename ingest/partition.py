@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
+import io
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +35,8 @@ BlockKind = Literal["heading", "text", "table"]
 # Layout noise that would only pollute retrieval.
 _SKIPPED_CATEGORIES = {"PageBreak", "Header", "Footer", "PageNumber", "Image", "Figure", "FigureCaption_"}
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_CJK_OR_PUNCT = r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
+_CJK_GAP = re.compile(rf"(?<={_CJK_OR_PUNCT})[ \t]+(?={_CJK_OR_PUNCT})")
 _SENTENCE_END = re.compile(r"[。！？；.!?;:：]\s*$")
 
 
@@ -66,6 +73,7 @@ def looks_like_heading(text: str) -> bool:
 
 _OCR_LANGUAGES = ["eng", "chi_sim"]
 _IMAGE_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/heic", "image/webp"}
+_ODT = "application/vnd.oasis.opendocument.text"
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Types partitioned as plain text: unstructured's JSON partitioner reads only its own element schema.
 _AS_PLAIN_TEXT = {"application/json", "application/x-ndjson", "application/yaml"}
@@ -105,6 +113,7 @@ def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block
         raise ParseError("password protected")
     if mime == "application/pdf":
         _check_pdf_password(data)
+    _check_email_encrypted(data, mime)
 
     if mime in _AS_PLAIN_TEXT:
         # Data, not prose: one text block; the chunker cuts it at line ends. unstructured would call every short
@@ -141,8 +150,6 @@ def _is_ascii_compatible(data: bytes) -> bool:
 def _ole_encrypted(data: bytes) -> bool:
     """Legacy Office files (.doc/.xls/.ppt) with a password to open."""
     try:
-        import io
-
         import msoffcrypto
 
         return bool(msoffcrypto.OfficeFile(io.BytesIO(data)).is_encrypted())
@@ -152,8 +159,6 @@ def _ole_encrypted(data: bytes) -> bool:
 
 def _check_pdf_password(data: bytes) -> None:
     """A PDF that needs a password to open fails; one with only an owner password (copy protection) opens with ""."""
-    import io
-
     try:
         from pypdf import PdfReader
 
@@ -168,8 +173,6 @@ def _check_pdf_password(data: bytes) -> None:
 
 
 def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, encoding: str | None) -> list:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="kb-partition-") as tmp:
         path = Path(tmp) / f"document{extension}"
         path.write_bytes(data)
@@ -178,10 +181,11 @@ def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, enc
                 elements = _partition(path, filename, mime, "fast", encoding)
                 if not any((e.text or "").strip() for e in elements):
                     # No text layer: a scanned PDF. OCR it (tesseract) rather than report it empty.
-                    elements = _partition(path, filename, mime, "ocr_only", encoding)
+                    elements = _ocr(path, filename, mime)
                 return elements
-            strategy = "ocr_only" if mime in _IMAGE_TYPES else "fast"
-            return _partition(path, filename, mime, strategy, encoding)
+            if mime in _IMAGE_TYPES:
+                return _ocr(path, filename, mime)
+            return _partition(path, filename, mime, "fast", encoding)
         except ParseError:
             raise
         except Exception as exc:  # unstructured raises many types; the reason must reach the user
@@ -192,9 +196,24 @@ def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, enc
             raise ParseError(f"corrupt: {message[:300]}") from exc
 
 
+def _ocr(path: Path, filename: str, mime: str) -> list:
+    elements = _partition(path, filename, mime, "ocr_only", None)
+    for element in elements:
+        # Tesseract's chi_sim puts a space between every few characters: "新 鲜 甘 草 黄酮" -> "新鲜甘草黄酮".
+        if element.text and _CJK.search(element.text):
+            element.text = _CJK_GAP.sub("", element.text)
+    return elements
+
+
 def _partition(path: Path, filename: str, mime: str, strategy: str, encoding: str | None) -> list:
     from unstructured.partition.auto import partition
 
+    if mime == _ODT:
+        # unstructured converts ODT with pandoc, whose sandbox (2.17, Debian 12) cannot write .docx; LibreOffice
+        # converts it like a .doc.
+        from unstructured.partition.doc import partition_doc
+
+        return partition_doc(filename=str(path), metadata_filename=filename, infer_table_structure=True)
     return partition(
         filename=str(path),
         content_type=mime,
@@ -262,36 +281,81 @@ def _partition_zip(data: bytes, filename: str, depth: int) -> list[Block]:
     return blocks
 
 
-def _email_attachments(data: bytes, depth: int) -> list[Block]:
-    import email
-    import email.policy
+_ENCRYPTED_PARTS = {"application/pgp-encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime"}
 
-    if depth > MAX_NESTING:
-        return []
+
+def _parse_email(data: bytes) -> email.message.Message | None:
     try:
-        message = email.message_from_bytes(data, policy=email.policy.compat32)
+        return email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:
+        return None
+
+
+def _check_email_encrypted(data: bytes, mime: str) -> None:
+    """S/MIME- or PGP-encrypted mail: the body needs the recipient's key, which is as good as a password."""
+    if mime == "message/rfc822":
+        message = _parse_email(data)
+        if message is None:
+            return
+        ctype = message.get_content_type()
+        smime = (message.get_param("smime-type") or "").lower()
+        if ctype == "multipart/encrypted" or (ctype in _ENCRYPTED_PARTS and smime != "signed-data"):
+            raise ParseError("password protected: the message is encrypted")
+    elif mime == "application/vnd.ms-outlook":
+        try:
+            from oxmsg import Message
+
+            message = Message.load(io.BytesIO(data))
+            kinds = {a.mime_type for a in message.attachments}
+            smime = (message.message_class or "").upper().startswith("IPM.NOTE.SMIME") and not (
+                message.message_class or ""
+            ).upper().endswith("SIGNED")
+        except Exception:
+            return
+        if smime or kinds & _ENCRYPTED_PARTS:
+            raise ParseError("password protected: the message is encrypted")
+
+
+def _email_attachments(data: bytes, depth: int) -> list[Block]:
+    """Attachments and forwarded messages (message/rfc822 parts, digests) of an e-mail, each sectioned by name."""
+    message = _parse_email(data)
+    if message is None:
         return []
     blocks: list[Block] = []
-    for index, part in enumerate(message.walk()):
-        if part.is_multipart() or part.get_content_type() in _SIGNATURES:
-            continue
+
+    def visit(part: email.message.Message, index: str) -> None:
+        nonlocal blocks
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            inner = part.get_payload()
+            inner = inner[0] if isinstance(inner, list) and inner else inner
+            if isinstance(inner, email.message.Message):
+                name = part.get_filename() or str(inner.get("Subject") or f"message {index}")
+                blocks += _embedded(name, inner.as_bytes(), depth)
+            return
+        if part.is_multipart():
+            for n, sub in enumerate(part.get_payload()):
+                visit(sub, f"{index}.{n + 1}" if index else str(n + 1))
+            return
+        if ctype in _SIGNATURES:
+            return
         name = part.get_filename()
         disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         if not name and disposition != "attachment":
-            continue  # a body part: partition_email has it already
+            return  # a body part: partition_email has it already
         try:
             payload = part.get_payload(decode=True)
         except Exception:
-            continue
+            return
         if payload:
-            blocks += _embedded(str(name or f"attachment-{index}"), payload, depth)
+            blocks += _embedded(str(name or f"attachment {index}"), payload, depth)
+
+    if depth <= MAX_NESTING:
+        visit(message, "")
     return blocks
 
 
 def _msg_attachments(data: bytes, depth: int) -> list[Block]:
-    import io
-
     if depth > MAX_NESTING:
         return []
     try:

@@ -167,8 +167,8 @@ class IngestionPipeline:
             self._report(document_id, state, progress)
         self._index.publish(document_id, document.version)
         self._registry.set_live_version(document_id, document.version)
-        self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
         self._registry.update_progress(document_id, {**state, "stage": "done"})
+        self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
         for older in range(1, document.version):
             self._blobs.delete(blob_key(document_id, older))
         return self._registry.get_document(document_id)  # type: ignore[return-value]

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool = True)
         route_handlers=[DocumentController, search, ask, healthz, readyz, index_page],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
-        request_max_body_size=settings.ingest.max_upload_bytes * 4,
+        # Several files per request; each file is checked against max_upload_bytes with a precise message.
+        request_max_body_size=settings.ingest.max_upload_bytes * 4 + 1024 * 1024,
         openapi_config=OpenAPIConfig(title="kb", version="0.1.0", path="/schema"),
     )

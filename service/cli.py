@@ -208,8 +208,8 @@ def prepare() -> None:
     from kb.container import embedder_model_path, generator_model_path
 
     settings = _settings()
-    console.print(f"embedder: {embedder_model_path(settings)}")
-    console.print(f"generator: {generator_model_path(settings)}")
+    print(f"embedder: {embedder_model_path(settings)}", file=sys.stderr)
+    print(f"generator: {generator_model_path(settings)}", file=sys.stderr)
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval quality on QA sets.")

@@ -111,3 +111,50 @@ def test_delete_removes_chunks_row_and_original(client: TestClient, samples: dic
 def test_openapi_schema_lists_the_routes(client: TestClient) -> None:
     paths = client.get("/schema/openapi.json").json()["paths"]
     assert {"/v1/documents", "/v1/search", "/v1/ask", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_a_new_version_replaces_the_old_content(client: TestClient, tmp_path: Path) -> None:
+    first = tmp_path / "policy.md"
+    first.write_text("# Travel policy\n\nEmployees book flights through the travel desk in Lisbon.")
+    v1 = wait_terminal(client, upload(client, first)["documents"][0]["document_id"])
+    assert (v1["status"], v1["version"], v1["live_version"]) == ("ready", 1, 1)
+
+    first.write_text("# Travel policy\n\nEmployees book flights through the travel desk in Porto.")
+    same_name = upload(client, first)["documents"][0]  # same name, same collection: the next version
+    assert same_name["document_id"] == v1["document_id"] and same_name["version"] == 2
+    v2 = wait_terminal(client, v1["document_id"])
+    assert (v2["status"], v2["live_version"], v2["progress"]["stage"]) == ("ready", 2, "done")
+
+    texts = [p["text"] for p in client.post("/v1/search", json={
+        "query": "travel desk", "filters": {"document_ids": [v1["document_id"]]}}).json()["passages"]]
+    assert texts and all("Porto" in t for t in texts) and not any("Lisbon" in t for t in texts)
+    assert b"Porto" in client.get(f"/v1/documents/{v1['document_id']}/file").content
+
+    explicit = client.post("/v1/documents", files=[("files", ("renamed.md", b"# Travel\n\nBook trains now."))],
+                           data={"document_id": v1["document_id"]})
+    assert explicit.status_code == 202 and explicit.json()["documents"][0]["version"] == 3
+    assert wait_terminal(client, v1["document_id"])["live_version"] == 3
+
+
+def test_a_failed_new_version_keeps_the_old_one_searchable(client: TestClient, tmp_path: Path) -> None:
+    good = tmp_path / "rota.txt"
+    good.write_text("The night rota starts on Mondays at 22:00 in the Oslo office.")
+    document = wait_terminal(client, upload(client, good)["documents"][0]["document_id"])
+    response = client.post("/v1/documents", files=[("files", ("rota.txt", b"   \n\t  "))],
+                           data={"document_id": document["document_id"]})
+    assert response.status_code == 202
+    failed = wait_terminal(client, document["document_id"])
+    assert failed["status"] == "failed" and failed["live_version"] == 1 and "empty" in failed["error"]
+    passages = client.post("/v1/search", json={"query": "night rota Oslo",
+                                                "filters": {"document_ids": [document["document_id"]]}}).json()
+    assert passages["passages"] and "Oslo" in passages["passages"][0]["text"]
+
+
+def test_upload_over_the_size_limit_is_413_and_stores_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("small-limit"))
+    settings.ingest.max_upload_bytes = 1000
+    with TestClient(app=create_app(settings, with_generator=False), timeout=120) as small:
+        response = small.post("/v1/documents", files=[("files", ("big.txt", b"x" * 2000))])
+        assert response.status_code == 413
+        assert "exceeds the upload limit" in response.text
+        assert small.get("/v1/documents").json()["documents"] == []

@@ -1,0 +1,175 @@
+"""Content-type sniffing, text decoding and bounded zip expansion (ingest.formats), on inputs built here."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from ingest.formats import (
+    ArchiveLimits,
+    ParseError,
+    decode_text,
+    detect_encoding,
+    expand_zip,
+    sniff_content_type,
+)
+
+pytestmark = pytest.mark.unit
+
+CHINESE = "汉语，又称中文、华语，指整个汉语族或者其语族里的一种语言。"
+
+
+def tiny_pdf(text: str = "Hello from a tiny PDF") -> bytes:
+    """A one-page PDF with a text layer, with a correct xref table."""
+    stream = f"BT /F1 24 Tf 72 700 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+# --- sniffing ---------------------------------------------------------------------------------------------------
+
+
+def test_a_pdf_named_txt_is_a_pdf() -> None:
+    assert sniff_content_type(tiny_pdf(), "notes.txt") == "application/pdf"
+
+
+def test_text_named_pdf_is_text() -> None:
+    assert sniff_content_type(b"Just some plain words.\nAnd a second line.\n", "report.pdf") == "text/plain"
+
+
+def test_office_containers_are_told_apart_by_their_contents() -> None:
+    docx = make_zip({"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>"})
+    assert sniff_content_type(docx, "letter.bin").endswith("wordprocessingml.document")
+    plain = make_zip({"a.txt": b"hello"})
+    assert sniff_content_type(plain, "letter.docx") == "application/zip"
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "expected"),
+    [
+        (b"# Title\n\nSome *markdown*.\n", "readme.md", "text/markdown"),
+        (b"a,b\n1,2\n", "table.csv", "text/csv"),
+        (b"<html><body><p>Hi</p></body></html>", "page.html", "text/html"),
+        (b'{"a": 1}', "data.json", "application/json"),
+        (b"key: value\nother: 2\n", "conf.yaml", "application/yaml"),
+        (b"", "picture.txt", "image/png"),  # bytes filled in below: a real PNG
+    ],
+)
+def test_sniffed_types(data: bytes, name: str, expected: str) -> None:
+    if expected == "image/png":
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), "white").save(buffer, format="PNG")
+        data = buffer.getvalue()
+    assert sniff_content_type(data, name) == expected
+
+
+def test_unknown_binary_is_reported_by_its_magic_type() -> None:
+    mime = sniff_content_type(bytes(range(256)) * 64, "mystery.docx")
+    assert mime not in ("text/plain", "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+
+
+def test_gb2312_text_without_extension_is_text() -> None:
+    assert sniff_content_type(CHINESE.encode("gb2312"), "hanyu") == "text/plain"
+
+
+# --- encodings --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_unicode_encodings_with_and_without_bom(encoding: str) -> None:
+    text = "Grüße aus Zürich. " + CHINESE
+    assert decode_text(text.encode(encoding)) == text
+
+
+def test_gb2312_and_big5_decode_to_the_same_characters() -> None:
+    long_text = CHINESE * 4
+    assert decode_text(long_text.encode("gb2312")) == long_text
+    traditional = "維基大典者，網路為礎；集天下知、四海言、眾人志，書百科焉。始作者，維基媒體基金會也。" * 3
+    assert decode_text(traditional.encode("big5")) == traditional
+
+
+def test_cp1252_western_text() -> None:
+    text = "Café “quotes” – naïve résumé costs 5€ in Köln. " * 3
+    assert detect_encoding(text.encode("cp1252")) is not None
+    assert decode_text(text.encode("cp1252")) == text
+
+
+def test_binary_is_not_text() -> None:
+    with pytest.raises(ParseError, match="unsupported format"):
+        decode_text(bytes([0, 159, 146, 150, 0, 255, 254, 0, 1, 2, 3]) * 300)
+
+
+# --- archives ---------------------------------------------------------------------------------------------------
+
+
+def test_zip_bomb_by_compression_ratio() -> None:
+    bomb = make_zip({"zeros.txt": b"\0" * (5 * 1024 * 1024)})
+    assert len(bomb) < 50_000
+    with pytest.raises(ParseError, match="^decompression bomb"):
+        expand_zip(bomb)
+
+
+def test_zip_bomb_by_total_size_and_member_count() -> None:
+    text = b"plain text that compresses a little. " * 1000
+    archive = make_zip({f"part{i}.txt": text for i in range(5)})
+    with pytest.raises(ParseError, match="^decompression bomb"):
+        expand_zip(archive, ArchiveLimits(max_total_bytes=100_000))
+    with pytest.raises(ParseError, match="^decompression bomb"):
+        expand_zip(archive, ArchiveLimits(max_members=3))
+    assert len(expand_zip(archive)) == 5
+
+
+def test_understated_sizes_are_enforced_while_reading() -> None:
+    archive = bytearray(make_zip({"zeros.txt": b"\0" * (3 * 1024 * 1024)}, zipfile.ZIP_DEFLATED))
+    # Rewrite the declared uncompressed size (local header and central directory) to 100 bytes.
+    real = (3 * 1024 * 1024).to_bytes(4, "little")
+    assert archive.count(real) == 2
+    archive = archive.replace(real, (100).to_bytes(4, "little"))
+    with pytest.raises(ParseError, match="^(decompression bomb|corrupt)"):
+        expand_zip(bytes(archive))
+
+
+def test_traversal_and_junk_names_are_ignored() -> None:
+    archive = make_zip(
+        {
+            "../evil.txt": b"escape",
+            "/etc/passwd.txt": b"absolute",
+            "C:/windows.txt": b"drive",
+            "__MACOSX/._doc.txt": b"resource fork",
+            "docs/ok.txt": b"kept",
+        }
+    )
+    assert expand_zip(archive) == [("docs/ok.txt", b"kept")]
+
+
+def test_not_a_zip_is_corrupt() -> None:
+    with pytest.raises(ParseError, match="^corrupt"):
+        expand_zip(b"PK\x03\x04 this is not really a zip")
