@@ -18,9 +18,21 @@ from typing import Any
 from ingest.partition import Block, ParseError
 
 
+def _preload() -> None:
+    """Import the partitioners up front (seconds of imports), so that no document's time limit pays for them."""
+    import importlib
+
+    for module in ("auto", "pdf", "docx", "html", "md", "text", "pptx", "xlsx", "csv", "email", "image"):
+        try:
+            importlib.import_module(f"unstructured.partition.{module}")
+        except Exception:  # an optional format whose extra is not installed: its documents will say so
+            pass
+
+
 def _child(requests: Any, replies: Any) -> None:  # pragma: no cover - runs in the child process
     from ingest.partition import partition_file
 
+    _preload()
     while True:
         request = requests.get()
         if request is None:

@@ -1,0 +1,104 @@
+"""The ingest worker on real parts (parser process, MiniLM, Qdrant Edge, SQLite), with faults injected."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kb.container import Container
+from kb.models import DocumentStatus
+from kb.settings import Settings
+from service.state import Services
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "docs"
+
+
+class FlakyIndex:
+    """The real index, whose first `failures` upserts raise as a briefly unreachable Qdrant server would."""
+
+    def __init__(self, index: Any, failures: int) -> None:
+        self._index, self.failures = index, failures
+
+    def upsert(self, chunks: Any, vectors: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("qdrant unreachable")
+        self._index.upsert(chunks, vectors)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+@pytest.fixture
+def open_services(tmp_path: Path) -> Iterator[Any]:
+    opened: list[tuple[Container, Services]] = []
+
+    def open_(configure: Any = None, wrap_index: Any = None) -> tuple[Container, Services]:
+        settings = Settings(data_dir=tmp_path / "data")
+        settings.ingest.retry_backoff_s = 0.1
+        if configure:
+            configure(settings)
+        container = Container.open(settings)
+        if wrap_index:
+            container.index = wrap_index(container.index)
+        services = asyncio.run(Services.open(container, with_generator=False))
+        opened.append((container, services))
+        return container, services
+
+    yield open_
+    for container, services in opened:
+        services.worker.stop()
+        asyncio.run(container.aclose())
+
+
+def test_transient_index_errors_are_retried_with_backoff(open_services: Any) -> None:
+    flaky: list[FlakyIndex] = []
+    container, services = open_services(wrap_index=lambda index: flaky.append(FlakyIndex(index, 2)) or flaky[0])
+    path = CORPUS / "txt" / "norwich-city.txt"
+    document = services.pipeline.submit(path.name, path.read_bytes()).document
+    services.worker.drain()
+    done = container.registry.get_document(document.document_id)
+    assert done.status is DocumentStatus.READY and done.error is None
+    assert flaky[0].failures == 0  # both failures happened and were retried
+    assert container.index.count() == done.chunks
+
+
+def test_a_document_that_keeps_failing_fails_with_its_reason(open_services: Any) -> None:
+    container, services = open_services(wrap_index=lambda index: FlakyIndex(index, 100))
+    path = CORPUS / "txt" / "fake-text.txt"
+    document = services.pipeline.submit(path.name, path.read_bytes()).document
+    services.worker.drain()
+    failed = container.registry.get_document(document.document_id)
+    assert failed.status is DocumentStatus.FAILED
+    assert "failed after 3 attempts" in failed.error and "qdrant unreachable" in failed.error
+
+
+def test_parsing_past_the_time_limit_fails_that_document_only(open_services: Any) -> None:
+    def tight_limit(settings: Settings) -> None:
+        settings.ingest.parse_time_limit_s = 1.0
+
+    container, services = open_services(configure=tight_limit)
+    slow = CORPUS / "pdf" / "interface-config-guide-p93.pdf"  # 93 pages: several seconds to parse
+    quick = CORPUS / "txt" / "fake-text.txt"
+    slow_id = services.pipeline.submit(slow.name, slow.read_bytes()).document.document_id
+    quick_id = services.pipeline.submit(quick.name, quick.read_bytes()).document.document_id
+    services.worker.drain()
+    slow_doc, quick_doc = container.registry.get_document(slow_id), container.registry.get_document(quick_id)
+    assert slow_doc.status is DocumentStatus.FAILED and "time limit exceeded" in slow_doc.error
+    assert quick_doc.status is DocumentStatus.READY  # the parser was restarted for it
+
+
+def test_progress_is_recorded(open_services: Any) -> None:
+    container, services = open_services()
+    path = CORPUS / "pdf" / "layout-parser-paper-fast.pdf"
+    document_id = services.pipeline.submit(path.name, path.read_bytes()).document.document_id
+    services.worker.drain()
+    progress = container.registry.get_document(document_id).progress
+    assert progress["stage"] == "done" and progress["pages_parsed"] == 2
+    assert progress["chunks_embedded"] == progress["chunks_total"] == container.registry.get_document(document_id).chunks
