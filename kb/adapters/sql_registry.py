@@ -245,6 +245,15 @@ class SqlRegistry:
             return result.rowcount
 
     def claim_next_job(self, worker_id: str, lease_seconds: float) -> Job | None:
+        # Another process may take the row we picked between our SELECT and UPDATE (SQLite has no SKIP LOCKED):
+        # then pick again rather than report an empty queue.
+        for _ in range(10):
+            claimed = self._try_claim(worker_id, lease_seconds)
+            if claimed is not False:
+                return claimed
+        return None
+
+    def _try_claim(self, worker_id: str, lease_seconds: float) -> Job | None | bool:
         now = _now()
         with self._session() as s, s.begin():
             claimable = (
@@ -270,7 +279,7 @@ class SqlRegistry:
                 execution_options={"synchronize_session": False},
             )
             if taken.rowcount != 1:
-                return None
+                return False
             return job
 
     def finish_job(self, job_id: int, *, error: str | None = None) -> None:

@@ -1,9 +1,12 @@
-"""The registry on a real SQLite file: documents, and ingestion jobs with leases."""
+"""The registry on real databases (a SQLite file; PostgreSQL on 127.0.0.1): documents, and jobs with leases."""
 
+import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.models import Document, DocumentStatus
@@ -11,9 +14,28 @@ from kb.models import Document, DocumentStatus
 pytestmark = pytest.mark.integration
 
 
+POSTGRES = os.environ.get("KB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.sqlite3'}"
+        return
+    # A schema of its own per test: tests never see each other's rows, and nothing is left behind.
+    schema = f"kb_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
 @pytest.fixture
-def registry(tmp_path: Path):
-    registry = SqlRegistry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
+def registry(database_url: str):
+    registry = SqlRegistry(database_url)
     yield registry
     registry.close()
 
@@ -52,8 +74,8 @@ def test_a_leased_job_is_not_taken_twice_until_its_lease_expires(registry: SqlRe
     assert registry.claim_next_job("worker-c", lease_seconds=60) is None
 
 
-def test_jobs_are_taken_oldest_first_and_survive_reopening(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'registry.sqlite3'}"
+def test_jobs_are_taken_oldest_first_and_survive_reopening(database_url: str) -> None:
+    url = database_url
     first = SqlRegistry(url)
     for name in ("d1", "d2"):
         first.add_document(document(name))
@@ -62,3 +84,25 @@ def test_jobs_are_taken_oldest_first_and_survive_reopening(tmp_path: Path) -> No
     reopened = SqlRegistry(url)
     assert [reopened.claim_next_job("w", 60).document_id for _ in range(2)] == ["d1", "d2"]
     reopened.close()
+
+
+def test_two_workers_never_take_the_same_job(registry: SqlRegistry) -> None:
+    for i in range(20):
+        registry.add_document(document(f"d{i}", sha=f"{i:064d}"))
+        registry.enqueue_job(f"d{i}")
+    import threading
+
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def work(worker: str) -> None:
+        while (job := registry.claim_next_job(worker, 60)) is not None:
+            with lock:
+                taken.append(job.document_id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == sorted(f"d{i}" for i in range(20))
