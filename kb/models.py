@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -73,6 +73,9 @@ class Chunk:
     embed_text: str | None = None  # what is embedded (section heading prefixed); defaults to text
     version: int = 1
     staged: bool = False  # invisible to searches until the index publishes this version
+    # The document's metadata (filterable as SearchFilter.metadata) and creation time (SearchFilter.created_*).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,9 @@ class Chunk:
             "version": self.version,
             # A keyword, not a bool: Qdrant Edge 0.9's MatchValue(True) does not match a boolean payload.
             "state": "staged" if self.staged else "live",
+            "metadata": dict(self.metadata),
+            # RFC 3339 in UTC, the form Qdrant's datetime index and range filter read.
+            "created_at": _rfc3339(self.created_at) if self.created_at else None,
         }
 
 
@@ -106,6 +112,8 @@ class Passage:
     section: str | None = None
     ordinal: int = 0
     page_starts: list[tuple[int, int]] = field(default_factory=list)
+    # Context expansion: the passage's neighbouring chunks, itself included, in document order (empty: not expanded).
+    context: list[Passage] = field(default_factory=list)
 
     def page_at(self, offset: int) -> int | None:
         """The page on which the character at `offset` of the text lies."""
@@ -155,11 +163,17 @@ class Citation:
     section: str | None = None
     score: float | None = None
     inferred: bool = False  # the model did not mark it; the service matched the sentence to this source
+    # Character span of the snippet in the chunk's text, so a page can highlight it.
+    span: tuple[int, int] | None = None
+    # Whether the sentences citing this source share enough content with it; False flags a doubtful citation.
+    supported: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
             "inferred": self.inferred,
+            "supported": self.supported,
+            "span": list(self.span) if self.span else None,
             "document_id": self.document_id,
             "filename": self.filename,
             "page": self.page,
@@ -199,3 +213,30 @@ class SearchFilter:
 
     groups: list[str] | None = None  # caller may see chunks whose groups intersect these
     document_ids: list[str] | None = None
+    # Each key must match: a value exactly, or a list for any of its values (an empty list matches nothing).
+    metadata: dict[str, str | list[str]] | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # exclusive
+
+    def metadata_conditions(self) -> list[tuple[str, list[str]]]:
+        """(payload key, accepted values) per metadata field; a key is checked like a document field name."""
+        conditions = []
+        for key, value in (self.metadata or {}).items():
+            if not key or not all(ch.isalnum() or ch in "_-" for ch in key):
+                raise ValueError(f"metadata filter key {key!r}: use letters, digits, '_' and '-' only")
+            conditions.append((f"metadata.{key}", [value] if isinstance(value, str) else [str(v) for v in value]))
+        return conditions
+
+    def created_range(self) -> tuple[str | None, str | None]:
+        """(gte, lt) as RFC 3339 strings for the payload field "created_at"."""
+        return (
+            _rfc3339(self.created_after) if self.created_after else None,
+            _rfc3339(self.created_before) if self.created_before else None,
+        )
+
+
+def _rfc3339(moment: datetime) -> str:
+    """UTC with a "Z"; a naive datetime is taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"

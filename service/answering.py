@@ -57,7 +57,9 @@ class AnswerService:
         self._generator_settings = generator_settings
 
     def pack(self, passages: Sequence[Passage], question: str) -> list[Passage]:
-        """Keep the best passages that fit the context budget (counted in the generator's own tokens)."""
+        """The best passages that fit the context budget (in the generator's own tokens), deduplicated, then grouped
+        by document (documents in order of their best passage) and in document order within each: models read
+        sources in their original order better than in relevance order."""
         window = self._generator.max_model_len - self._generator_settings.max_answer_tokens
         budget = min(self._retrieval_settings.context_tokens, window) - self._generator.count_tokens(
             SYSTEM_PROMPT + question
@@ -73,7 +75,10 @@ class AnswerService:
             kept.append(passage)
             seen.add(passage.chunk_id)
             budget -= cost
-        return kept
+        document_rank: dict[str, int] = {}
+        for passage in kept:
+            document_rank.setdefault(passage.document_id, len(document_rank))
+        return sorted(kept, key=lambda p: (document_rank[p.document_id], p.ordinal))
 
     @staticmethod
     def messages(question: str, sources: Sequence[Passage]) -> list[dict[str, str]]:

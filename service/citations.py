@@ -15,8 +15,10 @@ _SENTENCE = re.compile(r"[^。！？.!?\n]+[。！？.!?]?")
 # The end of an answer sentence, with any markers right after it ("... stored. [1]").
 _SENTENCE_END = re.compile(r"(?:[.!?]+(?=\s|$)|[。！？]+|\n)(?:[ \t]*[\[【][^\]】\n]{0,20}[\]】])*")
 SNIPPET_CHARS = 300
-# Share of a sentence's content terms that must occur in a source for the source to count as its support.
+# Share of a sentence's content terms that must occur in a source for the service to cite that source itself ...
 MIN_SUPPORT = 0.5
+# ... and for a citation the model made to count as supported (paraphrase shares fewer terms than a copy).
+MIN_SUPPORT_MARKED = 0.34
 
 
 @dataclass
@@ -80,6 +82,7 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
     """
     pieces: list[str] = []
     support_text: dict[int, list[str]] = {}
+    support_score: dict[int, float] = {}
     order: list[int] = []
     inferred: set[int] = set()
     for start, end in _sentence_spans(answer):
@@ -97,11 +100,13 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
                 trailing = sentence[len(body) :]
                 cut = len(body.rstrip("。！？.!?"))
                 sentence = f"{body[:cut]} [{n}]{body[cut:]}{trailing}"
+        sentence_terms = content_terms(plain)
         for n in numbers:
             if n not in support_text:
                 order.append(n)
                 support_text[n] = []
             support_text[n].append(plain)
+            support_score[n] = max(support_score.get(n, 0.0), _support(sentence_terms, passages[n - 1]))
         pieces.append(sentence)
     citations = []
     for n in order:
@@ -118,6 +123,8 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
                 chunk_id=passage.chunk_id,
                 score=passage.score,
                 inferred=n in inferred and n not in _explicit(answer, len(passages)),
+                span=(offset, offset + len(snippet)),
+                supported=support_score.get(n, 0.0) >= MIN_SUPPORT_MARKED,
             )
         )
     return AnnotatedAnswer(strip_invalid_markers("".join(pieces), len(passages)), citations)

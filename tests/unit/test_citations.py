@@ -64,3 +64,18 @@ def test_chinese_terms_are_bigrams() -> None:
     assert {"知识", "识库"} <= content_terms("知识库")
     assert coverage("值班时间是什么", "工作日值班时间为下午三点") == 1.0
     assert coverage("What is the weather on Mars?", "Backups run nightly.") == 0.0
+
+
+def test_a_citation_to_a_source_that_does_not_support_the_sentence_is_flagged() -> None:
+    sources = [passage(1, "Backups run nightly at 02:00."), passage(2, "Originals are kept for seven years.")]
+    result = annotate("Originals are kept for seven years [1].", sources)
+    (citation,) = result.citations
+    assert citation.n == 1 and citation.supported is False and citation.inferred is False
+
+
+def test_the_span_locates_the_snippet_in_the_chunk() -> None:
+    text = "Intro sentence here. The upload limit is 100 MB per file. Trailing words."
+    (citation,) = annotate("The upload limit is 100 MB [1].", [passage(1, text)]).citations
+    start, end = citation.span
+    assert text[start:end] == citation.snippet == "The upload limit is 100 MB per file."
+    assert citation.supported is True

@@ -1,0 +1,85 @@
+"""AnswerService with fakes: packing, the no-information path, events and citations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from kb.models import Passage
+from kb.settings import GeneratorSettings, RetrievalSettings
+from service.answering import AnswerService, no_information_answer
+from service.retrieval import RetrievalResult
+
+pytestmark = pytest.mark.unit
+
+
+def passage(doc: str, ordinal: int, text: str, score: float = 0.5) -> Passage:
+    return Passage(chunk_id=f"{doc}-{ordinal}", document_id=doc, filename=f"{doc}.pdf", text=text, score=score,
+                   page=ordinal + 1, ordinal=ordinal)
+
+
+class FakeRetrieval:
+    def __init__(self, passages: list[Passage], relevant: bool = True) -> None:
+        self.result = RetrievalResult(passages, relevant, 0.8 if relevant else 0.1, 1.0, 1.0)
+
+    async def search(self, *args: object, **kwargs: object) -> RetrievalResult:
+        return self.result
+
+
+class FakeGenerator:
+    """Counts one token per word; streams a canned answer and records the prompt it was given."""
+
+    def __init__(self, answer: str, max_model_len: int = 4096) -> None:
+        self.answer, self._max = answer, max_model_len
+        self.messages: list[dict[str, str]] = []
+
+    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
+        self.messages = list(messages)
+        for word in self.answer.split(" "):
+            yield word + " "
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max
+
+
+def service(passages: list[Passage], answer: str, relevant: bool = True, context_tokens: int = 3000) -> tuple[AnswerService, FakeGenerator]:
+    generator = FakeGenerator(answer)
+    settings = RetrievalSettings(context_tokens=context_tokens)
+    return AnswerService(FakeRetrieval(passages, relevant), generator, settings, GeneratorSettings()), generator  # type: ignore[arg-type]
+
+
+def test_sources_are_grouped_by_document_in_document_order() -> None:
+    passages = [passage("b", 5, "b five"), passage("a", 2, "a two"), passage("b", 1, "b one"), passage("a", 0, "a zero")]
+    packed, _ = service(passages, "x")
+    assert [p.chunk_id for p in packed.pack(passages, "q")] == ["b-1", "b-5", "a-0", "a-2"]
+
+
+def test_packing_stops_at_the_token_budget_and_drops_duplicates() -> None:
+    long = passage("a", 0, "word " * 200)
+    short = passage("b", 0, "short text")
+    packed, _ = service([], "x", context_tokens=150)
+    assert [p.chunk_id for p in packed.pack([long, short, short], "q")] == ["b-0"]
+
+
+async def test_irrelevant_retrieval_answers_no_information_without_the_model() -> None:
+    answers, generator = service([passage("a", 0, "Backups run nightly.")], "should not be used", relevant=False)
+    answer = await answers.ask("What is the weather on Mars?")
+    assert answer.answer == no_information_answer("What is the weather on Mars?")
+    assert answer.citations == [] and answer.grounded is False
+    assert generator.messages == []
+
+
+async def test_stream_events_and_the_final_answer_carry_citations() -> None:
+    answers, generator = service([passage("a", 0, "Backups run nightly at 02:00.")], "Backups run nightly at 02:00.")
+    events = [event async for event in answers.stream("When do backups run?")]
+    kinds = [e.event for e in events]
+    assert kinds[-2:] == ["citations", "done"] and set(kinds[:-2]) == {"token"}
+    assert events[-1].data["answer"] == "Backups run nightly at 02:00 [1]."
+    assert events[-2].data["citations"][0]["document_id"] == "a"
+    assert "[1] Backups run nightly at 02:00." in generator.messages[1]["content"]
+    assert generator.messages[0]["role"] == "system"
