@@ -55,9 +55,23 @@ class VectorIndex(Protocol):
         mode: SearchMode = "hybrid",
     ) -> list[Passage]: ...
 
+    def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
+        """The live chunks of `passage`'s document whose ordinal is within `radius` of its own (the passage
+        included), in ordinal order, inside `filter` (the caller's ACL); each carries the passage's score."""
+        ...
+
     def count(self, filter: SearchFilter | None = None) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Reorders retrieved passages by a finer relevance model (a cross-encoder) that reads query and passage together."""
+
+    def rerank(self, query: str, passages: Sequence[Passage], top_k: int) -> list[Passage]:
+        """The `top_k` most relevant of `passages`, best first, each with the reranker's score."""
+        ...
 
 
 class ChatMessage(dict):
@@ -142,5 +156,11 @@ class Registry(Protocol):
     def release_leases(self) -> int: ...
 
     def pending_jobs(self) -> int: ...
+
+    def add_message(
+        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
+    ) -> None: ...
+
+    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import dataclasses
+import uuid
+
 from kb.models import Answer, Passage, SearchFilter
-from kb.ports import Generator
+from kb.ports import Generator, Registry
 from kb.settings import GeneratorSettings, RetrievalSettings
 from service.citations import annotate, parse_markers
 from service.retrieval import RetrievalService
@@ -43,6 +46,19 @@ def format_source(n: int, passage: Passage) -> str:
     return f"[{n}] {passage.text}"
 
 
+REWRITE_PROMPT = (
+    "Rewrite the last question of the conversation as one standalone question that can be understood without the "
+    "conversation. Reply with the question only."
+)
+
+
+def _passage_from_dict(data: dict[str, Any]) -> Passage:
+    fields = {f.name for f in dataclasses.fields(Passage)}
+    passage = Passage(**{k: v for k, v in data.items() if k in fields})
+    passage.page_starts = [(int(o), int(p)) for o, p in passage.page_starts]
+    return passage
+
+
 class AnswerService:
     def __init__(
         self,
@@ -50,22 +66,53 @@ class AnswerService:
         generator: Generator,
         retrieval_settings: RetrievalSettings,
         generator_settings: GeneratorSettings,
+        registry: Registry | None = None,
     ) -> None:
         self._retrieval = retrieval
         self._generator = generator
         self._retrieval_settings = retrieval_settings
         self._generator_settings = generator_settings
+        self._registry = registry  # conversations are kept here; without it every question stands alone
 
-    def pack(self, passages: Sequence[Passage], question: str) -> list[Passage]:
+    async def standalone_query(self, question: str, history: Sequence[dict[str, Any]]) -> str:
+        """The query to retrieve with: a follow-up ("and for PDFs?") needs what it follows up on."""
+        previous = [m["content"] for m in history if m["role"] == "user"]
+        mode = self._retrieval_settings.followup_rewrite
+        if not previous or mode == "off":
+            return question
+        if mode == "llm":
+            transcript = "\n".join(f"{m['role']}: {m['content'][:500]}" for m in history[-4:])
+            messages = [
+                {"role": "system", "content": REWRITE_PROMPT},
+                {"role": "user", "content": f"{transcript}\nuser: {question}"},
+            ]
+            rewritten = "".join([d async for d in self._generator.stream(messages, 64)]).strip().splitlines()
+            if rewritten and rewritten[0].strip():
+                return rewritten[0].strip()
+        return f"{previous[-1]} {question}"
+
+    def pack(
+        self, passages: Sequence[Passage], question: str, keep_first: Sequence[Passage] = (), reserved_tokens: int = 0
+    ) -> list[Passage]:
         """The best passages that fit the context budget (in the generator's own tokens), deduplicated, then grouped
         by document (documents in order of their best passage) and in document order within each: models read
-        sources in their original order better than in relevance order."""
+        sources in their original order better than in relevance order.
+
+        `keep_first` (the sources of the previous turn of a conversation) stay first and in their order, so that a
+        follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips their prefill."""
         window = self._generator.max_model_len - self._generator_settings.max_answer_tokens
         budget = min(self._retrieval_settings.context_tokens, window) - self._generator.count_tokens(
             SYSTEM_PROMPT + question
-        ) - 64
+        ) - 64 - reserved_tokens
+        first: list[Passage] = []
+        for passage in keep_first:
+            cost = self._generator.count_tokens(format_source(len(first) + 1, passage)) + 2
+            if cost > budget:
+                break
+            first.append(passage)
+            budget -= cost
         kept: list[Passage] = []
-        seen: set[str] = set()
+        seen: set[str] = {p.chunk_id for p in first}
         for passage in passages:
             if passage.chunk_id in seen:
                 continue
@@ -78,33 +125,59 @@ class AnswerService:
         document_rank: dict[str, int] = {}
         for passage in kept:
             document_rank.setdefault(passage.document_id, len(document_rank))
-        return sorted(kept, key=lambda p: (document_rank[p.document_id], p.ordinal))
+        return first + sorted(kept, key=lambda p: (document_rank[p.document_id], p.ordinal))
 
     @staticmethod
-    def messages(question: str, sources: Sequence[Passage]) -> list[dict[str, str]]:
+    def messages(
+        question: str, sources: Sequence[Passage], history: Sequence[dict[str, Any]] = ()
+    ) -> list[dict[str, str]]:
+        """System prompt, sources, conversation, question: the stable parts first, for the prefix cache."""
         context = "\n\n".join(format_source(i + 1, p) for i, p in enumerate(sources))
+        conversation = ""
+        if history:
+            turns = "\n".join(
+                f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content'][:600]}" for m in history
+            )
+            conversation = f"\n\nThe conversation so far:\n{turns}"
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"{context}\n\nUsing the text above, answer briefly: {question}"},
+            {"role": "user", "content": f"{context}{conversation}\n\nUsing the text above, answer briefly: {question}"},
         ]
 
-    async def stream(self, question: str, filter: SearchFilter | None = None) -> AsyncIterator[AskEvent]:
+    async def stream(
+        self, question: str, filter: SearchFilter | None = None, conversation_id: str | None = None
+    ) -> AsyncIterator[AskEvent]:
         started = time.perf_counter()
-        result = await self._retrieval.search(question, filter=filter)
+        history: list[dict[str, Any]] = []
+        if self._registry is not None:
+            conversation_id = conversation_id or uuid.uuid4().hex
+            history = self._registry.conversation(conversation_id, 2 * self._retrieval_settings.max_history_turns)
+        previous_sources = [
+            _passage_from_dict(d)
+            for d in next((m["sources"] for m in reversed(history) if m["role"] == "assistant"), [])
+        ]
+        if filter is not None and filter.document_ids is not None:
+            previous_sources = [p for p in previous_sources if p.document_id in filter.document_ids]
+        query = await self.standalone_query(question, history)
+        result = await self._retrieval.search(query, filter=filter)
         timings: dict[str, float] = {"retrieval": result.latency_ms}
-        if not result.relevant:
+        if not result.relevant and not previous_sources:
             answer = no_information_answer(question)
             yield AskEvent("token", {"text": answer})
             yield AskEvent("citations", {"citations": []})
+            self._remember(conversation_id, question, answer, [])
             timings["total"] = (time.perf_counter() - started) * 1000
-            yield AskEvent("done", {"answer": answer, "grounded": False, "timings_ms": timings})
+            yield AskEvent("done", {"answer": answer, "grounded": False, "timings_ms": timings,
+                                    "conversation_id": conversation_id})  # fmt: skip
             return
 
-        sources = self.pack(result.passages, question)
+        history_text = [m for m in history if m["role"] in ("user", "assistant")]
+        reserved = sum(self._generator.count_tokens(m["content"][:600]) + 4 for m in history_text)
+        sources = self.pack(result.passages if result.relevant else [], question, previous_sources, reserved)
         parts: list[str] = []
         first_token_at: float | None = None
         async for delta in self._generator.stream(
-            self.messages(question, sources), self._generator_settings.max_answer_tokens
+            self.messages(question, sources, history_text), self._generator_settings.max_answer_tokens
         ):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
@@ -120,16 +193,25 @@ class AnswerService:
         if first_token_at is not None:
             timings["first_token"] = (first_token_at - started) * 1000
         timings["total"] = (now - started) * 1000
+        self._remember(conversation_id, question, annotated.text, sources)
         yield AskEvent(
             "done",
             # The final text: invalid markers dropped, sentences the model left uncited marked with their source.
-            {"answer": annotated.text, "grounded": True, "timings_ms": timings},
+            {"answer": annotated.text, "grounded": True, "timings_ms": timings, "conversation_id": conversation_id},
         )
 
-    async def ask(self, question: str, filter: SearchFilter | None = None) -> Answer:
+    def _remember(self, conversation_id: str | None, question: str, answer: str, sources: Sequence[Passage]) -> None:
+        if self._registry is None or conversation_id is None:
+            return
+        self._registry.add_message(conversation_id, "user", question)
+        self._registry.add_message(conversation_id, "assistant", answer, [dataclasses.asdict(p) for p in sources])
+
+    async def ask(
+        self, question: str, filter: SearchFilter | None = None, conversation_id: str | None = None
+    ) -> Answer:
         citations: list[dict[str, Any]] = []
         done: dict[str, Any] = {}
-        async for event in self.stream(question, filter):
+        async for event in self.stream(question, filter, conversation_id):
             if event.event == "citations":
                 citations = event.data["citations"]
             elif event.event == "done":
@@ -141,4 +223,5 @@ class AnswerService:
             citations=[Citation(**{k: c[k] for k in Citation.__dataclass_fields__}) for c in citations],
             grounded=done["grounded"],
             timings_ms=done["timings_ms"],
+            conversation_id=done.get("conversation_id"),
         )

@@ -16,7 +16,7 @@ from litestar.response import File
 
 from kb.container import Container
 from kb.settings import Settings
-from service.routes.ask import ask
+from service.routes.ask import ask, conversation
 from service.routes.documents import DocumentController
 from service.routes.health import healthz, readyz
 from service.routes.search import search
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             await container.aclose()
 
     return Litestar(
-        route_handlers=[DocumentController, search, ask, healthz, readyz, index_page],
+        route_handlers=[DocumentController, search, ask, conversation, healthz, readyz, index_page],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
         # Several files per request; each file is checked against max_upload_bytes with a precise message.

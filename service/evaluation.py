@@ -10,7 +10,10 @@ Formats (see ../shared/SOURCES.md):
   paragraphs of `rel_paragraphs` plus the table when `answer_from` names it.
 
 The units are embedded with the project's embedder (cached on disk by model and content, so comparing search
-modes embeds once) and upserted into a fresh Qdrant Edge shard in a temporary directory.
+modes embeds once) and upserted into a fresh Qdrant Edge shard in a temporary directory. A unit longer than the
+embedder's window is indexed as the chunks ingestion would make of it (so the dense side sees all of its text, not
+its first 256 tokens) when the embedder knows its language (EmbedderSettings.languages); a unit then scores as its
+best chunk: rankings are of units, each once, in the order of its first chunk.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import numpy as np
 
 from ingest.chunk import Chunker, chunk_id_for
 from ingest.partition import Block
+from kb.adapters.bm25 import HybridFusion
+from kb.languages import embedder_covers, search_mode_for
 from kb.models import Chunk
 from kb.ports import Embedder, SearchMode, VectorIndex
 from kb.settings import Settings
@@ -58,6 +63,45 @@ class Unit:
     unit_id: str
     document_id: str
     text: str
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """What the scratch index holds for a unit: the unit itself, or one of its chunks when it is too long."""
+
+    entry_id: str
+    unit_id: str
+    document_id: str
+    ordinal: int
+    text: str
+    embed_text: str  # embedded and BM25-encoded (a chunk of a titled unit carries the title, as in ingestion)
+
+
+def index_entries(
+    qa_set: QASet, chunker: Chunker | None, long_units: Collection[str]
+) -> tuple[list[IndexEntry], int]:
+    """The scratch index's entries and how many of `long_units` (unit ids) were split into chunks (none without
+    a chunker)."""
+    entries: list[IndexEntry] = []
+    split = 0
+    for unit in qa_set.units:
+        if chunker is None or qa_set.chunked or unit.unit_id not in long_units:
+            entries.append(IndexEntry(unit.unit_id, unit.unit_id, unit.document_id, 0, unit.text, unit.text))
+            continue
+        split += 1
+        if qa_set.format == "beir" and "\n" in unit.text:  # title + abstract: the title heads every chunk
+            title, body = unit.text.split("\n", 1)
+            blocks = [Block("title", title), *_text_blocks(body)]
+        else:
+            blocks = _text_blocks(unit.text)
+        for chunk in chunker.chunk(blocks, document_id=unit.unit_id, filename=qa_set.name, groups=[]):
+            entries.append(
+                IndexEntry(
+                    chunk.chunk_id, unit.unit_id, unit.document_id, chunk.ordinal, chunk.text,
+                    chunk.embed_text or chunk.text,
+                )
+            )
+    return entries, split
 
 
 @dataclass(frozen=True)
@@ -324,7 +368,7 @@ class UnitVectors:
 
 
 def embed_units(
-    units: Sequence[Unit],
+    units: Sequence[Unit] | Sequence[IndexEntry],
     embedder: Embedder,
     model_key: str,
     cache_dir: Path | None,
@@ -332,8 +376,9 @@ def embed_units(
 ) -> UnitVectors:
     """Unit vectors, from `cache_dir` when this model (`model_key`: path and passage prompt) embedded these texts."""
     digest = hashlib.sha256(model_key.encode())
-    for unit in units:
-        digest.update(b"\0" + unit.text.encode())
+    texts = [u.embed_text if isinstance(u, IndexEntry) else u.text for u in units]
+    for text in texts:
+        digest.update(b"\0" + text.encode())
     cache_file = cache_dir / f"{digest.hexdigest()[:32]}.npy" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         vectors = np.load(cache_file)
@@ -344,7 +389,7 @@ def embed_units(
     parts: list[np.ndarray] = []
     done = 0
     for first in range(0, len(units), _EMBED_BATCH):
-        batch = [u.text for u in units[first : first + _EMBED_BATCH]]
+        batch = texts[first : first + _EMBED_BATCH]
         parts.append(np.asarray(embedder.embed_documents(batch), dtype=np.float32))
         done += len(batch)
         if on_progress:
@@ -361,18 +406,30 @@ def embed_units(
 
 @contextmanager
 def scratch_index(
-    qa_set: QASet, vectors: np.ndarray, candidates: int, batch: int = 512
+    qa_set: QASet,
+    vectors: np.ndarray,
+    fusion: HybridFusion | int,
+    batch: int = 512,
+    entries: Sequence[IndexEntry] | None = None,
 ) -> Iterator[VectorIndex]:
-    """A fresh Qdrant Edge shard in a temporary directory holding the set's units; removed on exit."""
+    """A fresh Qdrant Edge shard in a temporary directory holding the set's units (or `entries`); removed on exit.
+    `fusion`: the hybrid fusion, or just its candidate depth."""
     from kb.adapters.edge_index import EdgeVectorIndex
 
+    if isinstance(fusion, int):
+        fusion = HybridFusion(candidates=fusion)
+    if entries is None:
+        entries = [IndexEntry(u.unit_id, u.unit_id, u.document_id, 0, u.text, u.text) for u in qa_set.units]
     with tempfile.TemporaryDirectory(prefix="kb-eval-") as directory:
-        index = EdgeVectorIndex(Path(directory) / "index", int(vectors.shape[1]), candidates=candidates)
+        index = EdgeVectorIndex(Path(directory) / "index", int(vectors.shape[1]), fusion=fusion)
         try:
-            for first in range(0, len(qa_set.units), batch):
+            for first in range(0, len(entries), batch):
                 chunks = [
-                    Chunk(chunk_id=u.unit_id, document_id=u.document_id, ordinal=0, text=u.text, filename=qa_set.name)
-                    for u in qa_set.units[first : first + batch]
+                    Chunk(
+                        chunk_id=e.entry_id, document_id=e.document_id, ordinal=e.ordinal, text=e.text,
+                        filename=qa_set.name, embed_text=e.embed_text if e.embed_text != e.text else None,
+                    )
+                    for e in entries[first : first + batch]
                 ]
                 index.upsert(chunks, vectors[first : first + len(chunks)].tolist())
             yield index
@@ -406,13 +463,26 @@ def run_questions(
     modes: Sequence[SearchMode],
     top_k: int = TOP_K,
     on_progress: ProgressCallback | None = None,
+    *,
+    unit_of: dict[str, str] | None = None,
+    languages: Sequence[str] = ("*",),
 ) -> list[ModeResult]:
     """Each question embedded once and searched in every mode.
 
     A query's latency in a mode is its embedding time plus that mode's search time: what the service spends on a
-    search (it embeds every query, sparse mode included).
+    search (it embeds every query, sparse mode included). `unit_of` maps index entries (chunks of long units) to
+    their units; the search then asks for more entries and ranks each unit once, at its best chunk. Hybrid mode is
+    resolved per question as RetrievalService resolves it (`languages`: what the embedder understands).
     """
     results = [ModeResult(mode) for mode in modes]
+    languages = list(languages)
+    depth = top_k if not unit_of else top_k * 5
+
+    def ranked_units(passages: Sequence[Any]) -> list[str]:
+        if not unit_of:
+            return [p.chunk_id for p in passages]
+        return list(dict.fromkeys(unit_of.get(p.chunk_id, p.chunk_id) for p in passages))[:top_k]
+
     if questions:
         # The first call pays one-off costs (allocations, lazy init) that a running service has already paid.
         warm_up = embedder.embed_query(questions[0].text)
@@ -424,9 +494,11 @@ def run_questions(
         embed_ms = (time.perf_counter() - started) * 1000
         for result in results:
             started = time.perf_counter()
-            passages = index.search(vector, question.text, top_k, None, result.mode)
+            mode = search_mode_for(question.text, result.mode, languages)
+            passages = index.search(vector, question.text, depth, None, mode)
+            ranked = ranked_units(passages)
             search_ms = (time.perf_counter() - started) * 1000
-            result.rankings.append(([p.chunk_id for p in passages], question.gold))
+            result.rankings.append((ranked, question.gold))
             result.latencies_ms.append(embed_ms + search_ms)
         if on_progress:
             on_progress(done, len(questions))
@@ -439,23 +511,30 @@ class PreparedSet:
 
     path: Path
     qa_set: QASet
-    vectors: UnitVectors
-    units_truncated: int  # units longer than the embedder's window: the dense side sees only their start
+    vectors: UnitVectors  # of `entries`
+    units_truncated: int  # units longer than the embedder's window
+    entries: list[IndexEntry] = field(default_factory=list)
+    units_split: int = 0  # long units indexed as their chunks (the others: the dense side sees only their start)
 
 
 class RetrievalEvaluation:
     """Evaluates retrieval on QA sets with the embedder and index settings of `settings`."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, embedder: Embedder, cache_dir: Path | None = None, *, split_long_units: bool = True
+    ) -> None:
         self._settings = settings
         self._embedder = embedder
         self._cache_dir = cache_dir if cache_dir is not None else default_cache_dir(settings)
+        self._split_long_units = split_long_units
 
     @classmethod
-    def open(cls, settings: Settings, cache_dir: Path | None = None) -> RetrievalEvaluation:
+    def open(
+        cls, settings: Settings, cache_dir: Path | None = None, *, split_long_units: bool = True
+    ) -> RetrievalEvaluation:
         from kb.container import build_embedder
 
-        return cls(settings, build_embedder(settings), cache_dir)
+        return cls(settings, build_embedder(settings), cache_dir, split_long_units=split_long_units)
 
     def chunker(self) -> Chunker:
         max_body = min(self._settings.ingest.chunk_tokens, self._embedder.max_tokens - _HEADING_RESERVE_TOKENS)
@@ -473,12 +552,17 @@ class RetrievalEvaluation:
         self, path: Path, max_documents: int | None = None, on_progress: ProgressCallback | None = None
     ) -> PreparedSet:
         """Load and embed a QA set; `max_documents` limits sets of whole documents (COVID-QA) to their first N."""
-        chunker = self.chunker() if detect_format(path) == "squad" else None
+        chunker = self.chunker()
         qa_set = load_qa_set(path, chunker, max_documents)
-        vectors = embed_units(qa_set.units, self._embedder, self._model_key(), self._cache_dir, on_progress)
         window = self._embedder.max_tokens
-        truncated = sum(1 for u in qa_set.units if self._embedder.count_tokens(u.text) > window)
-        return PreparedSet(path, qa_set, vectors, truncated)
+        long_units = {u.unit_id for u in qa_set.units if self._embedder.count_tokens(u.text) > window}
+        # Splitting is for the dense side to see the whole unit; in a language the embedder lacks, hybrid search
+        # is BM25 alone, which scores a whole unit better than its best chunk (xquad.zh recall@1 .920 vs .903).
+        languages = self._settings.embedder.languages
+        to_split = {u.unit_id for u in qa_set.units if u.unit_id in long_units and embedder_covers(languages, u.text)}
+        entries, split = index_entries(qa_set, chunker if self._split_long_units else None, to_split)
+        vectors = embed_units(entries, self._embedder, self._model_key(), self._cache_dir, on_progress)
+        return PreparedSet(path, qa_set, vectors, len(long_units), entries, split)
 
     def evaluate(
         self,
@@ -491,9 +575,15 @@ class RetrievalEvaluation:
         qa_set = prepared.qa_set
         questions = sample(qa_set.questions, limit)
         started = time.perf_counter()
-        with scratch_index(qa_set, prepared.vectors.vectors, self._settings.index.candidates) as index:
+        fusion = HybridFusion(self._settings.index.fusion, self._settings.index.candidates)
+        entries = prepared.entries or None
+        unit_of = {e.entry_id: e.unit_id for e in prepared.entries if e.entry_id != e.unit_id}
+        with scratch_index(qa_set, prepared.vectors.vectors, fusion, entries=entries) as index:
             index_s = time.perf_counter() - started
-            results = run_questions(questions, self._embedder, index, modes, TOP_K, on_progress)
+            results = run_questions(
+                questions, self._embedder, index, modes, TOP_K, on_progress,
+                unit_of=unit_of, languages=self._settings.embedder.languages,
+            )
         common = {
             "dataset": str(prepared.path),
             "name": qa_set.name,
@@ -504,6 +594,9 @@ class RetrievalEvaluation:
             "units": len(qa_set.units),
             "units_chunked": qa_set.chunked,
             "units_truncated": prepared.units_truncated,
+            "units_split": prepared.units_split,
+            "entries": len(prepared.entries) or len(qa_set.units),
+            "fusion": fusion.method,
             "top_k": TOP_K,
             "embedder": self._model_key().split("\0")[0],
             "embed_units_s": round(prepared.vectors.seconds, 2),

@@ -6,8 +6,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from kb.languages import search_mode_for
 from kb.models import Passage, SearchFilter
-from kb.ports import Embedder, SearchMode, VectorIndex
+from kb.ports import Embedder, Reranker, SearchMode, VectorIndex
 from kb.settings import RetrievalSettings
 from service.lexical import coverage
 
@@ -26,10 +27,21 @@ class RetrievalService:
     # (English-only MiniLM by default) cannot tell, as with Chinese questions.
     LEXICAL_RELEVANCE = 0.6
 
-    def __init__(self, embedder: Embedder, index: VectorIndex, settings: RetrievalSettings) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        settings: RetrievalSettings,
+        *,
+        languages: list[str] | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
         self._embedder = embedder
         self._index = index
         self._settings = settings
+        # What the embedder understands (EmbedderSettings.languages); None: every language.
+        self._languages = languages if languages is not None else ["*"]
+        self._reranker = reranker
 
     def search_sync(
         self,
@@ -37,11 +49,24 @@ class RetrievalService:
         top_k: int | None = None,
         filter: SearchFilter | None = None,
         mode: SearchMode | None = None,
+        expand: int | None = None,
     ) -> RetrievalResult:
+        """`expand`: neighbouring chunks (ordinal +- n) to attach to each passage as its context (default: the
+        setting expand_neighbours)."""
         started = time.perf_counter()
         limit = top_k or self._settings.top_k
         vector = self._embedder.embed_query(query)
-        passages = self._index.search(vector, query, limit, filter, mode or self._settings.mode)
+        search_mode = search_mode_for(query, mode or self._settings.mode, self._languages)
+        if self._reranker is not None:
+            candidates = self._index.search(vector, query, max(limit, self._settings.rerank_candidates), filter, search_mode)
+            passages = self._reranker.rerank(query, candidates, limit)
+        else:
+            passages = self._index.search(vector, query, limit, filter, search_mode)
+        radius = self._settings.expand_neighbours if expand is None else expand
+        if radius > 0:
+            for passage in passages:
+                # The same filter: a neighbour the caller may not see is not shown either.
+                passage.context = self._index.neighbours(passage, radius, filter)
         dense_best = self._index.search(vector, query, 1, filter, "dense")
         best_similarity = dense_best[0].score if dense_best else 0.0
         best_coverage = max((coverage(query, p.text) for p in passages), default=0.0)
@@ -62,6 +87,7 @@ class RetrievalService:
         top_k: int | None = None,
         filter: SearchFilter | None = None,
         mode: SearchMode | None = None,
+        expand: int | None = None,
     ) -> RetrievalResult:
         # Embedding is CPU-bound torch work: keep it off the event loop.
-        return await asyncio.to_thread(self.search_sync, query, top_k, filter, mode)
+        return await asyncio.to_thread(self.search_sync, query, top_k, filter, mode, expand)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ingest.pipeline import IngestionPipeline
 from ingest.worker import IngestWorker
-from kb.container import Container
+from kb.container import Container, build_reranker
 from service.answering import AnswerService
 from service.retrieval import RetrievalService
 
@@ -35,7 +35,13 @@ class Services:
             if resumed:
                 log.info("resuming %d interrupted ingestion job(s)", resumed)
         worker = IngestWorker(container.registry, container.blobs, pipeline, settings.ingest)
-        retrieval = RetrievalService(container.embedder, container.index, settings.retrieval)
+        retrieval = RetrievalService(
+            container.embedder,
+            container.index,
+            settings.retrieval,
+            languages=settings.embedder.languages,
+            reranker=build_reranker(settings),
+        )
         services = cls(container, pipeline, worker, retrieval, None)
         if with_generator:
             await services.start_generator()
@@ -44,4 +50,6 @@ class Services:
     async def start_generator(self) -> None:
         settings = self.container.settings
         generator = await self.container.start_generator()
-        self.answers = AnswerService(self.retrieval, generator, settings.retrieval, settings.generator)
+        self.answers = AnswerService(
+            self.retrieval, generator, settings.retrieval, settings.generator, self.container.registry
+        )

@@ -90,6 +90,19 @@ class _JobRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class _MessageRow(_Base):
+    """One turn of a conversation: the question or the answer, with the sources it was given (for reuse)."""
+
+    __tablename__ = "messages"
+
+    message_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # user | assistant
+    content: Mapped[str] = mapped_column(Text)
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone=True columns.
     if value is not None and value.tzinfo is None:
@@ -296,6 +309,23 @@ class SqlRegistry:
                 s.scalar(select(func.count()).select_from(_JobRow).where(_JobRow.state.in_(("queued", "running"))))
                 or 0
             )
+
+    def add_message(
+        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
+    ) -> None:
+        with self._session() as s, s.begin():
+            s.add(_MessageRow(conversation_id=conversation_id, role=role, content=content, sources=sources or []))
+
+    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` messages, oldest first: {"role", "content", "sources"}."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(_MessageRow)
+                .where(_MessageRow.conversation_id == conversation_id)
+                .order_by(_MessageRow.message_id.desc())
+                .limit(limit)
+            ).all()
+            return [{"role": r.role, "content": r.content, "sources": list(r.sources or [])} for r in reversed(rows)]
 
     def close(self) -> None:
         self._engine.dispose()

@@ -6,8 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import post
-from litestar.exceptions import ClientException, ServiceUnavailableException
+from litestar import get, post
+from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from msgspec import Struct
 
@@ -39,7 +39,7 @@ async def ask(data: AskRequest, services: Services) -> Response[Any]:
     if services.answers is None:
         raise ServiceUnavailableException("the generator is starting or failed to start: see /readyz")
     if data.stream:
-        events = services.answers.stream(data.question, _filter(data))
+        events = services.answers.stream(data.question, _filter(data), data.conversation_id)
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             # Leaving this generator early (client gone) closes `events`, which aborts the vLLM request.
@@ -50,5 +50,20 @@ async def ask(data: AskRequest, services: Services) -> Response[Any]:
                 await events.aclose()
 
         return ServerSentEvent(messages())
-    answer = await services.answers.ask(data.question, _filter(data))
-    return Response({**answer.to_dict(), "conversation_id": data.conversation_id})
+    answer = await services.answers.ask(data.question, _filter(data), data.conversation_id)
+    return Response(answer.to_dict())
+
+
+@get("/v1/conversations/{conversation_id:str}", tags=["ask"], summary="The turns of a conversation, oldest first")
+async def conversation(conversation_id: str, services: Services) -> dict[str, Any]:
+    messages = services.container.registry.conversation(conversation_id, limit=1000)
+    if not messages:
+        raise NotFoundException(f"no conversation {conversation_id}")
+    return {
+        "conversation_id": conversation_id,
+        "messages": [
+            {"role": m["role"], "content": m["content"], "sources": [
+                {k: s.get(k) for k in ("document_id", "filename", "page", "chunk_id")} for s in m["sources"]]}
+            for m in messages
+        ],
+    }

@@ -141,6 +141,24 @@ def test_streamed_answer_arrives_as_tokens_then_citations_then_done(server: Serv
     assert any(c["document_id"] == paper_id and c["page"] == 2 for c in events[-2][1]["citations"])
 
 
+def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> None:
+    first = httpx.post(f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300).json()
+    conversation_id = first["conversation_id"]
+    assert conversation_id
+    follow_up = httpx.post(
+        f"{server.url}/v1/ask", json={"question": "Tell me more about it.", "conversation_id": conversation_id},
+        timeout=300,
+    ).json()
+    assert follow_up["conversation_id"] == conversation_id and follow_up["answer"].strip()
+    # "it" alone retrieves nothing; with the conversation the sources of the first turn are kept.
+    assert follow_up["grounded"] is True
+    turns = httpx.get(f"{server.url}/v1/conversations/{conversation_id}", timeout=30).json()["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[2]["content"] == "Tell me more about it."
+    first_sources = [s["chunk_id"] for s in turns[1]["sources"]]
+    assert [s["chunk_id"] for s in turns[3]["sources"]][: len(first_sources)] == first_sources
+
+
 def test_cli_hands_over_to_the_running_server(server: Server, paper_id: str) -> None:
     api = httpx.post(f"{server.url}/v1/search", json={"query": PAPER_QUESTION, "top_k": 3}, timeout=60).json()
     cli = subprocess.run(

@@ -83,3 +83,45 @@ async def test_stream_events_and_the_final_answer_carry_citations() -> None:
     assert events[-2].data["citations"][0]["document_id"] == "a"
     assert "[1] Backups run nightly at 02:00." in generator.messages[1]["content"]
     assert generator.messages[0]["role"] == "system"
+
+
+class MemoryConversations:
+    def __init__(self) -> None:
+        self.messages: dict[str, list[dict]] = {}
+
+    def add_message(self, conversation_id: str, role: str, content: str, sources: list | None = None) -> None:
+        self.messages.setdefault(conversation_id, []).append({"role": role, "content": content, "sources": sources or []})
+
+    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict]:
+        return self.messages.get(conversation_id, [])[-limit:]
+
+
+class RecordingRetrieval(FakeRetrieval):
+    def __init__(self, results: list[list[Passage]]) -> None:
+        self.results, self.queries = results, []
+
+    async def search(self, query: str, *args: object, **kwargs: object) -> RetrievalResult:
+        self.queries.append(query)
+        return RetrievalResult(self.results.pop(0), True, 0.8, 1.0, 1.0)
+
+
+async def test_a_follow_up_keeps_the_previous_sources_first_and_retrieves_with_context() -> None:
+    first = [passage("a", 0, "Backups run nightly at 02:00."), passage("a", 1, "A restore takes two hours.")]
+    second = [passage("b", 0, "Restores are tested every quarter."), passage("a", 1, "A restore takes two hours.")]
+    retrieval = RecordingRetrieval([first, second])
+    generator = FakeGenerator("Backups run nightly at 02:00.")
+    conversations = MemoryConversations()
+    answers = AnswerService(retrieval, generator, RetrievalSettings(), GeneratorSettings(), conversations)  # type: ignore[arg-type]
+
+    one = await answers.ask("When do backups run?")
+    prompt_one = generator.messages[1]["content"]
+    two = await answers.ask("And restores?", conversation_id=one.conversation_id)
+    prompt_two = generator.messages[1]["content"]
+
+    assert one.conversation_id and two.conversation_id == one.conversation_id
+    assert retrieval.queries == ["When do backups run?", "When do backups run? And restores?"]
+    sources_one = prompt_one.split("\n\nUsing the text above")[0]
+    assert prompt_two.startswith(sources_one)  # same prefix: the prefix cache skips its prefill
+    assert "[3] Restores are tested every quarter." in prompt_two
+    assert "The conversation so far:\nUser: When do backups run?\nAssistant: Backups run nightly" in prompt_two
+    assert [m["role"] for m in conversations.messages[one.conversation_id]] == ["user", "assistant"] * 2
