@@ -126,18 +126,35 @@ class Chunker:
                         carried = [_Unit(tail, len(spans), last.page)]
             return _Draft(units=carried, section=section)
 
+        def _heading_unit(heading: Block) -> _Unit:
+            return _Unit(heading.text, self.count(heading.text), heading.page, continues_with="\n")
+
+        # A heading not yet followed by any body: if another heading comes first (title, then subtitle), it is kept
+        # as text, or it would be lost.
+        bare_heading: Block | None = None
         for block in blocks:
             if block.kind == "heading":
-                # A new section starts a new chunk unless the current one is too small to stand alone.
-                if current.tokens >= self.max_tokens // 8:
+                # A new section starts a new chunk unless the current one is too small to stand alone; a run of
+                # headings (a title and subtitle, a list of links unstructured took for titles) stays together.
+                heading_tokens = self.count(block.text)
+                if (bare_heading is None and current.tokens >= self.max_tokens // 8) or (
+                    current.units and current.tokens + heading_tokens > self.max_tokens
+                ):
                     current = flush(keep_overlap=False)
                     current.units = []
+                if bare_heading is not None and not current.units:
+                    current.units.append(_heading_unit(bare_heading))
+                    section = current.section = block.text
+                    bare_heading = block
+                    continue
                 section = block.text
                 if not current.units:
                     current.section = section
                 else:
-                    current.units.append(_Unit(block.text, self.count(block.text), block.page))
+                    current.units.append(_Unit(block.text, heading_tokens, block.page))
+                bare_heading = block
                 continue
+            bare_heading = None
             if block.kind == "table":
                 current = flush(keep_overlap=False)
                 current.units = []
@@ -153,6 +170,8 @@ class Chunker:
                     while current.units and current.tokens + unit.tokens > self.max_tokens:
                         current.units.pop(0)
                 current.units.append(unit)
+        if bare_heading is not None and not current.units:
+            current.units.append(_heading_unit(bare_heading))
         flush(keep_overlap=False)
 
         chunks: list[Chunk] = []

@@ -79,6 +79,13 @@ _TEXT_BY_EXTENSION = {
     ".jsonl": "application/x-ndjson",
 }
 
+# Text unstructured could not place (an encoding it does not detect): the extension picks among text formats.
+_TEXT_FALLBACK_BY_EXTENSION = {
+    ".md": "text/markdown", ".markdown": "text/markdown", ".csv": "text/csv", ".tsv": "text/tsv",
+    ".html": "text/html", ".htm": "text/html", ".xml": "application/xml", ".rst": "text/x-rst", ".org": "text/org",
+    ".eml": "message/rfc822",
+}  # fmt: skip
+
 _BOMS = [  # longest first: the UTF-32-LE BOM begins with the UTF-16-LE one
     (codecs.BOM_UTF32_LE, "utf-32-le"),
     (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -245,7 +252,7 @@ def sniff_content_type(data: bytes, filename: str) -> str:
                 return _TEXT_BY_EXTENSION[ext]
             if magic_type in ("text/html", "text/xml"):
                 return "text/html" if magic_type == "text/html" else "application/xml"
-            return _TEXT_BY_EXTENSION.get(ext, "text/plain")
+            return _TEXT_BY_EXTENSION.get(ext) or _TEXT_FALLBACK_BY_EXTENSION.get(ext, "text/plain")
         return magic_type
     if detected == "text/plain" and ext in _TEXT_BY_EXTENSION:
         return _TEXT_BY_EXTENSION[ext]

@@ -9,12 +9,24 @@ import io
 import logging
 import os
 import re
+import subprocess
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ingest.formats import ParseError
+from ingest.formats import (
+    EMPTY,
+    EXTENSIONS,
+    TEXT_TYPES,
+    ZIP,
+    ParseError,
+    decode_text,
+    detect_encoding,
+    expand_zip,
+    sniff_content_type,
+)
 
 # unstructured phones home and prints a banner unless told not to; nothing may leave this machine.
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
@@ -35,6 +47,7 @@ BlockKind = Literal["heading", "text", "table"]
 # Layout noise that would only pollute retrieval.
 _SKIPPED_CATEGORIES = {"PageBreak", "Header", "Footer", "PageNumber", "Image", "Figure", "FigureCaption_"}
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_COMPAT_CHARS = re.compile(r"[\u2e80-\u2fdf\ufb00-\ufb06]")
 _CJK_OR_PUNCT = r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
 _CJK_GAP = re.compile(rf"(?<={_CJK_OR_PUNCT})[ \t]+(?={_CJK_OR_PUNCT})")
 _SENTENCE_END = re.compile(r"[。！？；.!?;:：]\s*$")
@@ -88,8 +101,6 @@ def partition_file(path: Path, filename: str) -> list[Block]:
 
 
 def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block]:
-    from ingest.formats import EMPTY, EXTENSIONS, TEXT_TYPES, ZIP, decode_text, sniff_content_type
-
     if not data.strip():
         raise ParseError("empty: the file has no content")
     mime = sniff_content_type(data, filename)
@@ -140,8 +151,6 @@ def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block
 
 
 def _is_ascii_compatible(data: bytes) -> bool:
-    from ingest.formats import detect_encoding
-
     return (detect_encoding(data[:4096]) or "").lower().replace("_", "-") not in {
         "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16", "utf-32",
     }  # fmt: skip
@@ -178,22 +187,62 @@ def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, enc
         path.write_bytes(data)
         try:
             if mime == "application/pdf":
-                elements = _partition(path, filename, mime, "fast", encoding)
-                if not any((e.text or "").strip() for e in elements):
-                    # No text layer: a scanned PDF. OCR it (tesseract) rather than report it empty.
-                    elements = _ocr(path, filename, mime)
-                return elements
+                return _partition_pdf(path, filename)
             if mime in _IMAGE_TYPES:
                 return _ocr(path, filename, mime)
             return _partition(path, filename, mime, "fast", encoding)
         except ParseError:
             raise
         except Exception as exc:  # unstructured raises many types; the reason must reach the user
-            message = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            message = (str(exc).strip() or type(exc).__name__).splitlines()[0].replace(str(path), filename)
             lowered = message.lower()
             if "password" in lowered or "encrypt" in lowered:
                 raise ParseError("password protected") from exc
             raise ParseError(f"corrupt: {message[:300]}") from exc
+
+
+def _has_text(elements: list) -> bool:
+    return any((e.text or "").strip() for e in elements)
+
+
+def _partition_pdf(path: Path, filename: str) -> list:
+    """pdfminer's text layer; where pdfminer reads nothing (it gives up on some damaged files), poppler's
+    pdftotext; where there is no text layer at all (a scan), OCR."""
+    failure: Exception | None = None
+    try:
+        elements = _partition(path, filename, "application/pdf", "fast", None)
+        if _has_text(elements):
+            return elements
+    except Exception as exc:  # noqa: BLE001 - poppler may still read it
+        failure = exc
+    elements = _pdftotext(path, filename)
+    if _has_text(elements):
+        return elements
+    elements = _ocr(path, filename, "application/pdf")
+    if not _has_text(elements) and failure is not None:
+        raise failure
+    return elements
+
+
+def _pdftotext(path: Path, filename: str) -> list:
+    """Text of each page from poppler's pdftotext (pages split at form feeds), as unstructured elements."""
+    from unstructured.documents.elements import ElementMetadata, NarrativeText
+
+    try:
+        result = subprocess.run(
+            ["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if result.returncode != 0:
+        return []
+    elements = []
+    for number, page in enumerate(result.stdout.decode("utf-8", errors="replace").split("\f"), start=1):
+        for paragraph in re.split(r"\n\s*\n", page):
+            if paragraph.strip():
+                metadata = ElementMetadata(page_number=number, filename=filename)
+                elements.append(NarrativeText(text=paragraph.strip(), metadata=metadata))
+    return elements
 
 
 def _ocr(path: Path, filename: str, mime: str) -> list:
@@ -227,12 +276,26 @@ def _partition(path: Path, filename: str, mime: str, strategy: str, encoding: st
     )
 
 
+def _normalize(text: str) -> str:
+    """PDF fonts often map CJK characters to their Kangxi radical look-alikes (⽤ U+2F64 for 用) and Latin letter
+    pairs to ligatures (ﬁ): both break search. NFKC folds exactly these back; the rest of the text is untouched."""
+    return _COMPAT_CHARS.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
+
+
 def _blocks(elements: list) -> list[Block]:
+    blocks = _blocks_skipping(elements, _SKIPPED_CATEGORIES)
+    if not blocks:
+        # Everything was classed header/footer (it happens with unusual page coordinates): better than nothing.
+        blocks = _blocks_skipping(elements, _SKIPPED_CATEGORIES - {"Header", "Footer"})
+    return blocks
+
+
+def _blocks_skipping(elements: list, skipped: set[str]) -> list[Block]:
     blocks: list[Block] = []
     for element in elements:
         category = getattr(element, "category", "")
-        text = (element.text or "").strip()
-        if category in _SKIPPED_CATEGORIES or not text:
+        text = _normalize((element.text or "").strip())
+        if category in skipped or not text:
             continue
         page = getattr(element.metadata, "page_number", None)
         if category == "Table":
@@ -266,8 +329,6 @@ def _embedded(name: str, data: bytes, depth: int) -> list[Block]:
 
 
 def _partition_zip(data: bytes, filename: str, depth: int) -> list[Block]:
-    from ingest.formats import expand_zip
-
     if depth > MAX_NESTING:
         raise ParseError(f"unsupported format: archive nested more than {MAX_NESTING} level deep")
     members = expand_zip(data)

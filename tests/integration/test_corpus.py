@@ -74,7 +74,8 @@ def test_corpus_file(name: str, spec: dict, chunker: Chunker) -> None:
     else:
         assert page_count is not None and spec["pages"][0] <= page_count <= spec["pages"][1]
     assert spec["chunks"][0] <= len(chunks) <= spec["chunks"][1]
-    text = "\n".join(c.text for c in chunks)
+    # Headings become chunk sections (embedded with the text), so they count as found too.
+    text = "\n".join(f"{c.section or ''}\n{c.text}" for c in chunks)
     for needle in spec.get("contains", []):
         assert needle in text, f"{needle!r} missing from {name}"
 
@@ -120,3 +121,16 @@ def test_zip_bomb_through_partition() -> None:
 def test_unknown_binary_is_unsupported() -> None:
     with pytest.raises(ParseError, match="^unsupported format: "):
         partition_bytes(bytes(range(256)) * 64, "mystery.docx")
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
+def test_damaged_files_are_corrupt_and_say_so() -> None:
+    docx = (CORPUS / "docx" / "fake.docx").read_bytes()
+    for name, data in [
+        ("half.docx", docx[: len(docx) // 2]),
+        ("garbage.pdf", b"%PDF-1.4\n" + bytes(range(256)) * 20),
+        ("broken.zip", b"PK\x03\x04" + b"x" * 500),
+    ]:
+        with pytest.raises(ParseError, match="^corrupt: ") as caught:
+            partition_bytes(data, name)
+        assert "kb-partition-" not in str(caught.value)  # no temporary paths in what users read

@@ -102,3 +102,16 @@ def test_long_chinese_text_is_split_at_sentence_ends() -> None:
     assert len(chunks) > 1
     assert all(c.text.endswith("。") for c in chunks)
     assert "".join(c.text for c in chunks) == text
+
+
+def test_a_heading_directly_followed_by_another_is_kept() -> None:
+    blocks = [
+        Block("heading", "春节放假通知"),
+        Block("heading", "Spring Festival Holiday Notice"),
+        Block("text", "庆祝春节假期。"),
+        Block("heading", "Trailing heading"),
+    ]
+    chunks = chunker().chunk(blocks, document_id="doc", filename="f.md", groups=[])
+    found = "\n".join(f"{c.section}\n{c.text}" for c in chunks)
+    for heading in ("春节放假通知", "Spring Festival Holiday Notice", "Trailing heading"):
+        assert heading in found

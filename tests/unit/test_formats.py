@@ -173,3 +173,9 @@ def test_traversal_and_junk_names_are_ignored() -> None:
 def test_not_a_zip_is_corrupt() -> None:
     with pytest.raises(ParseError, match="^corrupt"):
         expand_zip(b"PK\x03\x04 this is not really a zip")
+
+
+def test_gb2312_markdown_and_csv_keep_their_format() -> None:
+    markdown = f"# 标题\n\n{CHINESE}\n".encode("gb2312")
+    assert sniff_content_type(markdown, "说明.md") == "text/markdown"
+    assert sniff_content_type(f"列,值\n{CHINESE},1\n".encode("gb2312") * 3, "表.csv") == "text/csv"
