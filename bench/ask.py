@@ -55,13 +55,17 @@ async def run(rounds: int) -> dict[str, object]:
 
             assert services.answers is not None
             await services.answers.ask(QUESTIONS[0])  # warm-up
-            first_token, total, tokens = [], [], []
+            first_token, total, tokens, follow_up_first_token = [], [], [], []
             for _ in range(rounds):
                 for question in QUESTIONS:
                     answer = await services.answers.ask(question)
                     first_token.append(answer.timings_ms.get("first_token", answer.timings_ms["total"]))
                     total.append(answer.timings_ms["total"])
                     tokens.append(container.generator.count_tokens(answer.answer))  # type: ignore[union-attr]
+                    # Same conversation: the previous sources stay first, so the prompt prefix is cached.
+                    follow_up = await services.answers.ask("Tell me more.", conversation_id=answer.conversation_id)
+                    if "first_token" in follow_up.timings_ms:
+                        follow_up_first_token.append(follow_up.timings_ms["first_token"])
         finally:
             await container.aclose()
     return {
@@ -78,6 +82,9 @@ async def run(rounds: int) -> dict[str, object]:
         "total_ms_p50": round(statistics.median(total), 1),
         "total_ms_p95": round(percentile(total, 0.95), 1),
         "answer_tokens_mean": round(statistics.mean(tokens), 1),
+        "answer_tokens_per_s": round(sum(tokens) / (sum(total) - sum(first_token)) * 1000, 1),
+        "follow_up_first_token_ms_p50": round(statistics.median(follow_up_first_token), 1)
+        if follow_up_first_token else None,
     }
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import mimetypes
 import re
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ class UploadRejected(ValueError):
 
 class UploadTooLarge(UploadRejected):
     pass
+
+
+class DocumentGone(LookupError):
+    """The document was deleted while it was being ingested."""
 
 
 def sanitize_filename(name: str) -> str:
@@ -79,6 +84,9 @@ class IngestionPipeline:
         self._embedder = embedder
         self._index = index
         self._settings = settings
+        # Publishing a version and deleting the document exclude each other (within this process).
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         max_body = min(settings.chunk_tokens, embedder.max_tokens - _HEADING_RESERVE_TOKENS)
         self.chunker = Chunker(embedder, max_body, settings.chunk_overlap_tokens)  # type: ignore[arg-type]
 
@@ -165,13 +173,25 @@ class IngestionPipeline:
             self._index.upsert(batch, self._embedder.embed_documents([c.embed_text or c.text for c in batch]))
             state["chunks_embedded"] = start + len(batch)
             self._report(document_id, state, progress)
-        self._index.publish(document_id, document.version)
-        self._registry.set_live_version(document_id, document.version)
-        self._registry.update_progress(document_id, {**state, "stage": "done"})
-        self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
-        for older in range(1, document.version):
-            self._blobs.delete(blob_key(document_id, older))
+        with self._document_lock(document_id):
+            current = self._registry.get_document(document_id)
+            if current is None:
+                # Deleted while it was being embedded: its staged chunks must not become searchable.
+                self._index.delete_document(document_id)
+                raise DocumentGone(document_id)
+            self._index.publish(document_id, document.version)
+            self._registry.set_live_version(document_id, document.version)
+            if current.version == document.version:
+                self._registry.update_progress(document_id, {**state, "stage": "done"})
+                self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
+            # else a newer version was queued meanwhile: this one is live until that one is ready.
+            for older in range(1, document.version):
+                self._blobs.delete(blob_key(document_id, older))
         return self._registry.get_document(document_id)  # type: ignore[return-value]
+
+    def _document_lock(self, document_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(document_id, threading.Lock())
 
     def _report(self, document_id: str, state: dict[str, Any], progress: Progress | None) -> None:
         self._registry.update_progress(document_id, dict(state))
@@ -184,11 +204,14 @@ class IngestionPipeline:
         self._registry.set_status(document_id, DocumentStatus.FAILED, error=reason)
 
     def delete(self, document_id: str) -> bool:
-        document = self._registry.get_document(document_id)
-        if document is None:
-            return False
-        self._index.delete_document(document_id)
-        self._registry.delete_document(document_id)
-        for version in range(1, document.version + 1):
-            self._blobs.delete(blob_key(document_id, version))
+        with self._document_lock(document_id):
+            document = self._registry.get_document(document_id)
+            if document is None:
+                return False
+            self._index.delete_document(document_id)
+            self._registry.delete_document(document_id)
+            for version in range(1, document.version + 1):
+                self._blobs.delete(blob_key(document_id, version))
+        with self._locks_guard:
+            self._locks.pop(document_id, None)
         return True

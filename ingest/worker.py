@@ -92,6 +92,8 @@ class IngestWorker:
         except ParseError as exc:
             self._pipeline.mark_failed(job.document_id, str(exc))
             self._registry.finish_job(job.job_id, error=str(exc))
+        except LookupError:  # the document was deleted meanwhile: nothing left to do
+            self._registry.finish_job(job.job_id, error="document deleted")
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if job.attempts < self._settings.max_attempts:

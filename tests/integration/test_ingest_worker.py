@@ -84,7 +84,7 @@ def test_parsing_past_the_time_limit_fails_that_document_only(open_services: Any
         settings.ingest.parse_time_limit_s = 1.0
 
     container, services = open_services(configure=tight_limit)
-    slow = CORPUS / "pdf" / "interface-config-guide-p93.pdf"  # 93 pages: several seconds to parse
+    slow = CORPUS / "pdf" / "DA-619p.pdf"  # 619 pages: about a minute to parse
     quick = CORPUS / "txt" / "fake-text.txt"
     slow_id = services.pipeline.submit(slow.name, slow.read_bytes()).document.document_id
     quick_id = services.pipeline.submit(quick.name, quick.read_bytes()).document.document_id
@@ -102,3 +102,25 @@ def test_progress_is_recorded(open_services: Any) -> None:
     progress = container.registry.get_document(document_id).progress
     assert progress["stage"] == "done" and progress["pages_parsed"] == 2
     assert progress["chunks_embedded"] == progress["chunks_total"] == container.registry.get_document(document_id).chunks
+
+
+def test_a_document_deleted_while_it_is_embedded_never_becomes_searchable(open_services: Any) -> None:
+    from ingest.partition import partition_file
+    from ingest.pipeline import DocumentGone
+    from kb.models import SearchFilter
+
+    container, services = open_services()
+    path = CORPUS / "txt" / "norwich-city.txt"
+    document_id = services.pipeline.submit(path.name, path.read_bytes()).document.document_id
+    blocks = partition_file(path, path.name)
+    deleted: list[bool] = []
+
+    def delete_midway(progress: dict) -> None:
+        if progress["chunks_embedded"] and not deleted:
+            deleted.append(services.pipeline.delete(document_id))
+
+    with pytest.raises(DocumentGone):
+        services.pipeline.index_blocks(document_id, blocks, delete_midway)
+    assert deleted == [True]
+    assert container.index.count(SearchFilter(document_ids=[document_id])) == 0
+    assert container.registry.get_document(document_id) is None
