@@ -82,7 +82,8 @@ def main() -> None:
             model.encode(texts, batch_size=settings.embedder.batch_size, normalize_embeddings=True, show_progress_bar=False)
             raw_embed_s = time.perf_counter() - started
 
-            # 3. the pipeline, on the files the raw parse could read
+            # 3. the pipeline, on the files the raw parse could read (parser process started, as in a server)
+            services.worker.warm_up(wait=True)
             started = time.perf_counter()
             for path in parsed:
                 services.pipeline.submit(path.name, path.read_bytes())

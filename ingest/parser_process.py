@@ -33,6 +33,7 @@ def _child(requests: Any, replies: Any) -> None:  # pragma: no cover - runs in t
     from ingest.partition import partition_file
 
     _preload()
+    replies.put(("ready", 0, None))
     while True:
         request = requests.get()
         if request is None:
@@ -73,11 +74,20 @@ class ParserProcess:
         self._requests: Any = None
         self._replies: Any = None
         self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
         self._closed = False
+
+    def start(self, wait: bool = False, timeout: float = 120.0) -> None:
+        """Spawn the child now (its imports take seconds) rather than at the first document."""
+        with self._lock:
+            self._ensure_started()
+        if wait and not self._ready.wait(timeout):
+            raise RuntimeError("the parser process did not start")
 
     def _ensure_started(self) -> None:
         if self._process is not None and self._process.is_alive():
             return
+        self._ready.clear()
         self._requests = self._context.Queue()
         self._replies = self._context.Queue()
         self._process = self._context.Process(
@@ -96,6 +106,9 @@ class ParserProcess:
                 return
             if kind == "stop":
                 return
+            if kind == "ready":
+                self._ready.set()
+                continue
             with self._lock:
                 pending = self._pending.get(request_id)
             if pending is None:

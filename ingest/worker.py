@@ -133,7 +133,11 @@ class IngestWorker:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
 
+    def warm_up(self, wait: bool = False) -> None:
+        self._parser.start(wait=wait)
+
     def start(self) -> None:
+        self._parser.start()
         self._thread = threading.Thread(target=self._loop, name="kb-ingest-worker", daemon=True)
         self._thread.start()
 
