@@ -1,6 +1,8 @@
-"""Retrieval quality on every QA set in ../shared/eval: dense, sparse (BM25) and hybrid (RRF), units embedded once.
+"""Retrieval quality on every QA set in ../shared/eval: dense, sparse (BM25) and hybrid (DBSF or RRF in Qdrant),
+units embedded once.
 
-python -m bench.retrieval [--limit N] [--sets NAME ...] [--max-documents N]
+python -m bench.retrieval [--limit N] [--sets NAME ...] [--max-documents N] [--whole-units]
+python -m bench.retrieval --scale 100000   (search latency on synthetic chunks with an ACL filter instead)
 
 Prints a table, replaces the "## Retrieval quality" section of bench/RESULTS.md and prints one JSON object last.
 """
@@ -59,7 +61,9 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     notes = "\n".join(
         f"- {r['name']} ({r['format']}): {r['units']} units"
         + (" (documents chunked like ingestion, gold = chunk(s) holding the answer start)" if r["units_chunked"] else "")
-        + f", {r['units_truncated']} longer than the embedder's window (dense sees their first 256 tokens only)"
+        + f", {r['units_truncated']} longer than the embedder's window"
+        + (f" (indexed as their chunks: {r['entries']} entries; a unit scores as its best chunk)" if r.get("units_split")
+           else " (kept whole: the dense side sees their first 256 tokens)" if r["units_truncated"] else "")
         + f"; {r['questions']} of {r['questions_total']} questions"
         + (f" ({r['questions_skipped']} without gold dropped)" if r["questions_skipped"] else "")
         + f"; units embedded in {r['embed_units_s']} s" + (" (cached)" if r["embeddings_cached"] else "")
@@ -71,8 +75,10 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 `python -m bench.retrieval {' '.join(summary['argv'])}` on {summary['date']}: {machine['cpu']}, {machine['cores']} cores,
 {machine['memory_gib']} GiB, Python {machine['python']}; 1-minute load average {summary['load_start']} at the start and
 {summary['load_end']} at the end (latencies rise with the load of other work on the same cores).
-Embedder `{summary['embedder']}`, Qdrant Edge scratch shard (no HNSW build: exact scan), top {summary['top_k']},
-hybrid = RRF (k=60) of dense and BM25 candidates. Total run {summary['elapsed_s']} s.
+Embedder `{summary['embedder']}` (languages {summary.get('languages')}), Qdrant Edge scratch shard (no HNSW build:
+exact scan), top {summary['top_k']}; hybrid = {str(summary.get('fusion', 'rrf')).upper()} fusion inside Qdrant of
+{summary.get('candidates', 50)} dense and {summary.get('candidates', 50)} BM25 candidates, and BM25 alone for a query
+in a language the embedder lacks (Chinese with the English-only default). Total run {summary['elapsed_s']} s.
 
 {markdown(reports)}
 
@@ -85,13 +91,13 @@ hybrid = RRF (k=60) of dense and BM25 candidates. Total run {summary['elapsed_s'
 """
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
+def write_results(text: str, path: Path = RESULTS, section_title: str = SECTION) -> None:
     current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
-    start = current.find(SECTION)
+    start = current.find(section_title + "\n")
     if start < 0:
         updated = current.rstrip("\n") + "\n\n" + text
     else:
-        end = current.find("\n## ", start + len(SECTION))
+        end = current.find("\n## ", start + len(section_title))
         updated = current[:start] + text + ("" if end < 0 else "\n" + current[end + 1 :])
     path.write_text(updated.rstrip("\n") + "\n", encoding="utf-8")
 
@@ -105,7 +111,21 @@ def main() -> None:
     parser.add_argument("--eval-dir", type=Path, default=EVAL_DIR)
     parser.add_argument("--cache-dir", type=Path, default=None, help="unit embedding cache")
     parser.add_argument("--no-write", action="store_true", help=f"leave {RESULTS.name} as it is")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="instead: search latency on N synthetic chunks (10k and N) with an ACL filter")
+    parser.add_argument("--whole-units", action="store_true",
+                        help="index units longer than the embedder's window whole (dense sees their start only)")
     args = parser.parse_args()
+    if args.scale:
+        from bench import retrieval_scale
+
+        scale_summary = retrieval_scale.run(args.eval_dir, args.scale)
+        scale_summary["argv"] = sys.argv[1:]
+        if not args.no_write:
+            write_results(retrieval_scale.section(scale_summary, sys.argv[1:], date.today().isoformat()),
+                          section_title=retrieval_scale.SECTION)
+        print(json.dumps(scale_summary, ensure_ascii=False))
+        return
 
     from kb.settings import Settings
     from service.evaluation import TOP_K, RetrievalEvaluation, dataset_name
@@ -113,7 +133,7 @@ def main() -> None:
     started = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
     settings = Settings()
-    evaluation = RetrievalEvaluation.open(settings, args.cache_dir)
+    evaluation = RetrievalEvaluation.open(settings, args.cache_dir, split_long_units=not args.whole_units)
     paths = [p for p in discover(args.eval_dir) if not args.sets or any(s in dataset_name(p) for s in args.sets)]
     reports: list[dict[str, Any]] = []
     for path in paths:
@@ -137,6 +157,9 @@ def main() -> None:
         "argv": sys.argv[1:],
         "machine": describe(),
         "embedder": reports[0]["embedder"] if reports else None,
+        "fusion": settings.index.fusion,
+        "candidates": settings.index.candidates,
+        "languages": settings.embedder.languages,
         "top_k": TOP_K,
         "limit": args.limit,
         "max_documents": args.max_documents,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.ports import BlobStore, Embedder, Generator, Registry, VectorIndex
+from kb.ports import BlobStore, Embedder, Generator, Registry, Reranker, VectorIndex
 from kb.settings import Settings
 
 
@@ -39,20 +39,41 @@ def build_blob_store(settings: Settings) -> BlobStore:
 
 
 def build_embedder(settings: Settings) -> Embedder:
+    if settings.embedder.backend in ("onnx", "onnx-int8"):
+        from kb.adapters.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(
+            settings.embedder,
+            embedder_model_path(settings),
+            settings.models_dir / "onnx",
+            quantize=settings.embedder.backend == "onnx-int8",
+        )
     from kb.adapters.st_embedder import SentenceTransformersEmbedder
 
     return SentenceTransformersEmbedder(settings.embedder, embedder_model_path(settings))
 
 
+def build_reranker(settings: Settings) -> Reranker | None:
+    """The cross-encoder of settings.retrieval.reranker_model, or None when reranking is off (the default)."""
+    if not settings.retrieval.reranker_model:
+        return None
+    from kb.adapters.st_reranker import SentenceTransformersReranker
+
+    return SentenceTransformersReranker(settings.retrieval.reranker_model, device=settings.retrieval.reranker_device)
+
+
 def build_index(settings: Settings, dimension: int) -> VectorIndex:
+    from kb.adapters.bm25 import HybridFusion
+
+    fusion = HybridFusion(settings.index.fusion, settings.index.candidates)
     if settings.index.backend == "edge":
         from kb.adapters.edge_index import EdgeVectorIndex
 
-        return EdgeVectorIndex(settings.index_path, dimension, candidates=settings.index.candidates)
+        return EdgeVectorIndex(settings.index_path, dimension, fusion=fusion)
     from kb.adapters.qdrant_server_index import QdrantServerIndex
 
     return QdrantServerIndex.from_url(
-        settings.index.url, settings.index.api_key, settings.index.collection, dimension
+        settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion
     )
 
 

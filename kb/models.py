@@ -190,6 +190,7 @@ class Answer:
     citations: list[Citation]
     grounded: bool  # False when retrieval found nothing relevant enough and the model was not asked
     timings_ms: dict[str, float] = field(default_factory=dict)
+    conversation_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +198,7 @@ class Answer:
             "citations": [c.to_dict() for c in self.citations],
             "grounded": self.grounded,
             "timings_ms": dict(self.timings_ms),
+            "conversation_id": self.conversation_id,
         }
 
 

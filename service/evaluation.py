@@ -91,7 +91,7 @@ def index_entries(
         split += 1
         if qa_set.format == "beir" and "\n" in unit.text:  # title + abstract: the title heads every chunk
             title, body = unit.text.split("\n", 1)
-            blocks = [Block("title", title), *_text_blocks(body)]
+            blocks = [Block("heading", title), *_text_blocks(body)]
         else:
             blocks = _text_blocks(unit.text)
         for chunk in chunker.chunk(blocks, document_id=unit.unit_id, filename=qa_set.name, groups=[]):

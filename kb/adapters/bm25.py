@@ -6,6 +6,9 @@ searched the same way by the other and results stay congruent between embedded a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from qdrant_edge import Bm25, Bm25Config, Language, SparseVector, StopwordsSet, TokenizerType
 
 DENSE_VECTOR = "dense"
@@ -13,6 +16,30 @@ SPARSE_VECTOR = "bm25"
 # The constant of the original RRF paper; set explicitly because qdrant-client's default (2) and
 # Edge's (no default) differ.
 RRF_K = 60
+
+FusionMethod = Literal["rrf", "dbsf"]
+
+
+@dataclass(frozen=True)
+class HybridFusion:
+    """How a hybrid query fuses its dense and BM25 candidate lists, inside Qdrant on both adapters.
+
+    "dbsf" (default): distribution-based score fusion, each side's scores normalised by mean +- 3 sigma and
+    summed, so a side whose best candidate stands out (a strong BM25 match) counts more than a flat list; it beat
+    RRF on every English set here (bench/RESULTS.md). "rrf": reciprocal rank fusion with k=60.
+    No per-side weights: Qdrant has none for DBSF, and Edge 0.9 applies RRF weights to its prefetches in reverse
+    order with another formula than qdrant-client, so weighted RRF would not be congruent between the adapters.
+    A side is left out per query instead (RetrievalService: dense side off for a language the embedder lacks).
+    """
+
+    method: FusionMethod = "dbsf"
+    candidates: int = 50  # per side
+
+    def __post_init__(self) -> None:
+        if self.method not in ("rrf", "dbsf"):
+            raise ValueError(f"unknown fusion method {self.method!r}")
+        if self.candidates < 1:
+            raise ValueError("fusion candidates must be >= 1")
 
 
 def bm25_config() -> Bm25Config:

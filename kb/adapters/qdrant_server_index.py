@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from qdrant_client import QdrantClient, models
 
-from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder
+from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, HybridFusion
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
@@ -27,8 +27,8 @@ def _document_condition(document_id: str) -> models.FieldCondition:
     return models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
 
 
-def _client_filter(search_filter: SearchFilter | None) -> models.Filter:
-    conditions: list[models.Condition] = []
+def _client_filter(search_filter: SearchFilter | None, *extra: models.Condition) -> models.Filter:
+    conditions: list[models.Condition] = list(extra)
     for key, values in (
         ("groups", search_filter.groups if search_filter else None),
         ("document_id", search_filter.document_ids if search_filter else None),
@@ -38,6 +38,14 @@ def _client_filter(search_filter: SearchFilter | None) -> models.Filter:
         if not values:
             raise _MatchesNothing
         conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
+    if search_filter is not None:
+        for key, values in search_filter.metadata_conditions():
+            if not values:
+                raise _MatchesNothing
+            conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=values)))
+        gte, lt = search_filter.created_range()
+        if gte or lt:
+            conditions.append(models.FieldCondition(key="created_at", range=models.DatetimeRange(gte=gte, lt=lt)))
     return models.Filter(must=conditions or None, must_not=[_STAGED])
 
 
@@ -49,11 +57,19 @@ def _is_local_mode(client: QdrantClient) -> bool:
 class QdrantServerIndex:
     """Collection with named dense vector "dense" (cosine) and sparse "bm25" (IDF), as EdgeVectorIndex."""
 
-    def __init__(self, client: QdrantClient, collection: str, dimension: int, *, candidates: int = 50) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        dimension: int,
+        *,
+        candidates: int = 50,
+        fusion: HybridFusion | None = None,
+    ) -> None:
         self._client = client
         self._collection = collection
         self._dimension = dimension
-        self._candidates = candidates
+        self._fusion = fusion or HybridFusion(candidates=candidates)
         self._bm25 = Bm25Encoder()
         self._local = _is_local_mode(client)
         # Local mode is plain Python over numpy arrays and SQLite, not safe for a search running while
@@ -70,6 +86,7 @@ class QdrantServerIndex:
         dimension: int,
         *,
         candidates: int = 50,
+        fusion: HybridFusion | None = None,
     ) -> QdrantServerIndex:
         """`url`: "http(s)://host:6333" for a server, ":memory:" or "path:/dir" for local mode."""
         if url == ":memory:":
@@ -81,7 +98,7 @@ class QdrantServerIndex:
             client = QdrantClient(url=url, api_key=api_key)
         else:
             raise ValueError(f"unsupported Qdrant url {url!r}: use http(s)://..., :memory: or path:/dir")
-        return cls(client, collection, dimension, candidates=candidates)
+        return cls(client, collection, dimension, candidates=candidates, fusion=fusion)
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -116,6 +133,12 @@ class QdrantServerIndex:
                     self._collection, "version", field_schema=models.PayloadSchemaType.INTEGER
                 )
                 self._client.create_payload_index(self._collection, "state", field_schema=models.PayloadSchemaType.KEYWORD)
+                self._client.create_payload_index(
+                    self._collection, "ordinal", field_schema=models.PayloadSchemaType.INTEGER
+                )
+                self._client.create_payload_index(
+                    self._collection, "created_at", field_schema=models.PayloadSchemaType.DATETIME
+                )
 
     def _check_dimension(self) -> None:
         vectors = self._client.get_collection(self._collection).config.params.vectors
@@ -195,11 +218,15 @@ class QdrantServerIndex:
                 return []
             query, using = sparse, SPARSE_VECTOR
         elif mode == "hybrid":
-            depth = max(limit, self._candidates)
+            fusion = self._fusion
+            depth = max(limit, fusion.candidates)
             prefetch = [models.Prefetch(query=dense, using=DENSE_VECTOR, limit=depth, filter=query_filter)]
             if sparse is not None:
                 prefetch.append(models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=depth, filter=query_filter))
-            query = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
+            if fusion.method == "dbsf":
+                query = models.FusionQuery(fusion=models.Fusion.DBSF)
+            else:
+                query = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
         else:
             raise ValueError(f"unknown search mode {mode!r}")
 
@@ -215,6 +242,27 @@ class QdrantServerIndex:
                 with_vectors=False,
             )
         return [Passage.from_payload(point.payload or {}, point.score) for point in response.points]
+
+    def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
+        if radius < 0:
+            raise ValueError("radius must be >= 0")
+        try:
+            scroll_filter = _client_filter(
+                filter,
+                _document_condition(passage.document_id),
+                models.FieldCondition(
+                    key="ordinal", range=models.Range(gte=passage.ordinal - radius, lte=passage.ordinal + radius)
+                ),
+            )
+        except _MatchesNothing:
+            return []
+        with self._guard():
+            records, _next = self._client.scroll(
+                self._collection, scroll_filter=scroll_filter, limit=2 * radius + 1, with_payload=True,
+                with_vectors=False,
+            )
+        found = [Passage.from_payload(record.payload or {}, passage.score) for record in records]
+        return sorted(found, key=lambda p: p.ordinal)
 
     def count(self, filter: SearchFilter | None = None) -> int:
         try:

@@ -6,13 +6,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from kb.adapters.bm25 import SPARSE_VECTOR
+from kb.adapters.bm25 import SPARSE_VECTOR, HybridFusion
 from kb.adapters.edge_index import EdgeVectorIndex
 from kb.adapters.qdrant_server_index import QdrantServerIndex
 from kb.models import Chunk, SearchFilter
@@ -155,7 +156,8 @@ def test_stopword_only_query_matches_nothing_sparse(index: VectorIndex) -> None:
     assert texts(index.search(e(0), "the of", limit=5, mode="hybrid")) == ["the report of the year"]
 
 
-def test_hybrid_fuses_dense_and_sparse_ranks(index: VectorIndex) -> None:
+def test_hybrid_rrf_fuses_dense_and_sparse_ranks(open_index: OpenIndex) -> None:
+    index = open_index(fusion=HybridFusion("rrf"))
     a = chunk("alpha notes", ordinal=0)
     b = chunk("zanzibar archive with a long list of many other unrelated words inside", ordinal=1)
     c = chunk("zanzibar zanzibar archive", ordinal=2)
@@ -171,6 +173,58 @@ def test_hybrid_fuses_dense_and_sparse_ranks(index: VectorIndex) -> None:
     # (dense 3, sparse 1), A = 1/60 (dense 0), D = 1/62 (dense 2) is cut by the limit.
     assert texts(passages) == [c.text, b.text, a.text]
     assert [p.score for p in passages] == pytest.approx([1 / 61 + 1 / 60, 1 / 63 + 1 / 61, 1 / 60], rel=1e-4)
+
+
+def _dbsf_corpus(index: VectorIndex) -> list[Chunk]:
+    chunks = [
+        chunk("alpha notes", ordinal=0),
+        chunk("zanzibar archive with a long list of many other unrelated words inside", ordinal=1),
+        chunk("zanzibar zanzibar archive", ordinal=2),
+        chunk("delta notes", ordinal=3),
+        chunk("zanzibar", ordinal=4),
+    ]
+    index.upsert(chunks, [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))])
+    return chunks
+
+
+def test_hybrid_dbsf_is_the_default_and_sums_normalised_scores(index: VectorIndex) -> None:
+    chunks = _dbsf_corpus(index)
+    dense = index.search(e(0), "zanzibar", limit=10, mode="dense")
+    sparse = index.search(e(0), "zanzibar", limit=10, mode="sparse")
+
+    def normalised(passages: list[Any]) -> dict[str, float]:
+        scores = np.array([p.score for p in passages])
+        mean, sigma = scores.mean(), scores.std(ddof=1)
+        low, high = mean - 3 * sigma, mean + 3 * sigma
+        return {p.text: float((p.score - low) / (high - low)) for p in passages}
+
+    expected: dict[str, float] = {}
+    for side in (normalised(dense), normalised(sparse)):
+        for text, score in side.items():
+            expected[text] = expected.get(text, 0.0) + score
+
+    passages = index.search(e(0), "zanzibar", limit=5, mode="hybrid")
+
+    assert {p.text for p in passages} == {c.text for c in chunks}
+    assert {p.text: p.score for p in passages} == pytest.approx(expected, rel=1e-3)
+    assert [p.score for p in passages] == sorted((p.score for p in passages), reverse=True)
+
+
+def test_both_adapters_fuse_alike(tmp_path: Path) -> None:
+    for method in ("dbsf", "rrf"):
+        edge = EdgeVectorIndex(tmp_path / f"edge-{method}", DIM, fusion=HybridFusion(method))  # type: ignore[arg-type]
+        local = QdrantServerIndex.from_url(":memory:", None, "kb", DIM, fusion=HybridFusion(method))  # type: ignore[arg-type]
+        try:
+            _dbsf_corpus(edge)
+            _dbsf_corpus(local)
+            found = [
+                [(p.text, round(p.score, 4)) for p in index.search(e(0), "zanzibar", limit=5, mode="hybrid")]
+                for index in (edge, local)
+            ]
+        finally:
+            edge.close()
+            local.close()
+        assert found[0] == found[1], method
 
 
 def test_hybrid_respects_limit(index: VectorIndex) -> None:
@@ -417,3 +471,76 @@ def test_discard_staged_drops_only_unpublished_chunks(index: VectorIndex) -> Non
     index.discard_staged("d")
     index.publish("d", 2)  # nothing staged is left: publishing version 2 leaves the document empty
     assert index.count(SearchFilter(document_ids=["d"])) == 0
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_metadata_filter_matches_a_value_or_any_of_a_list(index: VectorIndex, mode: str) -> None:
+    index.upsert(
+        [
+            chunk("policy for sales", document_id="d1", metadata={"department": "sales", "region": "emea"}),
+            chunk("policy for legal", document_id="d2", metadata={"department": "legal", "region": "apac"}),
+            chunk("policy without metadata", document_id="d3"),
+        ],
+        [e(0), e(1), e(2)],
+    )
+
+    def found(metadata: dict[str, Any], **more: Any) -> set[str]:
+        search_filter = SearchFilter(metadata=metadata, **more)
+        return set(texts(index.search(e(0), "policy", limit=10, filter=search_filter, mode=mode)))
+
+    assert found({"department": "sales"}) == {"policy for sales"}
+    assert found({"department": ["sales", "legal"]}) == {"policy for sales", "policy for legal"}
+    assert found({"department": "legal", "region": "emea"}) == set()
+    assert found({"department": []}) == set()
+    assert found({"department": "sales"}, document_ids=["d2"]) == set()
+    assert index.count(SearchFilter(metadata={"region": "apac"})) == 1
+    with pytest.raises(ValueError):
+        found({"bad key!": "x"})
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_created_range_filter(index: VectorIndex, mode: str) -> None:
+    day = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    index.upsert(
+        [
+            chunk("report from february", document_id="feb", created_at=day - timedelta(days=20)),
+            chunk("report from march", document_id="mar", created_at=day),
+            chunk("report from april", document_id="apr", created_at=day + timedelta(days=31)),
+            chunk("report of unknown date", document_id="undated"),
+        ],
+        [e(0), e(1), e(2), e(3)],
+    )
+
+    def found(**dates: Any) -> set[str]:
+        search_filter = SearchFilter(**dates)
+        return {p.document_id for p in index.search(e(0), "report", limit=10, filter=search_filter, mode=mode)}
+
+    assert found(created_after=day) == {"mar", "apr"}
+    assert found(created_before=day) == {"feb"}
+    assert found(created_after=day - timedelta(days=1), created_before=day + timedelta(days=1)) == {"mar"}
+    # A naive datetime is UTC; another zone is converted.
+    assert found(created_after=datetime(2026, 3, 1, 12, 0)) == {"mar", "apr"}
+    assert found(created_after=datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))) == {"mar", "apr"}
+    assert index.count(SearchFilter(created_before=day, groups=[])) == 0
+
+
+def test_neighbours_are_the_adjacent_live_chunks_of_the_same_document(index: VectorIndex) -> None:
+    document = [chunk(f"part {i}", document_id="long", ordinal=i, groups=["hr"]) for i in range(6)]
+    other = chunk("part 2 of another", document_id="other", ordinal=2, groups=["hr"])
+    staged = chunk(
+        "part 3 of the next version", document_id="long", ordinal=3, version=2, staged=True, chunk_id=str(uuid.uuid4())
+    )
+    index.upsert([*document, other, staged], [e(i % DIM) for i in range(8)])
+    [hit] = index.search(e(3), "", limit=1, mode="dense", filter=SearchFilter(document_ids=["long"]))
+    assert hit.ordinal == 3
+
+    around = index.neighbours(hit, 1)
+
+    assert texts(around) == ["part 2", "part 3", "part 4"]
+    assert all(p.score == hit.score and p.document_id == "long" for p in around)
+    assert texts(index.neighbours(hit, 0)) == ["part 3"]
+    assert texts(index.neighbours(hit, 10)) == [f"part {i}" for i in range(6)]
+    assert texts(index.neighbours(hit, 2, SearchFilter(groups=["hr"]))) == [f"part {i}" for i in range(1, 6)]
+    assert index.neighbours(hit, 2, SearchFilter(groups=["eng"])) == []
+    with pytest.raises(ValueError):
+        index.neighbours(hit, -1)

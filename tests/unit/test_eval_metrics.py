@@ -143,3 +143,42 @@ def test_beir_questions_are_the_judged_queries_of_the_split(tmp_path: Path) -> N
     qa = load_beir(tmp_path)
     assert [u.text for u in qa.units] == ["T1\none", "two"]
     assert [(q.question_id, len(q.gold)) for q in qa.questions] == [("q2", 2)]
+
+
+class _WordTokens:
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        import re
+
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def test_long_units_are_indexed_as_chunks_with_the_title_and_ranked_once_at_their_best_chunk() -> None:
+    from ingest.chunk import Chunker
+    from kb.models import Passage
+    from service.evaluation import QASet, Question, Unit, index_entries, run_questions
+
+    body = " ".join(f"word{i}." for i in range(60))
+    units = [Unit("u-long", "d1", "A Title\n" + body), Unit("u-short", "d2", "short text")]
+    qa = QASet("set", "beir", units, [Question("q", "what", frozenset({"u-long"}))])
+
+    entries, split = index_entries(qa, Chunker(_WordTokens(), 20, 4), {"u-long"})
+
+    assert split == 1
+    long_entries = [e for e in entries if e.unit_id == "u-long"]
+    assert len(long_entries) >= 3 and all(e.embed_text.startswith("A Title\n") for e in long_entries)
+    assert [e.entry_id for e in entries if e.unit_id == "u-short"] == ["u-short"]
+    assert index_entries(qa, None, {"u-long"})[1] == 0
+
+    class Index:
+        def search(self, vector, text, limit, filter=None, mode="hybrid"):  # type: ignore[no-untyped-def]
+            order = [long_entries[1], entries[-1], long_entries[0], long_entries[2]]
+            return [Passage(e.entry_id, e.document_id, "set", e.text, 1.0) for e in order][:limit]
+
+    class Embedder:
+        def embed_query(self, text: str) -> list[float]:
+            return [1.0]
+
+    unit_of = {e.entry_id: e.unit_id for e in entries}
+    [result] = run_questions(qa.questions, Embedder(), Index(), ["hybrid"], 10, unit_of=unit_of)  # type: ignore[arg-type]
+
+    assert result.rankings == [(["u-long", "u-short"], frozenset({"u-long"}))]

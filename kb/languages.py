@@ -1,0 +1,37 @@
+"""Which search sides suit a query: the dense side only where the embedder knows the query's language."""
+
+from __future__ import annotations
+
+import re
+
+from kb.ports import SearchMode
+
+# Han, Hiragana/Katakana, Hangul (and their punctuation and compatibility blocks).
+_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
+MULTILINGUAL = "*"
+
+
+def query_language(text: str) -> str:
+    """A coarse script-level guess: "zh" / "ja" / "ko" when there are at least as many CJK characters (each about a
+    word) as Latin-script words, else "en" (any Latin-script query; the default embedder is English-only, so finer
+    detection would change nothing)."""
+    cjk = len(_CJK.findall(text))
+    if cjk == 0 or cjk < len(_LATIN_WORD.findall(text)):
+        return "en"
+    if re.search(r"[\u3040-\u30ff]", text):
+        return "ja"
+    if re.search(r"[\uac00-\ud7af]", text):
+        return "ko"
+    return "zh"
+
+
+def embedder_covers(languages: list[str], text: str) -> bool:
+    return MULTILINGUAL in languages or query_language(text) in languages
+
+
+def search_mode_for(text: str, mode: SearchMode, languages: list[str]) -> SearchMode:
+    """Hybrid becomes BM25 alone for a query in a language the embedder lacks; other modes stay as asked."""
+    if mode == "hybrid" and not embedder_covers(languages, text):
+        return "sparse"
+    return mode

@@ -1,0 +1,105 @@
+"""RetrievalService: search mode by query language, reranking and context expansion (fake embedder and index)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from kb.languages import query_language, search_mode_for
+from kb.models import Passage, SearchFilter
+from kb.settings import RetrievalSettings
+from service.retrieval import RetrievalService
+
+pytestmark = pytest.mark.unit
+
+
+class FakeEmbedder:
+    dimension = 2
+    max_tokens = 256
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return [[1.0, 0.0] for _ in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return [1.0, 0.0]
+
+
+class FakeIndex:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.passages = [
+            Passage(chunk_id=f"c{i}", document_id="d", filename="f", text=f"text {i}", score=1 - i / 10, ordinal=i)
+            for i in range(10)
+        ]
+
+    def search(self, vector: Any, text: str, limit: int, filter: Any = None, mode: str = "hybrid") -> list[Passage]:
+        self.calls.append(("search", limit, mode))
+        return [dataclasses.replace(p) for p in self.passages[:limit]]
+
+    def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
+        self.calls.append(("neighbours", passage.chunk_id, radius, filter))
+        low, high = max(0, passage.ordinal - radius), passage.ordinal + radius
+        return [p for p in self.passages if low <= p.ordinal <= high]
+
+
+class ReverseReranker:
+    def rerank(self, query: str, passages: Sequence[Passage], top_k: int) -> list[Passage]:
+        return list(reversed(passages))[:top_k]
+
+
+@pytest.mark.parametrize(
+    ("query", "language"),
+    [("What is the leave policy?", "en"), ("年假政策是什么？", "zh"), ("iPhone 15 的电池容量是多少", "zh"),
+     ("Who founded 腾讯 in Shenzhen?", "en"), ("東京タワーはどこ", "ja")],
+)
+def test_query_language(query: str, language: str) -> None:
+    assert query_language(query) == language
+
+
+def test_hybrid_becomes_bm25_for_a_language_the_embedder_lacks() -> None:
+    assert search_mode_for("年假政策是什么？", "hybrid", ["en"]) == "sparse"
+    assert search_mode_for("年假政策是什么？", "hybrid", ["en", "zh"]) == "hybrid"
+    assert search_mode_for("年假政策是什么？", "hybrid", ["*"]) == "hybrid"
+    assert search_mode_for("年假政策是什么？", "dense", ["en"]) == "dense"  # asked for explicitly
+    assert search_mode_for("What is the leave policy?", "hybrid", ["en"]) == "hybrid"
+
+
+def test_service_routes_by_language() -> None:
+    index = FakeIndex()
+    service = RetrievalService(FakeEmbedder(), index, RetrievalSettings(top_k=3), languages=["en"])  # type: ignore[arg-type]
+
+    service.search_sync("年假政策是什么？")
+    service.search_sync("What is the leave policy?")
+
+    searches = [call for call in index.calls if call[0] == "search" and call[1] == 3]
+    assert [mode for _, _, mode in searches] == ["sparse", "hybrid"]
+
+
+def test_reranker_sees_the_candidates_and_keeps_top_k() -> None:
+    index = FakeIndex()
+    settings = RetrievalSettings(top_k=3, rerank_candidates=6)
+    service = RetrievalService(FakeEmbedder(), index, settings, reranker=ReverseReranker())  # type: ignore[arg-type]
+
+    result = service.search_sync("leave policy")
+
+    assert ("search", 6, "hybrid") in index.calls
+    assert [p.chunk_id for p in result.passages] == ["c5", "c4", "c3"]
+
+
+def test_context_expansion_attaches_neighbours_within_the_callers_filter() -> None:
+    index = FakeIndex()
+    service = RetrievalService(FakeEmbedder(), index, RetrievalSettings(top_k=2))  # type: ignore[arg-type]
+    acl = SearchFilter(groups=["hr"])
+
+    plain = service.search_sync("leave policy", filter=acl)
+    expanded = service.search_sync("leave policy", filter=acl, expand=1)
+
+    assert all(p.context == [] for p in plain.passages)
+    assert [[c.chunk_id for c in p.context] for p in expanded.passages] == [["c0", "c1"], ["c0", "c1", "c2"]]
+    assert ("neighbours", "c1", 1, acl) in index.calls
