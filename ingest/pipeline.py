@@ -163,6 +163,9 @@ class IngestionPipeline:
         )  # fmt: skip
         for chunk in chunks:
             chunk.staged = True
+            # What SearchFilter.metadata / created_after / created_before match on.
+            chunk.metadata = dict(document.metadata)
+            chunk.created_at = document.created_at
         state: dict[str, Any] = {"stage": "embedding", "pages_parsed": pages, "chunks_total": len(chunks),
                                  "chunks_embedded": 0}  # fmt: skip
         self._report(document_id, state, progress)

@@ -546,7 +546,9 @@ class RetrievalEvaluation:
         model = embedder_model_path(self._settings)
         if Path(model).exists():
             model = str(Path(model).resolve())
-        return f"{model}\0{self._settings.embedder.passage_prompt}"
+        # The backend too: ONNX int8 vectors differ from torch's, and comparing them is what the cache must not hide.
+        backend = self._settings.embedder.backend
+        return f"{model}\0{self._settings.embedder.passage_prompt}" + (f"\0{backend}" if backend != "torch" else "")
 
     def prepare(
         self, path: Path, max_documents: int | None = None, on_progress: ProgressCallback | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from litestar import post
@@ -14,6 +15,9 @@ from service.state import Services
 class SearchFilters(Struct):
     document_ids: list[str] | None = None
     groups: list[str] | None = None
+    metadata: dict[str, str | list[str]] | None = None  # e.g. {"team": "ops"} or {"team": ["ops", "sre"]}
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 class SearchRequest(Struct):
@@ -26,7 +30,13 @@ class SearchRequest(Struct):
 def to_filter(filters: SearchFilters | None) -> SearchFilter | None:
     if filters is None:
         return None
-    return SearchFilter(groups=filters.groups, document_ids=filters.document_ids)
+    return SearchFilter(
+        groups=filters.groups,
+        document_ids=filters.document_ids,
+        metadata=filters.metadata,
+        created_after=filters.created_after,
+        created_before=filters.created_before,
+    )
 
 
 @post("/v1/search", tags=["search"], status_code=200, summary="Retrieve passages for a query")
@@ -36,7 +46,12 @@ async def search(data: SearchRequest, services: Services) -> dict[str, Any]:
 
         raise ClientException("query must not be empty")
     top_k = max(1, min(data.top_k, 100))
-    result = await services.retrieval.search(data.query, top_k, to_filter(data.filters), data.mode)
+    try:
+        result = await services.retrieval.search(data.query, top_k, to_filter(data.filters), data.mode)
+    except ValueError as exc:  # an unusable filter (e.g. a metadata key with odd characters)
+        from litestar.exceptions import ClientException
+
+        raise ClientException(str(exc)) from exc
     return {
         "passages": [p.to_dict() for p in result.passages],
         "relevant": result.relevant,

@@ -158,3 +158,16 @@ def test_upload_over_the_size_limit_is_413_and_stores_nothing(tmp_path_factory: 
         assert response.status_code == 413
         assert "exceeds the upload limit" in response.text
         assert small.get("/v1/documents").json()["documents"] == []
+
+
+def test_metadata_filters_apply_to_ingested_documents(client: TestClient, tmp_path: Path) -> None:
+    note = tmp_path / "handover.txt"
+    note.write_text("The handover checklist lists the on-call phone, the runbook and the open incidents.")
+    response = client.post("/v1/documents", files=[("files", (note.name, note.read_bytes()))],
+                           data={"metadata": '{"team": "ops", "collection": "runbooks"}'})
+    document = wait_terminal(client, response.json()["documents"][0]["document_id"])
+    assert document["status"] == "ready" and document["metadata"] == {"team": "ops", "collection": "runbooks"}
+    found = client.post("/v1/search", json={"query": "handover checklist", "filters": {"metadata": {"team": "ops"}}})
+    assert [p["document_id"] for p in found.json()["passages"]][:1] == [document["document_id"]]
+    other = client.post("/v1/search", json={"query": "handover checklist", "filters": {"metadata": {"team": "hr"}}})
+    assert other.json()["passages"] == []
