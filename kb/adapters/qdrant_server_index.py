@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from qdrant_client import QdrantClient, models
 
@@ -47,6 +48,21 @@ def _client_filter(search_filter: SearchFilter | None, *extra: models.Condition)
         if gte or lt:
             conditions.append(models.FieldCondition(key="created_at", range=models.DatetimeRange(gte=gte, lt=lt)))
     return models.Filter(must=conditions or None, must_not=[_STAGED])
+
+
+def _latest_versions_only(points: Sequence[Any]) -> list[Passage]:
+    """`publish` is two requests on a server; a search landing between them could see a document's old and new
+    chunks together. Keeping only each document's newest version in the results makes the swap atomic to readers."""
+    newest: dict[str, int] = {}
+    for point in points:
+        payload = point.payload or {}
+        document_id, version = payload.get("document_id"), int(payload.get("version") or 1)
+        newest[document_id] = max(version, newest.get(document_id, version))
+    return [
+        Passage.from_payload(point.payload or {}, point.score)
+        for point in points
+        if int((point.payload or {}).get("version") or 1) == newest[(point.payload or {}).get("document_id")]
+    ]
 
 
 def _is_local_mode(client: QdrantClient) -> bool:
@@ -180,8 +196,9 @@ class QdrantServerIndex:
         self._delete(models.Filter(must=[_document_condition(document_id), _STAGED]))
 
     def publish(self, document_id: str, version: int) -> None:
-        # On a server these are two requests: a search landing between them may see both versions for a few
-        # milliseconds (never neither). Local mode holds the lock across both, as Edge does.
+        # On a server these are two requests: new version live first, then the old one deleted, so a search in
+        # between never sees neither; `_latest_versions_only` keeps it from showing both. Local mode also holds
+        # the lock across both, as Edge does.
         this_version = models.FieldCondition(key="version", match=models.MatchValue(value=version))
         older = models.Filter(must=[_document_condition(document_id)], must_not=[this_version])
         new = models.Filter(must=[_document_condition(document_id), this_version])
@@ -241,7 +258,7 @@ class QdrantServerIndex:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [Passage.from_payload(point.payload or {}, point.score) for point in response.points]
+        return _latest_versions_only(response.points)
 
     def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
         if radius < 0:
