@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.adapters.st_embedder import HuggingFaceTokenCounting
 from kb.settings import EmbedderSettings
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -78,7 +79,7 @@ def export_onnx(model_dir: Path, target_dir: Path, quantize: bool) -> Path:
     return target
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(HuggingFaceTokenCounting):
     def __init__(self, settings: EmbedderSettings, model_path: str, cache_dir: Path, *, quantize: bool) -> None:
         import onnxruntime as ort
         from transformers import AutoTokenizer
@@ -105,13 +106,6 @@ class OnnxEmbedder:
     @property
     def max_tokens(self) -> int:
         return self._max_seq_length
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
 
     def _encode(self, texts: Sequence[str], prompt: str) -> list[list[float]]:
         batch_size = self._settings.batch_size

@@ -5,11 +5,25 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from kb.settings import EmbedderSettings
 
 
-class SentenceTransformersEmbedder:
+class HuggingFaceTokenCounting:
+    """Token counts and spans with the embedding model's own (fast) tokenizer, in `self._tokenizer`."""
+
+    _tokenizer: Any
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+class SentenceTransformersEmbedder(HuggingFaceTokenCounting):
     def __init__(self, settings: EmbedderSettings, model_path: str) -> None:
         # Nothing may be fetched from a hub at run time: the model must be a local directory.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,13 +48,6 @@ class SentenceTransformersEmbedder:
     @property
     def max_tokens(self) -> int:
         return int(self._model.max_seq_length)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self._tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
 
     def _encode(self, texts: Sequence[str], prompt: str) -> list[list[float]]:
         with self._lock:
