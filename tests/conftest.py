@@ -39,7 +39,8 @@ def vllm_server(generator_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
     env = {
-        **os.environ,
+        # Not OMP_THREAD_LIMIT: unstructured's OCR module sets it to 1 in this process, and vLLM then generates nothing.
+        **{k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"},
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }

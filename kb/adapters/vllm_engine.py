@@ -55,9 +55,14 @@ class VllmEngineGenerator:
             enforce_eager=self._settings.enforce_eager,
             hf_overrides=self._settings.hf_overrides or {},
         )
-        # Built on the event loop's thread: it blocks the loop for the engine start (~12 s), but AsyncLLM built in a
-        # worker thread left engine tests hanging when run after the rest of the suite (not alone): not yet understood.
-        self._engine = AsyncLLM.from_engine_args(args)
+        # unstructured's tesseract module sets OMP_THREAD_LIMIT=1 for the whole process when imported; the EngineCore
+        # spawned here would inherit it and generate nothing (empty answers, then a hang). Start it without.
+        omp_limit = os.environ.pop("OMP_THREAD_LIMIT", None)
+        try:
+            self._engine = AsyncLLM.from_engine_args(args)
+        finally:
+            if omp_limit is not None:
+                os.environ["OMP_THREAD_LIMIT"] = omp_limit
         self._tokenizer = self._engine.get_tokenizer()
 
     async def stream(

@@ -40,7 +40,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if not PAPER.exists():
         pytest.fail(f"test corpus missing: {PAPER} (../shared must be beside the checkout)")
     data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
-    env = {**os.environ, "KB_DATA_DIR": str(data_dir), "KB_GENERATOR__BACKEND": request.param}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}  # see kb.adapters.vllm_engine
+    env.update({"KB_DATA_DIR": str(data_dir), "KB_GENERATOR__BACKEND": request.param})
     if request.param == "openai":
         env["KB_GENERATOR__BASE_URL"] = request.getfixturevalue("vllm_server")
         env["KB_GENERATOR__MAX_MODEL_LEN"] = "4096"  # what the vllm_server fixture serves
