@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mimetypes
 import re
 import threading
 import uuid
@@ -19,6 +18,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ingest.chunk import Chunker
+from ingest.formats import sniff_content_type
 from ingest.partition import Block, ParseError
 from kb.models import Document, DocumentStatus
 from kb.ports import BlobStore, Embedder, Registry, VectorIndex
@@ -39,7 +39,7 @@ class UploadRejected(ValueError):
 
 
 class UploadTooLarge(UploadRejected):
-    pass
+    """Over the per-file upload limit: HTTP 413."""
 
 
 class DocumentGone(LookupError):
@@ -54,14 +54,6 @@ def sanitize_filename(name: str) -> str:
 
 def blob_key(document_id: str, version: int) -> str:
     return f"{document_id}-v{version}"
-
-
-def sniff_content_type(data: bytes, filename: str) -> str:
-    try:
-        from ingest.formats import sniff_content_type as sniff
-    except ImportError:  # pragma: no cover - formats arrives with the corpus work
-        return mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    return sniff(data, filename)
 
 
 @dataclass

@@ -74,10 +74,6 @@ class Reranker(Protocol):
         ...
 
 
-class ChatMessage(dict):
-    """{"role": "system"|"user"|"assistant", "content": str}"""
-
-
 @runtime_checkable
 class Generator(Protocol):
     """Streams the answer to a chat; cancelling the iterator aborts the request in the engine."""

@@ -108,6 +108,7 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
             support_text[n].append(plain)
             support_score[n] = max(support_score.get(n, 0.0), _support(sentence_terms, passages[n - 1]))
         pieces.append(sentence)
+    explicit = set(parse_markers(answer, len(passages)).cited)
     citations = []
     for n in order:
         passage = passages[n - 1]
@@ -122,7 +123,7 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
                 snippet=snippet,
                 chunk_id=passage.chunk_id,
                 score=passage.score,
-                inferred=n in inferred and n not in _explicit(answer, len(passages)),
+                inferred=n in inferred and n not in explicit,
                 span=(offset, offset + len(snippet)),
                 supported=support_score.get(n, 0.0) >= MIN_SUPPORT_MARKED,
             )
@@ -138,7 +139,3 @@ def _sentence_spans(text: str) -> list[tuple[int, int]]:
     if start < len(text):
         spans.append((start, len(text)))
     return spans
-
-
-def _explicit(answer: str, source_count: int) -> set[int]:
-    return set(parse_markers(answer, source_count).cited)

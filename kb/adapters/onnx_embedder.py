@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -135,6 +134,3 @@ class OnnxEmbedder(HuggingFaceTokenCounting):
     def embed_query(self, text: str) -> list[float]:
         return self._encode([text], self._settings.query_prompt)[0]
 
-
-def clear_cache(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir, ignore_errors=True)
