@@ -114,6 +114,12 @@ class Passage:
     page_starts: list[tuple[int, int]] = field(default_factory=list)
     # Context expansion: the passage's neighbouring chunks, itself included, in document order (empty: not expanded).
     context: list[Passage] = field(default_factory=list)
+    # The document's access groups: checked again before a passage leaves the service (the index filters first).
+    groups: list[str] = field(default_factory=list)
+
+    def visible_to(self, groups: list[str] | None) -> bool:
+        """None: an unrestricted caller (admin, or auth switched off)."""
+        return groups is None or bool(set(self.groups) & set(groups))
 
     def page_at(self, offset: int) -> int | None:
         """The page on which the character at `offset` of the text lies."""
@@ -137,6 +143,7 @@ class Passage:
             section=payload.get("section"),
             ordinal=int(payload.get("ordinal") or 0),
             page_starts=[(int(o), int(p)) for o, p in payload.get("page_starts") or []],
+            groups=list(payload.get("groups") or []),
         )
 
     def to_dict(self) -> dict[str, Any]:
