@@ -60,6 +60,13 @@ class VectorIndex(Protocol):
         included), in ordinal order, inside `filter` (the caller's ACL); each carries the passage's score."""
         ...
 
+    def document_chunks(
+        self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000
+    ) -> list[Passage]:
+        """The live chunks of one document inside `filter` (the caller's ACL), in ordinal order: the whole
+        document, or its first `limit` chunks; each with score 0."""
+        ...
+
     def count(self, filter: SearchFilter | None = None) -> int: ...
 
     def close(self) -> None: ...

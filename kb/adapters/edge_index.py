@@ -236,6 +236,26 @@ class EdgeVectorIndex:
         found = [Passage.from_payload(record.payload or {}, passage.score) for record in records]
         return sorted(found, key=lambda p: p.ordinal)
 
+    def document_chunks(
+        self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000
+    ) -> list[Passage]:
+        if limit <= 0:
+            return []
+        try:
+            # Ordinals run 0..n-1 within a version: the range keeps the first `limit` without sorting the document.
+            edge_filter = _edge_filter(
+                filter,
+                FieldCondition(key="document_id", match=MatchValue(document_id)),
+                FieldCondition(key="ordinal", range=RangeFloat(lt=limit)),
+            )
+        except _MatchesNothing:
+            return []
+        request = ScrollRequest(limit=limit, filter=edge_filter, with_payload=True, with_vector=False)
+        with self._write_lock:
+            self._check_open()
+            records, _next = self._shard.scroll(request)
+        return sorted((Passage.from_payload(r.payload or {}, 0.0) for r in records), key=lambda p: p.ordinal)
+
     def count(self, filter: SearchFilter | None = None) -> int:
         try:
             edge_filter = _edge_filter(filter)

@@ -59,7 +59,7 @@ def _latest_versions_only(points: Sequence[Any]) -> list[Passage]:
         document_id, version = payload.get("document_id"), int(payload.get("version") or 1)
         newest[document_id] = max(version, newest.get(document_id, version))
     return [
-        Passage.from_payload(point.payload or {}, point.score)
+        Passage.from_payload(point.payload or {}, getattr(point, "score", 0.0))  # scroll records have no score
         for point in points
         if int((point.payload or {}).get("version") or 1) == newest[(point.payload or {}).get("document_id")]
     ]
@@ -280,6 +280,25 @@ class QdrantServerIndex:
             )
         found = [Passage.from_payload(record.payload or {}, passage.score) for record in records]
         return sorted(found, key=lambda p: p.ordinal)
+
+    def document_chunks(
+        self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000
+    ) -> list[Passage]:
+        if limit <= 0:
+            return []
+        try:
+            # Ordinals run 0..n-1 within a version: the range keeps the first `limit` without sorting the document.
+            scroll_filter = _client_filter(
+                filter, _document_condition(document_id), models.FieldCondition(key="ordinal", range=models.Range(lt=limit))
+            )
+        except _MatchesNothing:
+            return []
+        with self._guard():
+            # Twice the limit: between the two requests of `publish` both versions are visible for a moment.
+            records, _next = self._client.scroll(
+                self._collection, scroll_filter=scroll_filter, limit=2 * limit, with_payload=True, with_vectors=False
+            )
+        return sorted(_latest_versions_only(records), key=lambda p: p.ordinal)
 
     def count(self, filter: SearchFilter | None = None) -> int:
         try:

@@ -544,3 +544,26 @@ def test_neighbours_are_the_adjacent_live_chunks_of_the_same_document(index: Vec
     assert index.neighbours(hit, 2, SearchFilter(groups=["eng"])) == []
     with pytest.raises(ValueError):
         index.neighbours(hit, -1)
+
+
+def test_document_chunks_are_the_whole_live_document_in_order_inside_the_filter(index: VectorIndex) -> None:
+    document = [chunk(f"part {i}", document_id="long", ordinal=i, groups=["hr"]) for i in range(7)]
+    other = chunk("part 0 of another", document_id="other", ordinal=0, groups=["hr"])
+    staged = chunk(
+        "part 1 of the next version", document_id="long", ordinal=1, version=2, staged=True, chunk_id=str(uuid.uuid4())
+    )
+    # Stored out of order: the result is in document order all the same.
+    index.upsert([*reversed(document), other, staged], [e(i % DIM) for i in range(9)])
+
+    whole = index.document_chunks("long")
+
+    assert texts(whole) == [f"part {i}" for i in range(7)]
+    assert all(p.document_id == "long" and p.score == 0.0 for p in whole)
+    assert texts(index.document_chunks("long", limit=3)) == ["part 0", "part 1", "part 2"]
+    assert texts(index.document_chunks("long", SearchFilter(groups=["hr"]))) == [f"part {i}" for i in range(7)]
+    assert index.document_chunks("long", SearchFilter(groups=["eng"])) == []
+    assert index.document_chunks("long", SearchFilter(groups=[])) == []
+    assert index.document_chunks("long", SearchFilter(document_ids=["other"])) == []
+    assert index.document_chunks("missing") == []
+    index.publish("long", 2)
+    assert texts(index.document_chunks("long")) == ["part 1 of the next version"]
