@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dataclasses
-import uuid
-
-from kb.models import Answer, Passage, SearchFilter
+from kb.models import Answer, Citation, Passage, SearchFilter
 from kb.ports import Generator, Registry
 from kb.settings import GeneratorSettings, RetrievalSettings
 from service.citations import annotate, parse_markers
 from service.retrieval import RetrievalService
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
+# A question about what the conversation was already about ("summarise this document", "这份文件的结论是什么").
+_THIS_DOCUMENT = re.compile(
+    r"\b(?:this|that|these|those|the same|the above|the previous)\s+"
+    r"(?:documents?|docs?|files?|papers?|reports?|pdfs?|articles?|texts?|manuals?|policy|policies)\b"
+    r"|(?:这|那|该|此|本|上述)(?:个|份|篇|些)?(?:文档|文件|文章|报告|手册|资料)",
+    re.IGNORECASE,
+)
+# Packing cost of one source beyond its text: the blank line that separates it from the next.
+_SEPARATOR_TOKENS = 2
+# Retrieval depth for an answer: enough hits to fill the context budget with chunks of about this many tokens
+# (IngestSettings.chunk_tokens), within these bounds.
+_CHUNK_TOKENS_ESTIMATE = 200
+_MAX_CANDIDATES = 64
+# A document of more chunks than budget / this cannot fit whole: only a document's last chunk and its short
+# headings fall far below the chunk size, so fetching more would only read what is then thrown away.
+_MIN_CHUNK_TOKENS = 16
 
 # Fixed first so that vLLM's prefix cache reuses it across every question. Kept short and plain: the default
 # 135M-parameter model follows it; larger models need no more.
@@ -53,10 +69,20 @@ REWRITE_PROMPT = (
 
 
 def _passage_from_dict(data: dict[str, Any]) -> Passage:
-    fields = {f.name for f in dataclasses.fields(Passage)}
+    fields = {f.name for f in dataclasses.fields(Passage)} - {"context"}
     passage = Passage(**{k: v for k, v in data.items() if k in fields})
     passage.page_starts = [(int(o), int(p)) for o, p in passage.page_starts]
     return passage
+
+
+def refers_to_previous_documents(question: str) -> bool:
+    return bool(_THIS_DOCUMENT.search(question))
+
+
+def documents_of_previous_turn(answer: str, sources: Sequence[Passage]) -> list[str]:
+    """The documents the previous answer cited, in order of citation; all it was given when it cited none."""
+    cited = [sources[n - 1] for n in parse_markers(answer, len(sources)).cited]
+    return list(dict.fromkeys(p.document_id for p in cited or sources))
 
 
 class AnswerService:
@@ -91,6 +117,24 @@ class AnswerService:
                 return rewritten[0].strip()
         return f"{previous[-1]} {question}"
 
+    def context_budget(self, question: str, reserved_tokens: int = 0) -> int:
+        """Tokens left for sources: the budget setting (at most the window less the answer), less the prompt."""
+        window = self._generator.max_model_len - self._generator_settings.max_answer_tokens
+        return (
+            min(self._retrieval_settings.context_tokens, window)
+            - self._generator.count_tokens(SYSTEM_PROMPT + question)
+            - 64
+            - reserved_tokens
+        )
+
+    def _cost(self, n: int, passage: Passage) -> int:
+        return self._generator.count_tokens(format_source(n, passage)) + _SEPARATOR_TOKENS
+
+    def candidates(self, budget: int) -> int:
+        """How many hits to retrieve for an answer: as many as the budget can hold, at least top_k."""
+        per_hit = _CHUNK_TOKENS_ESTIMATE * (2 * self._retrieval_settings.expand_neighbours + 1)
+        return max(self._retrieval_settings.top_k, min(_MAX_CANDIDATES, budget // per_hit))
+
     def pack(
         self, passages: Sequence[Passage], question: str, keep_first: Sequence[Passage] = (), reserved_tokens: int = 0
     ) -> list[Passage]:
@@ -98,15 +142,16 @@ class AnswerService:
         by document (documents in order of their best passage) and in document order within each: models read
         sources in their original order better than in relevance order.
 
-        `keep_first` (the sources of the previous turn of a conversation) stay first and in their order, so that a
-        follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips their prefill."""
-        window = self._generator.max_model_len - self._generator_settings.max_answer_tokens
-        budget = min(self._retrieval_settings.context_tokens, window) - self._generator.count_tokens(
-            SYSTEM_PROMPT + question
-        ) - 64 - reserved_tokens
+        A passage expanded with its neighbours (`Passage.context`) brings them along, each chunk once however many
+        hits share it; when the neighbourhood does not fit, the hit alone still may.
+
+        `keep_first` (the sources of the previous turn of a conversation, or whole documents) stay first and in
+        their order, so that a follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips
+        their prefill."""
+        budget = self.context_budget(question, reserved_tokens)
         first: list[Passage] = []
         for passage in keep_first:
-            cost = self._generator.count_tokens(format_source(len(first) + 1, passage)) + 2
+            cost = self._cost(len(first) + 1, passage)
             if cost > budget:
                 break
             first.append(passage)
@@ -116,16 +161,39 @@ class AnswerService:
         for passage in passages:
             if passage.chunk_id in seen:
                 continue
-            cost = self._generator.count_tokens(format_source(len(kept) + 1, passage)) + 2
-            if cost > budget:
-                continue
-            kept.append(passage)
-            seen.add(passage.chunk_id)
-            budget -= cost
+            neighbourhood = [c for c in passage.context if c.chunk_id not in seen]
+            if not any(c.chunk_id == passage.chunk_id for c in neighbourhood):
+                neighbourhood = [passage]  # not expanded
+            for group in (neighbourhood, [passage]) if len(neighbourhood) > 1 else ([passage],):
+                costs = [self._cost(len(kept) + 1 + i, c) for i, c in enumerate(group)]
+                if sum(costs) <= budget:
+                    for member in group:
+                        kept.append(dataclasses.replace(member, context=[]))
+                        seen.add(member.chunk_id)
+                    budget -= sum(costs)
+                    break
         document_rank: dict[str, int] = {}
         for passage in kept:
             document_rank.setdefault(passage.document_id, len(document_rank))
         return first + sorted(kept, key=lambda p: (document_rank[p.document_id], p.ordinal))
+
+    def whole_documents(
+        self, document_ids: Sequence[str], filter: SearchFilter | None, budget: int
+    ) -> tuple[list[Passage], list[str]]:
+        """The chunks of the documents that fit `budget` whole (in the order asked, each in document order), and the
+        documents that do not (or that the caller cannot see): those are answered from retrieval inside them."""
+        whole: list[Passage] = []
+        rest: list[str] = []
+        for document_id in dict.fromkeys(document_ids):
+            limit = max(1, budget // _MIN_CHUNK_TOKENS) + 1
+            chunks = self._retrieval.document_chunks(document_id, filter, limit) if budget > 0 else []
+            costs = [self._cost(len(whole) + 1 + i, c) for i, c in enumerate(chunks)]
+            if chunks and len(chunks) < limit and sum(costs) <= budget:
+                whole.extend(chunks)
+                budget -= sum(costs)
+            else:
+                rest.append(document_id)
+        return whole, rest
 
     @staticmethod
     def messages(
@@ -152,16 +220,51 @@ class AnswerService:
         if self._registry is not None:
             conversation_id = conversation_id or uuid.uuid4().hex
             history = self._registry.conversation(conversation_id, 2 * self._retrieval_settings.max_history_turns)
-        previous_sources = [
-            _passage_from_dict(d)
-            for d in next((m["sources"] for m in reversed(history) if m["role"] == "assistant"), [])
-        ]
+        previous = next((m for m in reversed(history) if m["role"] == "assistant"), None)
+        previous_sources = [_passage_from_dict(d) for d in (previous or {}).get("sources", [])]
+        groups = filter.groups if filter is not None else None
+        # Stored sources were visible to whoever asked before; this caller may be in other groups (or the
+        # document's groups changed): each is checked again, as the index checks what it returns.
+        previous_sources = [p for p in previous_sources if p.visible_to(groups)]
         if filter is not None and filter.document_ids is not None:
             previous_sources = [p for p in previous_sources if p.document_id in filter.document_ids]
-        query = await self.standalone_query(question, history)
-        result = await self._retrieval.search(query, filter=filter)
-        timings: dict[str, float] = {"retrieval": result.latency_ms}
-        if not result.relevant and not previous_sources:
+        document_ids = filter.document_ids if filter is not None else None
+        if document_ids is None and previous_sources and refers_to_previous_documents(question):
+            # "this document": the documents the previous answer was about, questioned like document_ids.
+            document_ids = documents_of_previous_turn(previous["content"] if previous else "", previous_sources)
+            filter = dataclasses.replace(filter or SearchFilter(), document_ids=document_ids)
+
+        history_text = [m for m in history if m["role"] in ("user", "assistant")]
+        reserved = sum(self._generator.count_tokens(m["content"][:600]) + 4 for m in history_text)
+        timings: dict[str, float] = {}
+        whole: list[Passage] = []
+        retrieve_in = filter
+        if document_ids:
+            fetch_started = time.perf_counter()
+            whole, rest = await asyncio.to_thread(
+                self.whole_documents, document_ids, filter, self.context_budget(question, reserved)
+            )
+            timings["documents"] = (time.perf_counter() - fetch_started) * 1000
+            retrieve_in = dataclasses.replace(filter, document_ids=rest) if filter is not None and whole else filter
+        retrieved: list[Passage] = []
+        relevant = bool(whole)
+        if not whole or (retrieve_in is not None and retrieve_in.document_ids):
+            query = await self.standalone_query(question, history)
+            budget = self.context_budget(question, reserved) - sum(self._cost(1, p) for p in whole)
+            result = await self._retrieval.search(query, top_k=self.candidates(budget), filter=retrieve_in)
+            timings["retrieval"] = result.latency_ms
+            # Inside documents the reader named, a weak match is still the best part of what they asked about.
+            if result.relevant or (document_ids and result.passages):
+                retrieved, relevant = result.passages, True
+        if whole:
+            sources = self.pack(retrieved, question, whole, reserved)
+        elif relevant or previous_sources:
+            sources = self.pack(retrieved, question, previous_sources, reserved)
+        else:
+            sources = []
+        # Defence in depth: nothing reaches the prompt that the caller may not read, whatever its path here.
+        sources = [p for p in sources if p.visible_to(groups)]
+        if not sources:
             answer = no_information_answer(question)
             yield AskEvent("token", {"text": answer})
             yield AskEvent("citations", {"citations": []})
@@ -171,9 +274,6 @@ class AnswerService:
                                     "conversation_id": conversation_id})  # fmt: skip
             return
 
-        history_text = [m for m in history if m["role"] in ("user", "assistant")]
-        reserved = sum(self._generator.count_tokens(m["content"][:600]) + 4 for m in history_text)
-        sources = self.pack(result.passages if result.relevant else [], question, previous_sources, reserved)
         parts: list[str] = []
         first_token_at: float | None = None
         async for delta in self._generator.stream(
@@ -197,14 +297,16 @@ class AnswerService:
         yield AskEvent(
             "done",
             # The final text: invalid markers dropped, sentences the model left uncited marked with their source.
-            {"answer": annotated.text, "grounded": True, "timings_ms": timings, "conversation_id": conversation_id},
-        )
+            {"answer": annotated.text, "grounded": True, "timings_ms": timings, "conversation_id": conversation_id,
+             "sources": len(sources), "whole_documents": len({p.document_id for p in whole})},
+        )  # fmt: skip
 
     def _remember(self, conversation_id: str | None, question: str, answer: str, sources: Sequence[Passage]) -> None:
         if self._registry is None or conversation_id is None:
             return
         self._registry.add_message(conversation_id, "user", question)
-        self._registry.add_message(conversation_id, "assistant", answer, [dataclasses.asdict(p) for p in sources])
+        stored = [dataclasses.asdict(dataclasses.replace(p, context=[])) for p in sources]
+        self._registry.add_message(conversation_id, "assistant", answer, stored)
 
     async def ask(
         self, question: str, filter: SearchFilter | None = None, conversation_id: str | None = None
@@ -216,8 +318,6 @@ class AnswerService:
                 citations = event.data["citations"]
             elif event.event == "done":
                 done = event.data
-        from kb.models import Citation
-
         return Answer(
             answer=done["answer"],
             citations=[Citation(**{k: c[k] for k in Citation.__dataclass_fields__}) for c in citations],

@@ -81,6 +81,10 @@ class RetrievalService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
+    def document_chunks(self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000) -> list[Passage]:
+        """A whole document (its first `limit` chunks) in order, inside the caller's filter."""
+        return self._index.document_chunks(document_id, filter, limit)
+
     async def search(
         self,
         query: str,
