@@ -63,7 +63,10 @@ class GeneratorSettings(BaseModel):
     # Small models go on with an invented next question or a copy of the source list; stopping there costs
     # good models nothing (they do not start a paragraph with "[n]").
     stop: list[str] = ["\nQuestion:", "Question:", "\n\n["]
+    # HTTP backend: the longest wait for the next bytes of an answer (the first ones come after prefill), and for a
+    # connection; connection failures and 5xx before the first token are retried with exponential backoff.
     request_timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
 
 
 class RetrievalSettings(BaseModel):
@@ -97,6 +100,31 @@ class IngestSettings(BaseModel):
     workers: int = 1
 
 
+class AuthSettings(BaseModel):
+    # False only for a single-user box behind its own gate: every caller is then an unrestricted admin.
+    enabled: bool = True
+    # Groups of a document uploaded without any, and of a key created without any.
+    default_groups: list[str] = ["everyone"]
+    # On first start, create an admin key (all groups) and write it to DATA_DIR/admin.key (mode 0600) for the local
+    # CLI and the web page link `kb serve` prints. Production creates its keys with `kb keys create` instead.
+    bootstrap_admin_key: bool = True
+
+
+class RateLimitSettings(BaseModel):
+    enabled: bool = True
+    # Requests per key (per client address without a key) in each window.
+    requests: int = 600
+    window: Literal["second", "minute", "hour", "day"] = "minute"
+    # Redis URL for a store shared by every replica (redis://host:6379/0); empty: this process's memory.
+    redis_url: str = ""
+
+
+class LoggingSettings(BaseModel):
+    # json: one JSON object per line (for log shippers); console: coloured key=value lines for a terminal.
+    format: Literal["json", "console"] = "json"
+    level: str = "INFO"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_", env_nested_delimiter="__", extra="ignore")
 
@@ -109,6 +137,9 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     ingest: IngestSettings = IngestSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @cached_property
     def resolved_data_dir(self) -> Path:
@@ -121,6 +152,10 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.resolved_data_dir / "index"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.resolved_data_dir / "admin.key"
 
     @property
     def blob_dir(self) -> Path:

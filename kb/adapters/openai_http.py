@@ -10,19 +10,33 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
 
 from kb.settings import GeneratorSettings
 
 logger = logging.getLogger(__name__)
 
+# Attempts before the first token (each waiting twice as long as the last, from BACKOFF_BASE_S): a vLLM server
+# restarting or a replica going away behind the Service is over in seconds.
 CONNECT_ATTEMPTS = 4
 BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
 # Rough English average; only used when no tokenizer is available.
 CHARS_PER_TOKEN_ESTIMATE = 4
 
 
 class GeneratorServerError(RuntimeError):
     """The server reported an error inside the stream, or answered something that is not a completion stream."""
+
+
+class GeneratorUnavailable(GeneratorServerError):
+    """The server answered 5xx (or 429): overloaded, starting or failing over; worth another attempt."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    # Not a read timeout: the server is up and working on it (a long prefill, a queue); sending the request again
+    # would only add to its load.
+    return isinstance(exc, GeneratorUnavailable | httpx.ConnectError | httpx.ConnectTimeout | httpx.RemoteProtocolError)
 
 
 def parse_sse_data(line: str) -> str | None:
@@ -58,6 +72,9 @@ async def iter_sse_deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         text = delta_text(json.loads(data))
         if text:
             yield text
+    # A body delimited by the connection's end looks complete when the server died mid-answer: only [DONE] says
+    # the answer is whole.
+    raise GeneratorUnavailable("the generator server closed the stream before it finished")
 
 
 class OpenAIHttpGenerator:
@@ -74,7 +91,8 @@ class OpenAIHttpGenerator:
         self._client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {settings.api_key}"},
-            timeout=httpx.Timeout(settings.request_timeout_s),
+            # Connecting is quick or the server is not there; reading waits for prefill (long at 128k) and decode.
+            timeout=httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
             transport=transport,
         )
 
@@ -103,30 +121,43 @@ class OpenAIHttpGenerator:
             "repetition_penalty": self._settings.repetition_penalty,  # vLLM's extension of the OpenAI API
             "stream": True,
         }
-        attempt = 0
-        while True:
-            attempt += 1
-            started = False
-            try:
-                # Leaving this block (end, error, aclose, cancellation) closes the response, and the server
-                # aborts the request when its client disconnects.
-                async with self._client.stream("POST", "chat/completions", json=body) as response:
-                    if response.status_code != httpx.codes.OK:
-                        await response.aread()
-                        raise GeneratorServerError(
-                            f"generator server answered {response.status_code}: {response.text[:500]}"
-                        )
-                    async for text in iter_sse_deltas(response.aiter_lines()):
-                        started = True
-                        yield text
-                return
-            except httpx.TransportError as exc:
-                # Once text went out a retry would repeat it, so only a failure before the first token is retried.
-                if started or attempt >= CONNECT_ATTEMPTS:
-                    raise
-                delay = BACKOFF_BASE_S * 2 ** (attempt - 1)
-                logger.warning("generator server unreachable (%s); retry %d in %.1fs", exc, attempt, delay)
-                await asyncio.sleep(delay)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(CONNECT_ATTEMPTS),
+            wait=wait_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S),
+            retry=retry_if_exception(_retryable),
+            before_sleep=before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
+        # Once text went out a retry would repeat it, so only what happens before the first token is retried.
+        async for attempt in retrying:
+            with attempt:
+                response, deltas, first = await self._first_delta(body)
+        try:
+            if first is not None:
+                yield first
+            async for text in deltas:
+                yield text
+        finally:
+            # However the stream ends (done, error, aclose, cancellation), the response is closed: the server
+            # aborts the request when its client disconnects.
+            await deltas.aclose()
+            await response.aclose()
+
+    async def _first_delta(self, body: dict[str, Any]) -> tuple[httpx.Response, AsyncIterator[str], str | None]:
+        """The open response, its remaining deltas and the first one (None: the answer is empty)."""
+        request = self._client.build_request("POST", "chat/completions", json=body)
+        response = await self._client.send(request, stream=True)
+        try:
+            if response.status_code != httpx.codes.OK:
+                await response.aread()
+                error = GeneratorUnavailable if response.status_code >= 500 or response.status_code == 429 else GeneratorServerError
+                raise error(f"generator server answered {response.status_code}: {response.text[:500]}")
+            deltas = iter_sse_deltas(response.aiter_lines())
+            first = await anext(deltas, None)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response, deltas, first
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None and self._model_dir is not None:
