@@ -57,8 +57,18 @@ class GeneratorSettings(BaseModel):
     enforce_eager: bool = True
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     hf_overrides: dict | None = None  # e.g. YaRN rope_parameters for a 131072 window
+    # The long window (production: 131072 for Qwen2.5-7B-Instruct) by static YaRN, scaled by max_model_len over the
+    # model's native window. Off by default: Qwen's card warns that static YaRN can hurt short prompts, so turn it on
+    # only where contexts go beyond the native 32k. Applied by the in-process engine; `vllm serve` takes the same
+    # as --hf-overrides (docker-compose.yml, deploy/k8s/).
+    yarn: bool = False
+    yarn_original_max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0  # the model's own (Qwen2.5: 1e6); YaRN's rope_parameters must restate it
     max_answer_tokens: int = 320
+    # Sampling sent with every request: greedy by default, so that answers stick to the sources and repeat.
+    # (vLLM's server otherwise applies the model's generation_config.json, e.g. Qwen's top_p 0.8.)
     temperature: float = 0.0
+    top_p: float = 1.0
     repetition_penalty: float = 1.0
     # Small models go on with an invented next question or a copy of the source list; stopping there costs
     # good models nothing (they do not start a paragraph with "[n]").
@@ -67,6 +77,18 @@ class GeneratorSettings(BaseModel):
     # connection; connection failures and 5xx before the first token are retried with exponential backoff.
     request_timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
+
+    def engine_hf_overrides(self) -> dict:
+        """hf_overrides for the engine: the configured ones, with YaRN's rope_parameters when `yarn` is on."""
+        overrides = dict(self.hf_overrides or {})
+        if self.yarn:
+            overrides["rope_parameters"] = {
+                "rope_type": "yarn",
+                "factor": self.max_model_len / self.yarn_original_max_position_embeddings,
+                "original_max_position_embeddings": self.yarn_original_max_position_embeddings,
+                "rope_theta": self.rope_theta,
+            }
+        return overrides
 
 
 class RetrievalSettings(BaseModel):

@@ -117,6 +117,7 @@ class OpenAIHttpGenerator:
             "messages": list(messages),
             "max_tokens": max_tokens or self._settings.max_answer_tokens,
             "temperature": self._settings.temperature,
+            "top_p": self._settings.top_p,
             "stop": list(self._settings.stop) or None,
             "repetition_penalty": self._settings.repetition_penalty,  # vLLM's extension of the OpenAI API
             "stream": True,

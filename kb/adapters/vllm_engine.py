@@ -176,7 +176,7 @@ class VllmEngineGenerator:
             dtype=self._settings.dtype,
             max_model_len=self._settings.max_model_len,
             enforce_eager=self._settings.enforce_eager,
-            hf_overrides=self._settings.hf_overrides or {},
+            hf_overrides=self._settings.engine_hf_overrides(),  # YaRN's long window when settings.yarn
             **self._engine_args,
         )
         # unstructured's tesseract module sets OMP_THREAD_LIMIT=1 for the whole process when imported; the EngineCore
@@ -210,6 +210,7 @@ class VllmEngineGenerator:
         params = SamplingParams(
             **{
                 "temperature": self._settings.temperature,
+                "top_p": self._settings.top_p,
                 "max_tokens": max_tokens or self._settings.max_answer_tokens,
                 "stop": list(self._settings.stop) or None,
                 "repetition_penalty": self._settings.repetition_penalty,

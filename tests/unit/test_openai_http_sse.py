@@ -76,6 +76,7 @@ async def test_streams_deltas_and_sends_an_openai_request() -> None:
         "messages": CHAT,
         "max_tokens": 12,
         "temperature": SETTINGS.temperature,
+        "top_p": SETTINGS.top_p,
         "stop": SETTINGS.stop,
         "repetition_penalty": SETTINGS.repetition_penalty,
         "stream": True,
