@@ -109,10 +109,11 @@ class IngestionPipeline:
             if previous is None:
                 raise UploadRejected(f"no document {document_id} to replace")
         else:
-            duplicate = self._registry.find_by_sha256(sha256)
+            # Within the same audience only: another group's copy or namesake is not this upload's business.
+            duplicate = self._registry.find_by_sha256(sha256, list(groups or []))
             if duplicate is not None:
                 return Submitted(duplicate, duplicate=True)
-            previous = self._registry.find_by_name(safe_name, str(metadata.get("collection", "")))
+            previous = self._registry.find_by_name(safe_name, str(metadata.get("collection", "")), list(groups or []))
 
         if previous is not None:
             if previous.sha256 == sha256:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ingest.parser_process import ParserProcess
 from ingest.partition import ParseError
 from ingest.pipeline import IngestionPipeline, blob_key
+from kb.metrics import INGEST_DOCUMENTS, INGEST_DURATION
 from kb.models import DocumentStatus, Job
 from kb.ports import BlobStore, Registry
 from kb.settings import IngestSettings
@@ -32,6 +34,7 @@ OnDone = Callable[[str], None]
 class _InFlight:
     job: Job
     request_id: int
+    claimed_at: float  # time.monotonic()
 
 
 class IngestWorker:
@@ -62,7 +65,7 @@ class IngestWorker:
         self._registry.update_progress(job.document_id, {"stage": "parsing"})
         # The version being ingested, which is not yet the one searches (and downloads) see.
         path = self._blobs.path(blob_key(document.document_id, document.version))
-        self._in_flight.append(_InFlight(job, self._parser.submit(path, document.filename)))
+        self._in_flight.append(_InFlight(job, self._parser.submit(path, document.filename), time.monotonic()))
         return True
 
     def run_once(self, on_done: OnDone | None = None) -> bool:
@@ -92,6 +95,7 @@ class IngestWorker:
         except ParseError as exc:
             self._pipeline.mark_failed(job.document_id, str(exc))
             self._registry.finish_job(job.job_id, error=str(exc))
+            INGEST_DOCUMENTS.labels("failed").inc()
         except LookupError:  # the document was deleted meanwhile: nothing left to do
             self._registry.finish_job(job.job_id, error="document deleted")
         except Exception as exc:
@@ -102,12 +106,16 @@ class IngestWorker:
                             job.document_id, job.attempts, delay, reason)  # fmt: skip
                 self._registry.retry_job(job.job_id, error=reason, delay_s=delay)
                 self._registry.set_status(job.document_id, DocumentStatus.QUEUED, error=f"retrying: {reason}")
+                INGEST_DOCUMENTS.labels("retried").inc()
             else:
                 log.error("ingestion of %s failed for good: %s", job.document_id, reason)
                 self._pipeline.mark_failed(job.document_id, f"failed after {job.attempts} attempts: {reason}")
                 self._registry.finish_job(job.job_id, error=reason)
+                INGEST_DOCUMENTS.labels("failed").inc()
         else:
             self._registry.finish_job(job.job_id)
+            INGEST_DOCUMENTS.labels("ready").inc()
+            INGEST_DURATION.observe(time.monotonic() - current.claimed_at)
 
     def drain(self, on_done: OnDone | None = None) -> int:
         """Run jobs until the queue is empty (jobs waiting out a retry backoff included)."""

@@ -249,3 +249,37 @@ def _rfc3339(moment: datetime) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.isoformat(timespec="microseconds") + "Z"
+
+
+SCOPES = ("search", "ask", "ingest", "admin", "metrics")
+ALL_GROUPS = "*"  # a key holding this group sees every document
+
+
+@dataclass
+class ApiKey:
+    """An API key as stored: its SHA-256 digest, never the key itself."""
+
+    key_id: str
+    name: str
+    prefix: str  # the first characters of the key, to recognise it in `kb keys list`
+    scopes: list[str]
+    groups: list[str]
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "groups": list(self.groups),
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+        }

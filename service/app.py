@@ -7,23 +7,40 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from litestar import Litestar, get
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import File
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
 
 from kb.container import Container
 from kb.settings import Settings
+from service.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, bearer_token, digest, requires
+from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
+from service.problems import EXCEPTION_HANDLERS
 from service.routes.ask import ask, conversation
 from service.routes.documents import DocumentController
 from service.routes.health import healthz, readyz
+from service.routes.keys import KeyController
+from service.routes.openai_compat import chat_completions, models
 from service.routes.search import search
 from service.state import Services
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
+API_DESCRIPTION = """Ask a company's own documents, with citations a reader can check.
+
+Every route but `/healthz` and `/readyz` needs an API key: `Authorization: Bearer <key>` (create one with
+`kb keys create --scopes search,ask --groups staff`). A key sees only documents whose groups intersect its own.
+Errors are RFC 9457 problem details (`application/problem+json`)."""
 
 
 def _services(state: State) -> Services:
@@ -35,6 +52,14 @@ async def index_page() -> File:
     return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type="text/html")
 
 
+class MetricsController(PrometheusController):
+    """Prometheus text format; needs a key with the `metrics` scope (Prometheus: `authorization: {credentials: …}`)."""
+
+    path = "/metrics"
+    guards = [requires("metrics")]
+    include_in_schema = False
+
+
 async def _start_generator(services: Services) -> None:
     try:
         await services.start_generator()
@@ -43,6 +68,20 @@ async def _start_generator(services: Services) -> None:
     except Exception:
         # /readyz reports the generator as not started; the log says why.
         log.exception("the generator failed to start")
+
+
+def rate_limit_identifier(request: Request[Any, Any, Any]) -> str:
+    """Per key (its digest: the key itself is never a store key); per address for requests without one."""
+    secret = bearer_token(request.headers)
+    return f"key:{digest(secret)[:32]}" if secret else f"addr:{get_remote_address(request)}"
+
+
+def _rate_limit_store(settings: Settings) -> Store:
+    if settings.rate_limit.redis_url:
+        from litestar.stores.redis import RedisStore
+
+        return RedisStore.with_client(url=settings.rate_limit.redis_url, namespace="kb_rate_limit")
+    return MemoryStore()
 
 
 def create_app(settings: Settings | None = None, *, with_generator: bool | None = None) -> Litestar:
@@ -57,6 +96,10 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         try:
             services = await Services.open(container, with_generator=False)
             app.state.services = services
+            app.state.api_keys = services.keys
+            if settings.auth.enabled:
+                await asyncio.to_thread(services.keys.ensure_bootstrap_key, settings.admin_key_path)
+            INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
             services.worker.start()
             if with_generator:
                 # The engine takes seconds to start: serve /healthz, search and uploads meanwhile; /readyz says when.
@@ -70,11 +113,41 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         finally:
             await container.aclose()
 
+    middleware: list[Any] = [RequestContextMiddleware]
+    prometheus = PrometheusConfig(app_name="kb", prefix="kb", group_path=True, exclude=["^/metrics$"])
+    middleware.append(prometheus.middleware)
+    stores: dict[str, Store] = {}
+    if settings.rate_limit.enabled:
+        rate_limit = RateLimitConfig(
+            rate_limit=(settings.rate_limit.window, settings.rate_limit.requests),
+            identifier_for_request=rate_limit_identifier,
+            exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+        )
+        stores[rate_limit.store] = _rate_limit_store(settings)
+        middleware.append(rate_limit.middleware)
+    middleware.append(DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS))
+
     return Litestar(
-        route_handlers=[DocumentController, search, ask, conversation, healthz, readyz, index_page],
+        route_handlers=[
+            DocumentController, search, ask, conversation, chat_completions, models, KeyController,
+            healthz, readyz, index_page, MetricsController,
+        ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
+        middleware=middleware,
+        stores=stores,
+        before_send=[before_send],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Several files per request; each file is checked against max_upload_bytes with a precise message.
         request_max_body_size=settings.ingest.max_upload_bytes * 4 + 1024 * 1024,
-        openapi_config=OpenAPIConfig(title="kb", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="kb",
+            version="0.1.0",
+            description=API_DESCRIPTION,
+            path="/schema",
+            components=Components(
+                security_schemes={"ApiKey": SecurityScheme(type="http", scheme="bearer", description="kb API key")}
+            ),
+            security=[{"ApiKey": []}],
+        ),
     )

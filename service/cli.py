@@ -56,16 +56,46 @@ def serve(
     from service.app import create_app
     from service.datadir import DataDirLock
 
+    from service.observability import configure_logging
+
     settings = _settings()
     lock = DataDirLock(settings.resolved_data_dir)
     if not lock.try_acquire():
         console.print(f"[red]error:[/] {lock.busy_message()}")
         raise typer.Exit(2)
     try:
-        lock.publish_server(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        lock.publish_server(url)
+        _announce(settings, url)
+        configure_logging(settings.logging)
+        # uvicorn's own logging config and access log would bypass the JSON lines (ours carry the request id).
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
         lock.release()
+
+
+def _announce(settings: Any, url: str) -> None:
+    """Where to open the web page. The local admin key goes into the link only on an interactive terminal: a
+    service's output ends up in log files, and keys must not."""
+    if not settings.auth.enabled:
+        console.print(f"Web page: {url}/  (authentication is off)")
+        return
+    key = _keys(settings).ensure_bootstrap_key(settings.admin_key_path) if settings.auth.bootstrap_admin_key else None
+    if key and sys.stderr.isatty():
+        console.print(f"Web page: {url}/#key={key}", soft_wrap=True)
+    elif key:
+        console.print(f"Web page: {url}/  (the admin key is in {settings.admin_key_path})")
+    else:
+        console.print(f"Web page: {url}/  (create a key with `kb keys create`)")
+
+
+def _keys(settings: Any):  # noqa: ANN202
+    from kb.adapters.sql_registry import SqlRegistry
+    from service.auth import ApiKeyService
+
+    if not settings.registry_url:
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    return ApiKeyService(SqlRegistry(settings.resolved_registry_url), settings.auth)
 
 
 @app.command()
@@ -210,6 +240,57 @@ def prepare() -> None:
     settings = _settings()
     print(f"embedder: {embedder_model_path(settings)}", file=sys.stderr)
     print(f"generator: {generator_model_path(settings)}", file=sys.stderr)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: each has scopes and the document groups it may see.")
+app.add_typer(keys_app, name="keys")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+@keys_app.command("create")
+def keys_create(
+    scopes: Annotated[list[str], typer.Option("--scopes", help="search, ask, ingest, admin, metrics (comma-separated or repeated)")],
+    groups: Annotated[list[str] | None, typer.Option("--groups", help="Document groups it may see ('*': all; default: the configured default groups)")] = None,
+    name: Annotated[str, typer.Option(help="What the key is for")] = "",
+) -> None:
+    """Create a key. It is printed once, alone on the last line; only its SHA-256 digest is stored."""
+    settings = _settings()
+    try:
+        key, secret = _keys(settings).create(name or "cli", _split(scopes), _split(groups or []) or None)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"created key {key.key_id} ({key.name}): scopes {', '.join(key.scopes)}; groups {', '.join(key.groups)}")
+    console.print("store it now: it cannot be shown again")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+    """All keys, revoked ones included (never the keys themselves)."""
+    keys = [k.to_dict() for k in _keys(_settings()).list()]
+    if as_json:
+        print(json.dumps({"keys": keys}, ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("key_id", "name", "prefix", "scopes", "groups", "created_at", "last_used_at", "revoked_at"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(k["key_id"], k["name"], k["prefix"] + "…", ",".join(k["scopes"]), ",".join(k["groups"]),
+                      (k["created_at"] or "")[:19], (k["last_used_at"] or "")[:19], (k["revoked_at"] or "")[:19])
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key_id shown by `kb keys list`")]) -> None:
+    """Revoke a key; running servers refuse it within seconds."""
+    if not _keys(_settings()).revoke(key_id):
+        console.print(f"[red]error:[/] no key {key_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval quality on QA sets.")

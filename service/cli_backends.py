@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ class LocalBackend:
         )
 
     def submit(self, path: Path, groups: list[str]) -> dict[str, Any]:
+        groups = groups or self._container.settings.auth.default_groups
         submitted = self._services.pipeline.submit(path.name, path.read_bytes(), groups=groups)
         return {**submitted.document.to_dict(), "duplicate": submitted.duplicate}
 
@@ -86,8 +88,9 @@ class LocalBackend:
 class HttpBackend:
     """Hands the work to the `kb serve` that owns the data directory."""
 
-    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
-        self._client = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -151,4 +154,16 @@ def open_backend(settings: Settings, *, with_generator: bool) -> CliBackend:
     url = lock.server_url()
     if url is None:
         raise SystemExit(f"error: {lock.busy_message()}")
-    return HttpBackend(url)
+    return HttpBackend(url, local_api_key(settings))
+
+
+def local_api_key(settings: Settings) -> str | None:
+    """KB_API_KEY, else the local admin key the server wrote into the data directory (whoever can read that
+    directory can read the whole knowledge base anyway)."""
+    key = os.environ.get("KB_API_KEY")
+    if key:
+        return key
+    try:
+        return settings.admin_key_path.read_text().strip() or None
+    except OSError:
+        return None

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from kb.languages import search_mode_for
+from kb.metrics import RETRIEVAL_LATENCY
 from kb.models import Passage, SearchFilter
 from kb.ports import Embedder, Reranker, SearchMode, VectorIndex
 from kb.settings import RetrievalSettings
@@ -94,4 +95,6 @@ class RetrievalService:
         expand: int | None = None,
     ) -> RetrievalResult:
         # Embedding is CPU-bound torch work: keep it off the event loop.
-        return await asyncio.to_thread(self.search_sync, query, top_k, filter, mode, expand)
+        result = await asyncio.to_thread(self.search_sync, query, top_k, filter, mode, expand)
+        RETRIEVAL_LATENCY.observe(result.latency_ms / 1000)
+        return result

@@ -9,6 +9,7 @@ from ingest.pipeline import IngestionPipeline
 from ingest.worker import IngestWorker
 from kb.container import Container, build_reranker
 from service.answering import AnswerService
+from service.auth import ApiKeyService
 from service.retrieval import RetrievalService
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class Services:
     worker: IngestWorker
     retrieval: RetrievalService
     answers: AnswerService | None  # None until the generator is up
+    keys: ApiKeyService
 
     @classmethod
     async def open(cls, container: Container, *, with_generator: bool = True) -> "Services":
@@ -42,7 +44,8 @@ class Services:
             languages=settings.embedder.languages,
             reranker=build_reranker(settings),
         )
-        services = cls(container, pipeline, worker, retrieval, None)
+        keys = ApiKeyService(container.registry, settings.auth)
+        services = cls(container, pipeline, worker, retrieval, None, keys)
         if with_generator:
             await services.start_generator()
         return services

@@ -19,9 +19,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from kb.models import Document, DocumentStatus, Job
+from kb.models import ApiKey, Document, DocumentStatus, Job
 
 
 def _now() -> datetime:
@@ -103,6 +104,42 @@ class _MessageRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class _ConversationRow(_Base):
+    """Who a conversation belongs to: only that key may continue it or read it back."""
+
+    __tablename__ = "conversations"
+
+    conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class _ApiKeyRow(_Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the key (keys are 256-bit random)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def to_model(self) -> ApiKey:
+        return ApiKey(
+            key_id=self.key_id,
+            name=self.name,
+            prefix=self.prefix,
+            scopes=list(self.scopes or []),
+            groups=list(self.groups or []),
+            created_at=_aware(self.created_at),
+            revoked_at=_aware(self.revoked_at),
+            last_used_at=_aware(self.last_used_at),
+        )
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone=True columns.
     if value is not None and value.tzinfo is None:
@@ -160,21 +197,23 @@ class SqlRegistry:
             row = s.get(_DocumentRow, document_id)
             return row.to_model() if row else None
 
-    def find_by_sha256(self, sha256: str) -> Document | None:
-        with self._session() as s:
-            row = s.scalars(
-                select(_DocumentRow).where(_DocumentRow.sha256 == sha256).order_by(_DocumentRow.created_at)
-            ).first()
-            return row.to_model() if row else None
+    def find_by_sha256(self, sha256: str, groups: list[str] | None = None) -> Document | None:
+        """The oldest document with these bytes; with `groups`, only one shared with exactly those groups (the same
+        file uploaded for another audience is a separate document, never a link into one the uploader can't see)."""
+        return self._first_with_groups(select(_DocumentRow).where(_DocumentRow.sha256 == sha256), groups)
 
-    def find_by_name(self, filename: str, collection: str = "") -> Document | None:
+    def find_by_name(self, filename: str, collection: str = "", groups: list[str] | None = None) -> Document | None:
+        return self._first_with_groups(
+            select(_DocumentRow).where(_DocumentRow.filename == filename, _DocumentRow.collection == collection),
+            groups,
+        )
+
+    def _first_with_groups(self, query: Any, groups: list[str] | None) -> Document | None:
         with self._session() as s:
-            row = s.scalars(
-                select(_DocumentRow)
-                .where(_DocumentRow.filename == filename, _DocumentRow.collection == collection)
-                .order_by(_DocumentRow.created_at)
-            ).first()
-            return row.to_model() if row else None
+            for row in s.scalars(query.order_by(_DocumentRow.created_at)):
+                if groups is None or set(row.groups or []) == set(groups):
+                    return row.to_model()
+            return None
 
     def new_version(self, document_id: str, *, sha256: str, size_bytes: int, content_type: str) -> Document:
         """Record a new version of the document's content; searches keep seeing the live one until it is ready."""
@@ -326,6 +365,59 @@ class SqlRegistry:
                 .limit(limit)
             ).all()
             return [{"role": r.role, "content": r.content, "sources": list(r.sources or [])} for r in reversed(rows)]
+
+    def claim_conversation(self, conversation_id: str, owner: str) -> bool:
+        """True if the conversation is new (it now belongs to `owner`) or already belongs to `owner`."""
+        with self._session() as s:
+            row = s.get(_ConversationRow, conversation_id)
+            if row is not None:
+                return row.owner == owner
+            try:
+                with s.begin():
+                    s.add(_ConversationRow(conversation_id=conversation_id, owner=owner))
+                return True
+            except IntegrityError:  # claimed at the same moment by another request
+                s.rollback()
+                row = s.get(_ConversationRow, conversation_id)
+                return row is not None and row.owner == owner
+
+    def conversation_owner(self, conversation_id: str) -> str | None:
+        with self._session() as s:
+            row = s.get(_ConversationRow, conversation_id)
+            return row.owner if row is not None else None
+
+    def add_api_key(self, key: ApiKey, digest: str) -> ApiKey:
+        with self._session() as s, s.begin():
+            row = _ApiKeyRow(
+                key_id=key.key_id, name=key.name, prefix=key.prefix, digest=digest,
+                scopes=list(key.scopes), groups=list(key.groups),
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.to_model()
+
+    def api_key_by_digest(self, digest: str) -> ApiKey | None:
+        with self._session() as s:
+            row = s.scalar(select(_ApiKeyRow).where(_ApiKeyRow.digest == digest))
+            return row.to_model() if row is not None else None
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._session() as s:
+            return [r.to_model() for r in s.scalars(select(_ApiKeyRow).order_by(_ApiKeyRow.created_at)).all()]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """False if there is no such key; revoking twice keeps the first time."""
+        with self._session() as s, s.begin():
+            row = s.get(_ApiKeyRow, key_id)
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = _now()
+            return True
+
+    def touch_api_key(self, key_id: str) -> None:
+        with self._session() as s, s.begin():
+            s.execute(update(_ApiKeyRow).where(_ApiKeyRow.key_id == key_id).values(last_used_at=_now()))
 
     def close(self) -> None:
         self._engine.dispose()

@@ -8,11 +8,33 @@ from typing import Any
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.response import Response
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from ingest.pipeline import UploadRejected, UploadTooLarge
+from kb.models import Document
+from service.auth import Principal, assignable_groups, requires
+from service.schemas import EXAMPLES, DocumentList, DocumentOut, UploadResponse, ok
 from service.state import Services
+
+READ = requires("search", "ask", "ingest")
+UPLOAD_DESCRIPTION = """multipart/form-data fields: `files` (one or more), `groups` (optional, comma-separated; the
+caller must belong to each; default: the configured default groups), `metadata` (optional JSON object, filterable in
+search), `document_id` (optional: upload a new version of that document). Example:
+
+    curl -H "Authorization: Bearer $KB_API_KEY" -F files=@handbook.pdf -F groups=staff \\
+         -F 'metadata={"team": "ops"}' http://127.0.0.1:8000/v1/documents
+"""
+
+
+def visible_document(services: Services, principal: Principal, document_id: str) -> Document:
+    """The document if the caller may see it; otherwise 404, the same as for a document that does not exist."""
+    document = services.container.registry.get_document(document_id)
+    if document is None or not principal.sees(document.groups):
+        raise NotFoundException(f"no document {document_id}")
+    return document
 
 
 def _groups(values: list[str]) -> list[str]:
@@ -26,13 +48,20 @@ class DocumentController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
 
-    @post(status_code=HTTP_202_ACCEPTED, summary="Upload one or several files (multipart field `files`)")
-    async def upload(self, request: Request, services: Services) -> dict[str, Any]:
+    @post(
+        status_code=HTTP_202_ACCEPTED, summary="Upload one or several files (multipart field `files`)",
+        description=UPLOAD_DESCRIPTION, guards=[requires("ingest")], responses=ok(UploadResponse, EXAMPLES["upload"]),
+    )  # fmt: skip
+    async def upload(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
         form = await request.form()
         files = [f for key in form for f in form.getall(key) if isinstance(f, UploadFile)]
         if not files:
             raise ClientException("no files in the upload: send them as multipart form field 'files'")
-        groups = _groups(form.getall("groups")) if "groups" in form else []
+        groups = assignable_groups(
+            request.user,
+            _groups(form.getall("groups")) if "groups" in form else [],
+            services.container.settings.auth.default_groups,
+        )
         metadata: dict[str, Any] = {}
         if "metadata" in form:
             try:
@@ -44,6 +73,8 @@ class DocumentController(Controller):
         document_id = form.get("document_id") or None
         if document_id and len(files) != 1:
             raise ClientException("a new version (document_id) takes exactly one file")
+        if document_id:
+            visible_document(services, request.user, document_id)
         accepted, rejected = [], []
         too_large = False
         for upload in files:
@@ -64,27 +95,44 @@ class DocumentController(Controller):
         services.worker.notify()
         return {"documents": accepted, "rejected": rejected}
 
-    @get(summary="All documents with their status")
-    async def list_documents(self, services: Services) -> dict[str, Any]:
-        return {"documents": [d.to_dict() for d in services.container.registry.list_documents()]}
+    @get(
+        summary="The documents the caller may see, with their status", guards=[READ],
+        responses=ok(DocumentList, EXAMPLES["documents"]),
+    )  # fmt: skip
+    async def list_documents(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
+        documents = services.container.registry.list_documents()
+        return {"documents": [d.to_dict() for d in documents if request.user.sees(d.groups)]}
 
-    @get("/{document_id:str}", summary="One document: status, error, pages, chunks")
-    async def get_document(self, document_id: str, services: Services) -> dict[str, Any]:
-        document = services.container.registry.get_document(document_id)
-        if document is None:
-            raise NotFoundException(f"no document {document_id}")
-        return document.to_dict()
+    @get(
+        "/{document_id:str}", summary="One document: status, error, pages, chunks", guards=[READ],
+        responses=ok(DocumentOut, EXAMPLES["document"]),
+    )  # fmt: skip
+    async def get_document(
+        self, document_id: str, request: Request[Principal, Any, Any], services: Services
+    ) -> dict[str, Any]:
+        return visible_document(services, request.user, document_id).to_dict()
 
-    @delete("/{document_id:str}", summary="Delete a document: chunks, registry row and original")
-    async def delete_document(self, document_id: str, services: Services) -> None:
+    @delete(
+        "/{document_id:str}", summary="Delete a document: chunks, registry row and original",
+        guards=[requires("ingest")],
+    )  # fmt: skip
+    async def delete_document(self, document_id: str, request: Request[Principal, Any, Any], services: Services) -> None:
+        visible_document(services, request.user, document_id)
         if not services.pipeline.delete(document_id):
             raise NotFoundException(f"no document {document_id}")
 
-    @get("/{document_id:str}/file", summary="The original file, for opening a citation")
-    async def download(self, document_id: str, services: Services) -> Response[bytes]:
-        document = services.container.registry.get_document(document_id)
-        if document is None:
-            raise NotFoundException(f"no document {document_id}")
+    @get(
+        "/{document_id:str}/file", summary="The original file, for opening a citation", guards=[READ],
+        media_type="application/octet-stream",
+        responses={200: ResponseSpec(
+            data_container=bytes, media_type="application/octet-stream", description="The original bytes",
+            examples=[Example(summary="a PDF", value="%PDF-1.7 …")], generate_examples=False,
+        )},
+    )  # fmt: skip
+    async def download(
+        self, document_id: str, request: Request[Principal, Any, Any], services: Services
+    ) -> Response[bytes]:
+        document = visible_document(services, request.user, document_id)
         return Response(
             services.container.blobs.read(services.pipeline.original_key(document)),
             media_type=document.content_type,

@@ -5,17 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.response import Response
 
 from service.state import Services
 
 
-@get("/healthz", tags=["health"], summary="The process is up")
+PUBLIC: list[dict[str, list[str]]] = [{}]  # no key needed
+
+
+@get(
+    "/healthz", tags=["health"], summary="The process is up", security=PUBLIC,
+    responses={200: ResponseSpec(data_container=dict[str, str], examples=[Example(value={"status": "ok"})],
+                                 generate_examples=False, description="Alive")},  # fmt: skip
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], summary="The service can answer: index, registry and generator reachable")
+READY = {"ready": True, "checks": {"registry": "ok", "index": "ok", "generator": "ok"}}
+NOT_READY = {"ready": False, "checks": {"registry": "ok", "index": "ok",
+                                        "generator": "starting (or failed to start: see the log)"}}  # fmt: skip
+
+
+@get(
+    "/readyz", tags=["health"], summary="The service can answer: index, registry and generator reachable",
+    description="503 with the failing check's reason while not ready.", security=PUBLIC,
+    responses={
+        200: ResponseSpec(data_container=dict[str, Any], examples=[Example(value=READY)], generate_examples=False,
+                          description="Ready"),
+        503: ResponseSpec(data_container=dict[str, Any], examples=[Example(value=NOT_READY)],
+                          generate_examples=False, description="Not ready, with the reason"),
+    },
+)  # fmt: skip
 async def readyz(services: Services) -> Response[dict[str, Any]]:
     checks: dict[str, str] = {}
     try:

@@ -34,6 +34,11 @@ class Server:
     data_dir: Path
     env: dict[str, str]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The local admin key `kb serve` wrote into its data directory."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin.key').read_text().strip()}"}
+
 
 @pytest.fixture(scope="module", params=["vllm", "openai"], ids=["in-process-engine", "vllm-serve"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -87,7 +92,7 @@ def _wait_ready(client: httpx.Client, document_id: str, timeout: float = 300) ->
 
 @pytest.fixture(scope="module")
 def paper_id(server: Server) -> str:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=server.headers) as client:
         with PAPER.open("rb") as fh:
             response = client.post("/v1/documents", files={"files": (PAPER.name, fh, "application/pdf")})
         assert response.status_code == 202, response.text
@@ -100,7 +105,7 @@ def paper_id(server: Server) -> str:
 
 
 def test_answer_cites_the_uploaded_document_and_the_right_page(server: Server, paper_id: str) -> None:
-    response = httpx.post(f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300)
+    response = httpx.post(headers=server.headers, url=f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["answer"].strip()
@@ -114,7 +119,7 @@ def test_answer_cites_the_uploaded_document_and_the_right_page(server: Server, p
 
 
 def test_question_outside_the_knowledge_base_says_so_and_cites_nothing(server: Server, paper_id: str) -> None:
-    body = httpx.post(f"{server.url}/v1/ask", json={"question": UNKNOWN_QUESTION}, timeout=300).json()
+    body = httpx.post(headers=server.headers, url=f"{server.url}/v1/ask", json={"question": UNKNOWN_QUESTION}, timeout=300).json()
     assert "no information" in body["answer"].lower()
     assert body["citations"] == []
     assert body["grounded"] is False
@@ -123,7 +128,8 @@ def test_question_outside_the_knowledge_base_says_so_and_cites_nothing(server: S
 def test_streamed_answer_arrives_as_tokens_then_citations_then_done(server: Server, paper_id: str) -> None:
     events: list[tuple[str, dict]] = []
     with httpx.stream(
-        "POST", f"{server.url}/v1/ask", json={"question": PAPER_QUESTION, "stream": True}, timeout=300
+        "POST", f"{server.url}/v1/ask", json={"question": PAPER_QUESTION, "stream": True}, timeout=300,
+        headers=server.headers,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -143,7 +149,7 @@ def test_streamed_answer_arrives_as_tokens_then_citations_then_done(server: Serv
 
 
 def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> None:
-    first = httpx.post(f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300).json()
+    first = httpx.post(headers=server.headers, url=f"{server.url}/v1/ask", json={"question": PAPER_QUESTION}, timeout=300).json()
     conversation_id = first["conversation_id"]
     assert conversation_id
     follow_up = httpx.post(
@@ -153,7 +159,7 @@ def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> 
     assert follow_up["conversation_id"] == conversation_id and follow_up["answer"].strip()
     # "it" alone retrieves nothing; with the conversation the sources of the first turn are kept.
     assert follow_up["grounded"] is True
-    turns = httpx.get(f"{server.url}/v1/conversations/{conversation_id}", timeout=30).json()["messages"]
+    turns = httpx.get(headers=server.headers, url=f"{server.url}/v1/conversations/{conversation_id}", timeout=30).json()["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[2]["content"] == "Tell me more about it."
     first_sources = [s["chunk_id"] for s in turns[1]["sources"]]
@@ -161,7 +167,7 @@ def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> 
 
 
 def test_cli_hands_over_to_the_running_server(server: Server, paper_id: str) -> None:
-    api = httpx.post(f"{server.url}/v1/search", json={"query": PAPER_QUESTION, "top_k": 3}, timeout=60).json()
+    api = httpx.post(headers=server.headers, url=f"{server.url}/v1/search", json={"query": PAPER_QUESTION, "top_k": 3}, timeout=60).json()
     cli = subprocess.run(
         [sys.executable, "-m", "service.cli", "search", PAPER_QUESTION, "--top-k", "3", "--json"],
         env=server.env, capture_output=True, text=True, timeout=300,
@@ -177,7 +183,7 @@ def test_cli_hands_over_to_the_running_server(server: Server, paper_id: str) -> 
 
 
 def test_original_file_can_be_opened_for_a_citation(server: Server, paper_id: str) -> None:
-    response = httpx.get(f"{server.url}/v1/documents/{paper_id}/file", timeout=60)
+    response = httpx.get(headers=server.headers, url=f"{server.url}/v1/documents/{paper_id}/file", timeout=60)
     assert response.status_code == 200
     assert response.content == PAPER.read_bytes()
     assert response.headers["content-type"].startswith("application/pdf")

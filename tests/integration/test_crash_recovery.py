@@ -50,8 +50,15 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes
         time.sleep(0.3)
 
 
-def statuses(url: str) -> dict[str, dict]:
-    return {d["document_id"]: d for d in httpx.get(f"{url}/v1/documents", timeout=30).json()["documents"]}
+def admin(data_dir: Path) -> dict[str, str]:
+    """The local admin key the server wrote into its data directory."""
+    return {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+
+
+def statuses(url: str, data_dir: Path) -> dict[str, dict]:
+    response = httpx.get(f"{url}/v1/documents", timeout=30, headers=admin(data_dir))
+    assert response.status_code == 200, response.text
+    return {d["document_id"]: d for d in response.json()["documents"]}
 
 
 def test_kill_9_mid_batch_then_restart_resumes_without_duplicates(tmp_path: Path) -> None:
@@ -59,16 +66,16 @@ def test_kill_9_mid_batch_then_restart_resumes_without_duplicates(tmp_path: Path
     process, url = start_server(data_dir, log_path)
     try:
         files = [("files", (Path(name).name, (CORPUS / name).read_bytes())) for name in BATCH]
-        response = httpx.post(f"{url}/v1/documents", files=files, timeout=60)
+        response = httpx.post(f"{url}/v1/documents", files=files, timeout=60, headers=admin(data_dir))
         assert response.status_code == 202, response.text
         ids = [d["document_id"] for d in response.json()["documents"]]
         deadline = time.monotonic() + 300
         while True:  # kill once part of the batch is done and the rest is not
-            done = [d for d in statuses(url).values() if d["status"] in ("ready", "failed")]
+            done = [d for d in statuses(url, data_dir).values() if d["status"] in ("ready", "failed")]
             if len(done) >= 2:
                 break
             assert time.monotonic() < deadline, log_tail(log_path)
-            time.sleep(0.1)
+            time.sleep(0.2)
         os.killpg(process.pid, signal.SIGKILL)  # the server and its parser process, mid-batch
         process.wait(10)
         unfinished_at_kill = len(ids) - len(done)
@@ -80,7 +87,7 @@ def test_kill_9_mid_batch_then_restart_resumes_without_duplicates(tmp_path: Path
     try:
         deadline = time.monotonic() + 600
         while True:
-            documents = statuses(url)
+            documents = statuses(url, data_dir)
             if all(documents[i]["status"] in ("ready", "failed") for i in ids):
                 break
             assert time.monotonic() < deadline, log_tail(log_path)

@@ -22,6 +22,8 @@ CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "doc
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("api-data"))
     with TestClient(app=create_app(settings, with_generator=False), timeout=120) as test_client:
+        # The local admin key the app writes on first start: every group, every scope.
+        test_client.headers["Authorization"] = f"Bearer {settings.admin_key_path.read_text().strip()}"
         yield test_client
 
 
@@ -77,9 +79,20 @@ def test_group_filter_is_applied(client: TestClient, samples: dict[str, dict]) -
 
 
 def test_identical_bytes_return_the_existing_document(client: TestClient, samples: dict[str, dict]) -> None:
-    again = upload(client, SAMPLES / "kb-administrator-guide.pdf")["documents"][0]
+    again = upload(client, SAMPLES / "kb-administrator-guide.pdf", groups="admins,staff")["documents"][0]
     assert again["duplicate"] is True
     assert again["document_id"] == samples["kb-administrator-guide.pdf"]["document_id"]
+
+
+def test_identical_bytes_for_another_audience_are_a_separate_document(
+    client: TestClient, samples: dict[str, dict]
+) -> None:
+    # Deduplicating across groups would hand this uploader a document it may not see (or share it with them).
+    other = upload(client, SAMPLES / "kb-administrator-guide.pdf", groups="finance")["documents"][0]
+    assert other["duplicate"] is False
+    assert other["document_id"] != samples["kb-administrator-guide.pdf"]["document_id"]
+    assert other["groups"] == ["finance"]
+    assert wait_terminal(client, other["document_id"])["status"] == "ready"
 
 
 def test_unparseable_file_fails_with_its_reason_and_the_rest_goes_on(client: TestClient, samples: dict) -> None:
@@ -154,6 +167,7 @@ def test_upload_over_the_size_limit_is_413_and_stores_nothing(tmp_path_factory: 
     settings = Settings(data_dir=tmp_path_factory.mktemp("small-limit"))
     settings.ingest.max_upload_bytes = 1000
     with TestClient(app=create_app(settings, with_generator=False), timeout=120) as small:
+        small.headers["Authorization"] = f"Bearer {settings.admin_key_path.read_text().strip()}"
         response = small.post("/v1/documents", files=[("files", ("big.txt", b"x" * 2000))])
         assert response.status_code == 413
         assert "exceeds the upload limit" in response.text
