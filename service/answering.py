@@ -177,7 +177,7 @@ class AnswerService:
             document_rank.setdefault(passage.document_id, len(document_rank))
         return first + sorted(kept, key=lambda p: (document_rank[p.document_id], p.ordinal))
 
-    def whole_documents(
+    async def whole_documents(
         self, document_ids: Sequence[str], filter: SearchFilter | None, budget: int
     ) -> tuple[list[Passage], list[str]]:
         """The chunks of the documents that fit `budget` whole (in the order asked, each in document order), and the
@@ -186,7 +186,10 @@ class AnswerService:
         rest: list[str] = []
         for document_id in dict.fromkeys(document_ids):
             limit = max(1, budget // _MIN_CHUNK_TOKENS) + 1
-            chunks = self._retrieval.document_chunks(document_id, filter, limit) if budget > 0 else []
+            # The index call off the loop; token counting stays on it, like all of the generator's other calls.
+            chunks = (
+                await asyncio.to_thread(self._retrieval.document_chunks, document_id, filter, limit) if budget > 0 else []
+            )
             costs = [self._cost(len(whole) + 1 + i, c) for i, c in enumerate(chunks)]
             if chunks and len(chunks) < limit and sum(costs) <= budget:
                 whole.extend(chunks)
@@ -213,13 +216,24 @@ class AnswerService:
         ]
 
     async def stream(
-        self, question: str, filter: SearchFilter | None = None, conversation_id: str | None = None
+        self,
+        question: str,
+        filter: SearchFilter | None = None,
+        conversation_id: str | None = None,
+        history: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[AskEvent]:
+        """`history`: the conversation so far as the client holds it ({"role", "content"}; OpenAI-style clients send
+        it with every request), instead of the one stored under `conversation_id`."""
         started = time.perf_counter()
-        history: list[dict[str, Any]] = []
+        stored: list[dict[str, Any]] = []
         if self._registry is not None:
             conversation_id = conversation_id or uuid.uuid4().hex
-            history = self._registry.conversation(conversation_id, 2 * self._retrieval_settings.max_history_turns)
+            if history is None:
+                stored = self._registry.conversation(conversation_id, 2 * self._retrieval_settings.max_history_turns)
+        if history is not None:
+            stored = [{"role": m["role"], "content": m["content"], "sources": []} for m in history][
+                -2 * self._retrieval_settings.max_history_turns:]  # fmt: skip
+        history = stored
         previous = next((m for m in reversed(history) if m["role"] == "assistant"), None)
         previous_sources = [_passage_from_dict(d) for d in (previous or {}).get("sources", [])]
         groups = filter.groups if filter is not None else None
@@ -241,9 +255,7 @@ class AnswerService:
         retrieve_in = filter
         if document_ids:
             fetch_started = time.perf_counter()
-            whole, rest = await asyncio.to_thread(
-                self.whole_documents, document_ids, filter, self.context_budget(question, reserved)
-            )
+            whole, rest = await self.whole_documents(document_ids, filter, self.context_budget(question, reserved))
             timings["documents"] = (time.perf_counter() - fetch_started) * 1000
             retrieve_in = dataclasses.replace(filter, document_ids=rest) if filter is not None and whole else filter
         retrieved: list[Passage] = []
