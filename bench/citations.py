@@ -138,7 +138,9 @@ async def run(question_count: int, budgets: list[int], seed: int, max_answer_tok
                 retrieval = RetrievalService(
                     embedder, index, retrieval_settings, languages=settings.embedder.languages
                 )
-                answers = AnswerService(retrieval, recording, retrieval_settings, settings.generator)  # type: ignore[arg-type]
+                answers = AnswerService(
+                    retrieval, recording, retrieval_settings, settings.generator  # type: ignore[arg-type]
+                )
                 reports.append(await ask_all(answers, recording, sample, text_of, budget))
                 print(json.dumps(reports[-1]), file=sys.stderr)
         finally:

@@ -187,9 +187,9 @@ class AnswerService:
         for document_id in dict.fromkeys(document_ids):
             limit = max(1, budget // _MIN_CHUNK_TOKENS) + 1
             # The index call off the loop; token counting stays on it, like all of the generator's other calls.
-            chunks = (
-                await asyncio.to_thread(self._retrieval.document_chunks, document_id, filter, limit) if budget > 0 else []
-            )
+            chunks: list[Passage] = []
+            if budget > 0:
+                chunks = await asyncio.to_thread(self._retrieval.document_chunks, document_id, filter, limit)
             costs = [self._cost(len(whole) + 1 + i, c) for i, c in enumerate(chunks)]
             if chunks and len(chunks) < limit and sum(costs) <= budget:
                 whole.extend(chunks)

@@ -151,7 +151,8 @@ class OpenAIHttpGenerator:
         try:
             if response.status_code != httpx.codes.OK:
                 await response.aread()
-                error = GeneratorUnavailable if response.status_code >= 500 or response.status_code == 429 else GeneratorServerError
+                retryable = response.status_code >= 500 or response.status_code == httpx.codes.TOO_MANY_REQUESTS
+                error = GeneratorUnavailable if retryable else GeneratorServerError
                 raise error(f"generator server answered {response.status_code}: {response.text[:500]}")
             deltas = iter_sse_deltas(response.aiter_lines())
             first = await anext(deltas, None)

@@ -288,9 +288,8 @@ class QdrantServerIndex:
             return []
         try:
             # Ordinals run 0..n-1 within a version: the range keeps the first `limit` without sorting the document.
-            scroll_filter = _client_filter(
-                filter, _document_condition(document_id), models.FieldCondition(key="ordinal", range=models.Range(lt=limit))
-            )
+            first_chunks = models.FieldCondition(key="ordinal", range=models.Range(lt=limit))
+            scroll_filter = _client_filter(filter, _document_condition(document_id), first_chunks)
         except _MatchesNothing:
             return []
         with self._guard():

@@ -65,7 +65,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, generator_model_dir: P
     embedder = build_embedder(settings)
     index = EdgeVectorIndex(directory / "index", embedder.dimension)
     for document in (
-        chunks("handbook", HANDBOOK, ["staff"]), chunks("salaries", SALARIES, ["hr"]), chunks("manual", MANUAL, ["staff"])
+        chunks("handbook", HANDBOOK, ["staff"]),
+        chunks("salaries", SALARIES, ["hr"]),
+        chunks("manual", MANUAL, ["staff"]),
     ):
         index.upsert(document, embedder.embed_documents([c.text for c in document]))
     registry = SqlRegistry(f"sqlite:///{directory / 'registry.sqlite3'}")
@@ -80,7 +82,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, generator_model_dir: P
         index.close()
 
 
-async def final(answers: AnswerService, question: str, search_filter: SearchFilter | None, conversation_id: str | None = None) -> dict[str, Any]:
+async def final(
+    answers: AnswerService, question: str, search_filter: SearchFilter | None, conversation_id: str | None = None
+) -> dict[str, Any]:
     events = [event async for event in answers.stream(question, search_filter, conversation_id)]
     assert events[-1].event == "done"
     return {**events[-1].data, "citations": events[-2].data["citations"]}

@@ -35,7 +35,9 @@ class FakeIndexRetrieval:
             return False
         return p.visible_to(search_filter.groups)
 
-    async def search(self, query: str, top_k: int | None = None, filter: SearchFilter | None = None, **_: Any) -> RetrievalResult:
+    async def search(
+        self, query: str, top_k: int | None = None, filter: SearchFilter | None = None, **_: Any
+    ) -> RetrievalResult:
         self.searches.append((query, filter, top_k))
         found = [p for p in self.hits if self._inside(p, filter)][: top_k or 5]
         return RetrievalResult(found, self.relevant and bool(found), 0.8, 1.0, 1.0)
@@ -74,7 +76,8 @@ class MemoryConversations:
         self.messages: dict[str, list[dict[str, Any]]] = {}
 
     def add_message(self, conversation_id: str, role: str, content: str, sources: list | None = None) -> None:
-        self.messages.setdefault(conversation_id, []).append({"role": role, "content": content, "sources": sources or []})
+        message = {"role": role, "content": content, "sources": sources or []}
+        self.messages.setdefault(conversation_id, []).append(message)
 
     def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
         return self.messages.get(conversation_id, [])[-limit:]
@@ -85,9 +88,9 @@ def build(
 ) -> tuple[AnswerService, FakeGenerator, MemoryConversations]:
     generator = FakeGenerator(answer)
     conversations = MemoryConversations()
+    retrieval_settings = RetrievalSettings(context_tokens=context_tokens, **settings)
     service = AnswerService(
-        retrieval, generator, RetrievalSettings(context_tokens=context_tokens, **settings), GeneratorSettings(),  # type: ignore[arg-type]
-        conversations,  # type: ignore[arg-type]
+        retrieval, generator, retrieval_settings, GeneratorSettings(), conversations  # type: ignore[arg-type]
     )
     return service, generator, conversations
 
