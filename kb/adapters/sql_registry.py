@@ -369,15 +369,14 @@ class SqlRegistry:
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
         """True if the conversation is new (it now belongs to `owner`) or already belongs to `owner`."""
         with self._session() as s:
-            row = s.get(_ConversationRow, conversation_id)
-            if row is not None:
-                return row.owner == owner
             try:
                 with s.begin():
+                    row = s.get(_ConversationRow, conversation_id)
+                    if row is not None:
+                        return row.owner == owner
                     s.add(_ConversationRow(conversation_id=conversation_id, owner=owner))
                 return True
             except IntegrityError:  # claimed at the same moment by another request
-                s.rollback()
                 row = s.get(_ConversationRow, conversation_id)
                 return row is not None and row.owner == owner
 
