@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.support import free_port, log_tail, stop_process_group
@@ -33,6 +34,7 @@ class Server:
     url: str
     data_dir: Path
     env: dict[str, str]
+    log: Path
 
     @property
     def headers(self) -> dict[str, str]:
@@ -74,7 +76,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 pass
             assert time.monotonic() < deadline, f"kb serve not ready:\n{log_tail(log_path)}"
             time.sleep(0.5)
-        yield Server(url, data_dir, env)
+        yield Server(url, data_dir, env, log_path)
     finally:
         stop_process_group(process)
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -154,7 +156,7 @@ def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> 
     assert conversation_id
     follow_up = httpx.post(
         f"{server.url}/v1/ask", json={"question": "Tell me more about it.", "conversation_id": conversation_id},
-        timeout=300,
+        timeout=300, headers=server.headers,
     ).json()
     assert follow_up["conversation_id"] == conversation_id and follow_up["answer"].strip()
     # "it" alone retrieves nothing; with the conversation the sources of the first turn are kept.
@@ -187,3 +189,39 @@ def test_original_file_can_be_opened_for_a_citation(server: Server, paper_id: st
     assert response.status_code == 200
     assert response.content == PAPER.read_bytes()
     assert response.headers["content-type"].startswith("application/pdf")
+
+
+def test_the_official_openai_client_asks_the_knowledge_base(server: Server, paper_id: str) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.headers["Authorization"].split()[1])
+    assert [m.id for m in client.models.list()] == ["kb"]
+    completion = client.chat.completions.create(model="kb", messages=[{"role": "user", "content": PAPER_QUESTION}])
+    text = completion.choices[0].message.content or ""
+    citations = (completion.model_extra or {})["citations"]
+    assert citations and any(c["document_id"] == paper_id and c["page"] == 2 for c in citations)
+    # Chat front ends that only show text still see the numbered sources.
+    assert f"[{citations[0]['n']}] {PAPER.name}, page {citations[0]['page']}" in text.split("Sources:")[1]
+    chunks = list(client.chat.completions.create(model="kb", messages=[{"role": "user", "content": PAPER_QUESTION}],
+                                                 stream=True))  # fmt: skip
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Sources:" in streamed and chunks[-1].choices[0].finish_reason == "stop"
+    assert any((c.model_extra or {}).get("citations") for c in chunks)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="kb_wrong").models.list()
+
+
+def test_logs_are_json_lines_with_request_ids_and_no_secrets_or_document_text(server: Server, paper_id: str) -> None:
+    marker = "req-e2e-logs-1"
+    response = httpx.post(f"{server.url}/v1/search", json={"query": PAPER_QUESTION}, timeout=60,
+                          headers={**server.headers, "X-Request-ID": marker})  # fmt: skip
+    assert response.headers["x-request-id"] == marker
+    passage_text = response.json()["passages"][0]["text"]
+    time.sleep(0.5)
+    lines = [line for line in server.log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    access = [r for r in records if r.get("event") == "request" and r.get("request_id") == marker]
+    assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/search" and access[0]["key_id"]
+    log_text = server.log.read_text(errors="replace")
+    assert server.headers["Authorization"].split()[1] not in log_text
+    assert passage_text[:60] not in log_text
