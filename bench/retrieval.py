@@ -70,6 +70,7 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         for r in per_set
     )
     limited = summary["max_documents"]
+    weights = summary.get("fusion_weights") or {}
     return f"""{SECTION}
 
 `python -m bench.retrieval {' '.join(summary['argv'])}` on {summary['date']}: {machine['cpu']}, {machine['cores']} cores,
@@ -77,8 +78,10 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 {summary['load_end']} at the end (latencies rise with the load of other work on the same cores).
 Embedder `{summary['embedder']}` (languages {summary.get('languages')}), Qdrant Edge scratch shard (no HNSW build:
 exact scan), top {summary['top_k']}; hybrid = {str(summary.get('fusion', 'rrf')).upper()} fusion inside Qdrant of
-{summary.get('candidates', 50)} dense and {summary.get('candidates', 50)} BM25 candidates, and BM25 alone for a query
-in a language the embedder lacks (Chinese with the English-only default). Total run {summary['elapsed_s']} s.
+{summary.get('candidates', 50)} dense and {summary.get('candidates', 50)} BM25 candidates, weighted dense {weights.get('dense', 1)} :
+BM25 {weights.get('sparse', 1)} (each side prefetched as often as its weight), and BM25 alone for a query in a language
+the embedder lacks (Chinese with the English-only default). BM25: Qdrant's word tokenizer, English snowball
+stemmer, English + Chinese stopwords, Chinese cut into words by jieba first. Total run {summary['elapsed_s']} s.
 
 {markdown(reports)}
 
@@ -159,6 +162,7 @@ def main() -> None:
         "embedder": reports[0]["embedder"] if reports else None,
         "fusion": settings.index.fusion,
         "candidates": settings.index.candidates,
+        "fusion_weights": {"dense": settings.index.dense_weight, "sparse": settings.index.sparse_weight},
         "languages": settings.embedder.languages,
         "top_k": TOP_K,
         "limit": args.limit,

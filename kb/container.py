@@ -65,7 +65,7 @@ def build_reranker(settings: Settings) -> Reranker | None:
 def build_index(settings: Settings, dimension: int) -> VectorIndex:
     from kb.adapters.bm25 import HybridFusion
 
-    fusion = HybridFusion(settings.index.fusion, settings.index.candidates)
+    fusion = HybridFusion.from_settings(settings.index)
     if settings.index.backend == "edge":
         from kb.adapters.edge_index import EdgeVectorIndex
 

@@ -40,6 +40,10 @@ class IndexSettings(BaseModel):
     # Hybrid fusion inside Qdrant: "dbsf" (distribution-based score fusion) or "rrf"; candidate depth per side.
     fusion: Literal["rrf", "dbsf"] = "dbsf"
     candidates: int = 50
+    # Whole-number weight of each side in the fusion (a side of weight n is prefetched n times). BM25 counts twice
+    # by default: the English-only MiniLM is the weaker side on specialised text (bench/RESULTS.md).
+    dense_weight: int = Field(default=1, ge=0)
+    sparse_weight: int = Field(default=2, ge=0)
 
 
 class GeneratorSettings(BaseModel):

@@ -386,22 +386,68 @@ def embed_units(
             return UnitVectors(vectors, 0.0, cached=True)
 
     started = time.perf_counter()
-    parts: list[np.ndarray] = []
-    done = 0
-    for first in range(0, len(units), _EMBED_BATCH):
-        batch = texts[first : first + _EMBED_BATCH]
-        parts.append(np.asarray(embedder.embed_documents(batch), dtype=np.float32))
+    store = _TextVectorStore(cache_dir, model_key, embedder.dimension) if cache_dir else None
+    known = store.get(texts) if store else {}
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    done = len(texts) - len(missing)
+    for first in range(0, len(missing), _EMBED_BATCH):
+        batch = missing[first : first + _EMBED_BATCH]
+        embedded = np.asarray(embedder.embed_documents(batch), dtype=np.float32)
+        known.update(zip(batch, embedded, strict=True))
+        if store:
+            store.put(batch, embedded)
         done += len(batch)
         if on_progress:
             on_progress(done, len(units))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
+    vectors = (
+        np.stack([known[t] for t in texts]).astype(np.float32)
+        if texts
+        else np.zeros((0, embedder.dimension), dtype=np.float32)
+    )
     seconds = time.perf_counter() - started
+    if store:
+        store.close()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(".partial.npy")
         np.save(partial, vectors)
         partial.replace(cache_file)
     return UnitVectors(vectors, seconds, cached=False)
+
+
+class _TextVectorStore:
+    """Vectors of single texts by model and text, so a set whose units changed re-embeds only the new texts
+    (comparing ways of cutting units into entries would otherwise embed a whole set each time)."""
+
+    def __init__(self, cache_dir: Path, model_key: str, dimension: int) -> None:
+        import sqlite3
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(cache_dir / "texts.sqlite3")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
+        self._model = model_key.encode()
+        self._dimension = dimension
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.sha256(self._model + b"\0" + text.encode()).digest()
+
+    def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for text in dict.fromkeys(texts):
+            row = self._db.execute("SELECT vector FROM vectors WHERE key = ?", (self._key(text),)).fetchone()
+            if row is not None:
+                vector = np.frombuffer(row[0], dtype=np.float32)
+                if vector.shape == (self._dimension,):
+                    found[text] = vector
+        return found
+
+    def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        rows = [(self._key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in zip(texts, vectors, strict=True)]
+        self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
 
 
 @contextmanager
@@ -577,7 +623,7 @@ class RetrievalEvaluation:
         qa_set = prepared.qa_set
         questions = sample(qa_set.questions, limit)
         started = time.perf_counter()
-        fusion = HybridFusion(self._settings.index.fusion, self._settings.index.candidates)
+        fusion = HybridFusion.from_settings(self._settings.index)
         entries = prepared.entries or None
         unit_of = {e.entry_id: e.unit_id for e in prepared.entries if e.entry_id != e.unit_id}
         with scratch_index(qa_set, prepared.vectors.vectors, fusion, entries=entries) as index:
@@ -599,6 +645,7 @@ class RetrievalEvaluation:
             "units_split": prepared.units_split,
             "entries": len(prepared.entries) or len(qa_set.units),
             "fusion": fusion.method,
+            "fusion_weights": {"dense": fusion.dense_weight, "sparse": fusion.sparse_weight},
             "top_k": TOP_K,
             "embedder": self._model_key().split("\0")[0],
             "embed_units_s": round(prepared.vectors.seconds, 2),

@@ -197,9 +197,13 @@ class EdgeVectorIndex:
         elif mode == "hybrid":
             fusion = self._fusion
             depth = max(limit, fusion.candidates)
-            prefetches = [Prefetch(limit=depth, query=dense, filter=edge_filter)]
-            if sparse is not None:
-                prefetches.append(Prefetch(limit=depth, query=sparse, filter=edge_filter))
+            by_side = {DENSE_VECTOR: dense, SPARSE_VECTOR: sparse}
+            prefetches = [
+                Prefetch(limit=depth, query=by_side[side], filter=edge_filter)
+                for side in fusion.prefetch_sides(has_sparse=sparse is not None)
+            ]
+            if not prefetches:
+                return []
             request = QueryRequest(
                 limit=limit,
                 prefetches=prefetches,

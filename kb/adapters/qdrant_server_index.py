@@ -237,9 +237,13 @@ class QdrantServerIndex:
         elif mode == "hybrid":
             fusion = self._fusion
             depth = max(limit, fusion.candidates)
-            prefetch = [models.Prefetch(query=dense, using=DENSE_VECTOR, limit=depth, filter=query_filter)]
-            if sparse is not None:
-                prefetch.append(models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=depth, filter=query_filter))
+            by_side: dict[str, list[float] | models.SparseVector | None] = {DENSE_VECTOR: dense, SPARSE_VECTOR: sparse}
+            prefetch = [
+                models.Prefetch(query=by_side[side], using=side, limit=depth, filter=query_filter)
+                for side in fusion.prefetch_sides(has_sparse=sparse is not None)
+            ]
+            if not prefetch:
+                return []
             if fusion.method == "dbsf":
                 query = models.FusionQuery(fusion=models.Fusion.DBSF)
             else:

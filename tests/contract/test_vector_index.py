@@ -169,10 +169,10 @@ def test_hybrid_rrf_fuses_dense_and_sparse_ranks(open_index: OpenIndex) -> None:
 
     passages = index.search(e(0), "zanzibar", limit=3, mode="hybrid")
 
-    # RRF with k=60 over 0-based ranks: C = 1/61 + 1/60 (dense 1, sparse 0), B = 1/63 + 1/61
-    # (dense 3, sparse 1), A = 1/60 (dense 0), D = 1/62 (dense 2) is cut by the limit.
+    # RRF with k=60 over 0-based ranks, the sparse list counted twice (its default weight): C = 1/61 + 2/60
+    # (dense 1, sparse 0), B = 1/63 + 2/61 (dense 3, sparse 1), A = 1/60 (dense 0), D = 1/62 (dense 2) is cut.
     assert texts(passages) == [c.text, b.text, a.text]
-    assert [p.score for p in passages] == pytest.approx([1 / 61 + 1 / 60, 1 / 63 + 1 / 61, 1 / 60], rel=1e-4)
+    assert [p.score for p in passages] == pytest.approx([1 / 61 + 2 / 60, 1 / 63 + 2 / 61, 1 / 60], rel=1e-4)
 
 
 def _dbsf_corpus(index: VectorIndex) -> list[Chunk]:
@@ -198,10 +198,12 @@ def test_hybrid_dbsf_is_the_default_and_sums_normalised_scores(index: VectorInde
         low, high = mean - 3 * sigma, mean + 3 * sigma
         return {p.text: float((p.score - low) / (high - low)) for p in passages}
 
+    # Each side counts as often as its weight (prefetched that many times): BM25 twice by default.
+    weights = HybridFusion()
     expected: dict[str, float] = {}
-    for side in (normalised(dense), normalised(sparse)):
+    for side, weight in ((normalised(dense), weights.dense_weight), (normalised(sparse), weights.sparse_weight)):
         for text, score in side.items():
-            expected[text] = expected.get(text, 0.0) + score
+            expected[text] = expected.get(text, 0.0) + weight * score
 
     passages = index.search(e(0), "zanzibar", limit=5, mode="hybrid")
 
@@ -225,6 +227,33 @@ def test_both_adapters_fuse_alike(tmp_path: Path) -> None:
             edge.close()
             local.close()
         assert found[0] == found[1], method
+
+
+def test_fusion_weights_decide_between_the_sides(open_index: OpenIndex) -> None:
+    dense_only = open_index(fusion=HybridFusion(dense_weight=1, sparse_weight=0))
+    chunks = _dbsf_corpus(dense_only)
+    dense_order = texts(dense_only.search(e(0), "zanzibar", limit=5, mode="dense"))
+
+    assert texts(dense_only.search(e(0), "zanzibar", limit=5, mode="hybrid")) == dense_order
+    assert chunks[4].text not in dense_order[:3]  # the sparse side's best match, far from the query vector
+
+
+def test_both_adapters_fuse_alike_with_weights(tmp_path: Path) -> None:
+    for dense_weight, sparse_weight in ((1, 2), (3, 1)):
+        fusion = HybridFusion(dense_weight=dense_weight, sparse_weight=sparse_weight)
+        edge = EdgeVectorIndex(tmp_path / f"edge-{dense_weight}-{sparse_weight}", DIM, fusion=fusion)
+        local = QdrantServerIndex.from_url(":memory:", None, "kb", DIM, fusion=fusion)
+        try:
+            _dbsf_corpus(edge)
+            _dbsf_corpus(local)
+            found = [
+                [(p.text, round(p.score, 4)) for p in index.search(e(0), "zanzibar", limit=5, mode="hybrid")]
+                for index in (edge, local)
+            ]
+        finally:
+            edge.close()
+            local.close()
+        assert found[0] == found[1], (dense_weight, sparse_weight)
 
 
 def test_hybrid_respects_limit(index: VectorIndex) -> None:
