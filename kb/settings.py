@@ -100,7 +100,10 @@ class RetrievalSettings(BaseModel):
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
     # Below this dense cosine similarity of the best passage the knowledge base "has no information".
     min_relevance: float = 0.25
-    context_tokens: int = 3000
+    # Sources per prompt, in the generator's tokens (the window less the answer is the ceiling). 1000 answered best
+    # with the default 135M model on XQuAD (bench/RESULTS.md, "Citations"): more context lowered both the gold
+    # paragraph's citation rate and correct answers. Production (Qwen2.5-7B) sets its own, e.g. 32000.
+    context_tokens: int = 1000
     # Follow-up questions are made standalone for retrieval: "concat" (previous question + this one; the default
     # 135M model cannot rewrite reliably), "llm" (the generator rewrites; for Qwen-class models) or "off".
     followup_rewrite: Literal["concat", "llm", "off"] = "concat"
