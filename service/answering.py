@@ -149,6 +149,12 @@ class AnswerService:
         their order, so that a follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips
         their prefill."""
         budget = self.context_budget(question, reserved_tokens)
+        count_many = getattr(self._generator, "count_tokens_many", None)
+        if count_many is not None:
+            # Every candidate's tokens in one batch call (cached by the generator), not one tokenizer call per
+            # candidate on the event loop: 64 questions arriving together otherwise stall each other's streams.
+            candidates = [*keep_first, *passages, *(c for p in passages for c in p.context)]
+            count_many([format_source(1, p) for p in candidates])
         first: list[Passage] = []
         for passage in keep_first:
             cost = self._cost(len(first) + 1, passage)

@@ -137,6 +137,9 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         middleware=middleware,
         stores=stores,
         before_send=[before_send],
+        # Litestar's default logging config would replace the root handler (service.observability owns logging;
+        # unexpected errors are logged by service.problems).
+        logging_config=None,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Several files per request; each file is checked against max_upload_bytes with a precise message.
         request_max_body_size=settings.ingest.max_upload_bytes * 4 + 1024 * 1024,

@@ -33,7 +33,8 @@ def _redact(value: Any) -> Any:
 
 
 def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: _redact(v) for k, v in event_dict.items()}
+    # uvicorn's `color_message` repeats the message with terminal colour codes.
+    return {k: _redact(v) for k, v in event_dict.items() if k != "color_message"}
 
 
 def configure_logging(settings: LoggingSettings) -> None:

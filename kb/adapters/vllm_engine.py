@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import unicodedata
 import uuid
 from collections import OrderedDict
@@ -60,6 +62,7 @@ class PromptTokenCache:
         # than that are out of vLLM's prefix cache too.
         self._max_tokens = max_tokens
         self._pieces: OrderedDict[bytes, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
         self._tokens = 0
         self._cut_before_newline = False
         self.exact = self._pieces_match_whole(_PROBE)
@@ -70,6 +73,10 @@ class PromptTokenCache:
     def encode(self, text: str) -> list[int]:
         if not self.exact:
             return self._encode_whole(text)
+        with self._lock:  # called from worker threads: the piece table is shared
+            return self._encode_pieces(text)
+
+    def _encode_pieces(self, text: str) -> list[int]:
         pieces = self._split(text, self._piece_chars, self._cut_before_newline)
         keys = self._keys(pieces)
         ids: list[int] = []
@@ -151,6 +158,8 @@ class VllmEngineGenerator:
         self._prompt_tokens: PromptTokenCache | None = None
         # The packer counts the same sources again on every turn of a conversation.
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._counts_lock = threading.Lock()
+        self._prefix_counts: dict[str, int] = {}
         self._count_cut_exact: bool | None = None
         apply_cpu_env_defaults(settings)
 
@@ -206,7 +215,9 @@ class VllmEngineGenerator:
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.engine
-        token_ids = self.prompt_token_ids(messages)
+        # Chat template and tokenizer off the event loop: 64 questions of 4k tokens arriving together would
+        # otherwise stall every running stream while they are tokenized (bench.gpu_generation measures it).
+        token_ids = await asyncio.to_thread(self.prompt_token_ids, messages)
         params = SamplingParams(
             **{
                 "temperature": self._settings.temperature,
@@ -235,6 +246,35 @@ class VllmEngineGenerator:
             if not finished and not engine.errored:
                 await engine.abort(request_id)
 
+    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
+        """count_tokens for many texts, the unknown ones tokenized in one batch (the Rust tokenizer spreads a batch
+        over the cores and holds the GIL once, not once per text): what the packer asks before weighing candidates."""
+        if not texts:
+            return []
+        self.count_tokens(texts[0])  # loads the tokenizer and checks the cut
+        cuts = [self._count_cut(t) if self._count_cut_exact else 0 for t in texts]
+        bodies = list(dict.fromkeys(t[c:] for t, c in zip(texts, cuts)))
+        with self._counts_lock:
+            known = {b: self._counts[b] for b in bodies if b in self._counts}
+        missing = [b for b in bodies if b not in known]
+        if missing:
+            counts = [len(ids) for ids in self._tokenizer(missing, add_special_tokens=False)["input_ids"]]
+            known.update(zip(missing, counts))
+            with self._counts_lock:
+                self._counts.update(zip(missing, counts))
+                while len(self._counts) > 16384:
+                    self._counts.popitem(last=False)
+        return [known[t[c:]] + self._prefix_count(t[:c]) for t, c in zip(texts, cuts)]
+
+    def _prefix_count(self, prefix: str) -> int:
+        """Tokens of a source's "[n]" (a handful of distinct strings, remembered)."""
+        if not prefix:
+            return 0
+        count = self._prefix_counts.get(prefix)
+        if count is None:
+            count = self._prefix_counts[prefix] = self._count_whole(prefix)
+        return count
+
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             # Before start() (e.g. sizing a context while the engine boots): the same files vLLM will load.
@@ -251,15 +291,17 @@ class VllmEngineGenerator:
         # a conversation: remember the text after the number, where a new pre-token starts.
         cut = self._count_cut(text) if self._count_cut_exact else 0
         body = text[cut:]
-        count = self._counts.get(body)
+        with self._counts_lock:  # packers run in worker threads
+            count = self._counts.get(body)
+            if count is not None:
+                self._counts.move_to_end(body)
         if count is None:
-            count = self._count_whole(body)
-            self._counts[body] = count
-            if len(self._counts) > 16384:
-                self._counts.popitem(last=False)
-        else:
-            self._counts.move_to_end(body)
-        return count + (self._count_whole(text[:cut]) if cut else 0)
+            count = self._count_whole(body)  # outside the lock: the Rust tokenizer runs threads in parallel
+            with self._counts_lock:
+                self._counts[body] = count
+                if len(self._counts) > 16384:
+                    self._counts.popitem(last=False)
+        return count + self._prefix_count(text[:cut])
 
     def _count_whole(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False)) if text else 0

@@ -116,3 +116,14 @@ def test_count_tokens_is_exact_whatever_number_a_source_gets(generator_model_dir
         assert generator.count_tokens(text) == len(tokenizer.encode(text, add_special_tokens=False))
     for text in ("", "x", "[1]", "\n\n[2] a", "中文 文本"):
         assert generator.count_tokens(text) == len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_counting_many_in_one_batch_equals_counting_each(generator_model_dir: Path) -> None:
+    texts = [f"[{n}] Source number {n}: the quick brown fox, {'jumps ' * n}over the dog." for n in range(1, 40)]
+    texts += ["[7] 知识库中没有关于这个问题的信息。", "[2] ", "", "[12]    spaced  out\n\nlines"]
+    batched = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
+    single = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
+    assert batched.count_tokens_many(texts) == [single.count_tokens(t) for t in texts]
+    # Remembered: counting them again (under other numbers) needs no tokenizer call.
+    renumbered = [t.replace("[1]", "[9]", 1) for t in texts]
+    assert batched.count_tokens_many(renumbered) == [single.count_tokens(t) for t in renumbered]
