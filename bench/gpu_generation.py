@@ -101,6 +101,32 @@ class Bench:
         self.tokenizer = self.engine.get_tokenizer()
         self.words = words
         self.settings = generator._settings
+        self.marks: dict[str, float] = {}
+        self._time_steps()
+
+    def _time_steps(self) -> None:
+        """Where a service request's time goes: prompt tokenization, and the engine's first output (a token id)
+        before the adapter turns it into the first text delta."""
+        tokenize, generate, marks = self.generator.prompt_token_ids, self.engine.generate, self.marks
+
+        def timed_tokenize(messages: Any) -> list[int]:
+            started = time.perf_counter()
+            ids = tokenize(messages)
+            marks["tokenize_s"], marks["tokenized_at"] = time.perf_counter() - started, time.perf_counter()
+            return ids
+
+        def timed_generate(*args: Any, **kwargs: Any) -> Any:
+            async def outputs() -> Any:
+                first = True
+                async for output in generate(*args, **kwargs):
+                    if first:
+                        marks["first_output_at"], first = time.perf_counter(), False
+                    yield output
+
+            return outputs()
+
+        self.generator.prompt_token_ids = timed_tokenize  # type: ignore[method-assign]
+        self.engine.generate = timed_generate  # type: ignore[method-assign]
 
     def service(self, context_tokens: int) -> Any:
         from kb.settings import RetrievalSettings
@@ -120,6 +146,7 @@ class Bench:
         started = time.perf_counter()
         reserved = sum(self.generator.count_tokens(m["content"][:600]) + 4 for m in history)
         sources = service.pack(passages, question, keep_first, reserved)
+        packed = time.perf_counter()
         messages = service.messages(question, sources, history)
         first = None
         deltas: list[str] = []
@@ -129,7 +156,11 @@ class Bench:
             deltas.append(delta)
         ended = time.perf_counter()
         assert first is not None
-        return {"ttft_s": first - started, "decode_tok_s": (max_tokens - 1) / (ended - first), "sources": sources,
+        steps = {"pack_ms": 1000 * (packed - started), "tokenize_ms": 1000 * self.marks.get("tokenize_s", 0),
+                 "tokenized_to_first_output_ms": 1000 * (self.marks["first_output_at"] - self.marks["tokenized_at"]),
+                 "first_output_to_first_text_ms": 1000 * (first - self.marks["first_output_at"])}  # fmt: skip
+        return {"ttft_s": first - started, "steps_ms": {k: round(v, 1) for k, v in steps.items()},
+                "decode_tok_s": (max_tokens - 1) / (ended - first), "sources": sources,
                 "messages": messages, "answer": "".join(deltas), "total_s": ended - started}  # fmt: skip
 
     def check(self, out: dict[str, Any]) -> list[int]:
@@ -149,6 +180,7 @@ class Bench:
         started = time.perf_counter()
         request = TokensPrompt(prompt_token_ids=prompt) if isinstance(prompt, list) else {"prompt": prompt}
         (engine_input,) = await self.engine.renderer.render_cmpl_async([request])
+        rendered = time.perf_counter()
         first = None
         produced = 0
         async for output in self.engine.generate(engine_input, params, f"raw-{uuid.uuid4().hex}"):
@@ -158,7 +190,8 @@ class Bench:
             produced += n
         ended = time.perf_counter()
         assert first is not None and produced == max_tokens, produced
-        return {"ttft_s": first - started, "decode_tok_s": (max_tokens - 1) / (ended - first), "total_s": ended - started}
+        return {"ttft_s": first - started, "render_ms": round(1000 * (rendered - started), 1),
+                "decode_tok_s": (max_tokens - 1) / (ended - first), "total_s": ended - started}
 
     async def cold(self) -> None:
         await self.engine.reset_prefix_cache()
@@ -173,7 +206,7 @@ def overhead(service: float, raw: float, higher_is_better: bool = False) -> floa
     return 100 * ((raw / service - 1) if higher_is_better else (service / raw - 1))
 
 
-async def run(model_dir: Path, words: list[str], smoke: bool = False) -> dict[str, Any]:
+async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follow_up: bool = False) -> dict[str, Any]:
     from kb.adapters.vllm_engine import VllmEngineGenerator
     from kb.settings import GeneratorSettings
 
@@ -203,7 +236,7 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False) -> dict[st
             await bench.raw(bench.check(out), 16)
 
         contexts = {}
-        for label, (tokens, repetitions) in SIZES.items():
+        for label, (tokens, repetitions) in ({} if only_follow_up else SIZES).items():
             passages = make_passages(100 + tokens, tokens, words)
             service = bench.service(tokens - 160)
             runs: dict[str, list[dict[str, Any]]] = {"service": [], "raw_ids": [], "raw_text": []}
@@ -252,10 +285,14 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False) -> dict[st
             "first_question_ttft_ms": round(1000 * first["ttft_s"], 1),
             "service_ttft_ms": [round(1000 * r["ttft_s"], 1) for r in follow_service],
             "raw_ids_ttft_ms": [round(1000 * r["ttft_s"], 1) for r in follow_raw],
+            "raw_ids_render_ms": [r["render_ms"] for r in follow_raw],
+            "service_steps_ms": [r["steps_ms"] for r in follow_service],
             "service_ttft_ms_median": round(1000 * median(follow_service, "ttft_s"), 1),
             "raw_ids_ttft_ms_median": round(1000 * median(follow_raw, "ttft_s"), 1),
         }
         print(f"follow-up: {json.dumps(result['follow_up'])}", flush=True)
+        if only_follow_up:
+            return result
 
         # 64 questions at once, each over its own 4k-token context.
         questions = [(make_passages(1000 + i, CONCURRENT_CONTEXT, words), f"Question {i} about retention?")
@@ -301,13 +338,14 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=Path.home() / ".cache/kb/models/SmolLM2-135M-Instruct-bf16")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true", help="toy sizes on this CPU with --model SmolLM2's directory")
+    parser.add_argument("--only-follow-up", action="store_true", help="just the follow-up measurement")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.tokenizer)
         return
     words = [w for w in (Path(__file__).resolve().parents[1] / "README.md").read_text().split() if w.isalpha()]
     result = {"device": {} if args.smoke else device(), "model": "Qwen2.5-7B-Instruct architecture, dummy weights, fp16, window 131072 (YaRN x4)",
-              "stand_in_tokenizer": "SmolLM2-135M-Instruct, padded to 152064 ids", **asyncio.run(run(args.model, words, args.smoke))}  # fmt: skip
+              "stand_in_tokenizer": "SmolLM2-135M-Instruct, padded to 152064 ids", **asyncio.run(run(args.model, words, args.smoke, args.only_follow_up))}  # fmt: skip
     line = json.dumps(result)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
