@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi.spec import Example
 from litestar.params import Body
 from msgspec import Struct
 
 from kb.models import SCOPES
-from service.auth import Principal, requires
+from service.auth import requires
 from service.schemas import EXAMPLES, CreatedKey, KeyList, ok
 from service.state import Services
 
@@ -34,7 +34,6 @@ class KeyController(Controller):
         data: Annotated[CreateKeyRequest, Body(examples=[Example(
             summary="a bot that searches and asks", value={"name": "support bot", "scopes": ["search", "ask"],
                                                             "groups": ["staff"]})])],  # fmt: skip
-        request: Request[Principal, Any, Any],
         services: Services,
     ) -> dict[str, Any]:
         try:
