@@ -18,7 +18,8 @@ run: setup
 	@echo "==> serving http://$(HOST):$(PORT)  (web page /, OpenAPI /schema)"
 	$(KB) serve --host $(HOST) --port $(PORT)
 
-test: setup
+test:
+	bash deploy/setup.sh --with-browser
 	.venv/bin/python -m pytest -q -ra
 
 clean:

@@ -1,0 +1,106 @@
+"""The web page in a real browser (Debian's Chromium through Playwright) against `kb serve` with every part real:
+the key from the link `kb serve` prints, a streamed answer with citations, the cited original opened, and a clear
+message without a key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.support import free_port, log_tail, stop_process_group
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "kb-administrator-guide.pdf"
+QUESTION = "What is the default upload size limit?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data_dir = tmp_path_factory.mktemp("web")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}  # see kb.adapters.vllm_engine
+    env["KB_DATA_DIR"] = str(data_dir)
+    port = free_port()
+    log_path = data_dir.parent / "serve-web.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"kb serve not ready:\n{log_tail(log_path)}"
+            time.sleep(0.5)
+        key = (data_dir / "admin.key").read_text().strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        uploaded = httpx.post(f"{url}/v1/documents", headers=headers, timeout=60,
+                              files={"files": (SAMPLE.name, SAMPLE.read_bytes(), "application/pdf")})  # fmt: skip
+        document_id = uploaded.json()["documents"][0]["document_id"]
+        while httpx.get(f"{url}/v1/documents/{document_id}", headers=headers).json()["status"] != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        yield url, key
+    finally:
+        stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def test_without_a_key_the_page_says_what_is_missing(server: tuple[str, str], browser: Browser) -> None:
+    url, _ = server
+    page = browser.new_page()
+    page.goto(f"{url}/")
+    assert "none" in page.inner_text("#key-summary")
+    page.fill("#question", QUESTION)
+    page.click("#ask-form button")
+    page.wait_for_function("document.getElementById('answer').textContent.length > 0")
+    assert "401" in page.inner_text("#answer") and "API key is required" in page.inner_text("#answer")
+    page.close()
+
+
+def test_the_link_with_the_key_answers_with_citations_and_opens_the_original(
+    server: tuple[str, str], browser: Browser
+) -> None:
+    url, key = server
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{url}/#key={key}")
+    page.wait_for_function("location.hash === ''")  # the key leaves the address bar (and the history)
+    assert page.inner_text("#key-summary") == "API key: set"
+    page.fill("#question", QUESTION)
+    page.click("#ask-form button")
+    page.wait_for_selector("#citations li", timeout=120_000)
+    assert "100 MB" in page.inner_text("#answer")
+    citation = page.inner_text("#citations li a")
+    assert citation == f"{SAMPLE.name}, page 2"
+    with page.context.expect_page() as opened:
+        page.click("#citations li a")
+    original = opened.value
+    original.wait_for_load_state()
+    assert original.url.startswith(f"blob:{url}/") and original.url.endswith("#page=2")
+    assert errors == []
+    page.close()
