@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
 
 
 def free_port() -> int:
@@ -32,3 +41,55 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 30) ->
     except ProcessLookupError:
         pass
     process.wait(timeout=10)
+
+
+def start_kb_serve(env: dict[str, str], log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], str]:
+    """`kb serve` in its own process group (teardown: stop_process_group), once /readyz answers 200: (process, url)."""
+    port = free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while not _ready(f"{url}/readyz"):
+            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
+            assert time.monotonic() < deadline, f"kb serve not ready after {timeout:.0f} s:\n{log_tail(log_path)}"
+            time.sleep(0.3)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process, url
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:  # not listening yet
+        return False
+
+
+@asynccontextmanager
+async def serve_in_process(app: Any, timeout: float = 300) -> AsyncIterator[str]:
+    """The app under uvicorn in this process and event loop (so a test can look at its engine), once /readyz
+    answers 200; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while True:
+                assert not task.done(), "the server stopped"
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:  # not listening yet
+                    pass
+                assert time.monotonic() < deadline, f"not ready after {timeout:.0f} s"
+                await asyncio.sleep(0.5)
+        yield url
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=120)

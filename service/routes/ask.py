@@ -41,12 +41,27 @@ ASK_EXAMPLES = [
 ]
 
 
-def request_filter(data: AskRequest) -> SearchFilter | None:
-    search_filter = to_filter(data.filters)
-    if data.document_ids:
+def request_filter(filters: SearchFilters | None, document_ids: list[str] | None) -> SearchFilter | None:
+    """The request's own restrictions (filters, and the documents it asks about), before the caller's groups."""
+    search_filter = to_filter(filters)
+    if document_ids:
         search_filter = search_filter or SearchFilter()
-        search_filter.document_ids = data.document_ids
+        search_filter.document_ids = document_ids
     return search_filter
+
+
+async def collect(
+    events: AsyncIterator[Any], principal: Principal, registry: Registry
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A whole answer from its events: the citations the caller may see, and the "done" event's data."""
+    citations: list[dict[str, Any]] = []
+    done: dict[str, Any] = {}
+    async for event in events:
+        if event.event == "citations":
+            citations = visible_citations(event.data["citations"], principal, registry)
+        elif event.event == "done":
+            done = event.data
+    return citations, done
 
 
 def claim_conversation(registry: Registry, principal: Principal, conversation_id: str | None) -> str:
@@ -97,7 +112,7 @@ async def ask(
         raise ServiceUnavailableException("the generator is starting or failed to start: see /readyz")
     principal = request.user
     registry = services.container.registry
-    search_filter = scoped_filter(principal, request_filter(data))
+    search_filter = scoped_filter(principal, request_filter(data.filters, data.document_ids))
     conversation_id = claim_conversation(registry, principal, data.conversation_id)
     events = services.answers.stream(data.question, search_filter, conversation_id)
     if data.stream:
@@ -116,13 +131,7 @@ async def ask(
                 await events.aclose()
 
         return ServerSentEvent(messages())
-    citations: list[dict[str, Any]] = []
-    done: dict[str, Any] = {}
-    async for event in events:
-        if event.event == "citations":
-            citations = visible_citations(event.data["citations"], principal, registry)
-        elif event.event == "done":
-            done = event.data
+    citations, done = await collect(events, principal, registry)
     record_answer("ask", done, answer_tokens(services, done["answer"]))
     return Response({
         "answer": done["answer"], "citations": citations, "grounded": done["grounded"],

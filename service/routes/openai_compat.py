@@ -18,11 +18,10 @@ from litestar.params import Body
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from msgspec import Struct
 
-from kb.models import SearchFilter
 from service.auth import Principal, requires, scoped_filter
 from service.observability import record_answer
-from service.routes.ask import answer_tokens, claim_conversation, visible_citations
-from service.routes.search import SearchFilters, to_filter
+from service.routes.ask import answer_tokens, claim_conversation, collect, request_filter, visible_citations
+from service.routes.search import SearchFilters
 from service.schemas import EXAMPLES
 from service.state import Services
 
@@ -116,11 +115,7 @@ async def chat_completions(
         raise ServiceUnavailableException("the generator is starting or failed to start: see /readyz")
     principal = request.user
     registry = services.container.registry
-    search_filter = to_filter(data.filters)
-    if data.document_ids:
-        search_filter = search_filter or SearchFilter()
-        search_filter.document_ids = data.document_ids
-    search_filter = scoped_filter(principal, search_filter)
+    search_filter = scoped_filter(principal, request_filter(data.filters, data.document_ids))
     conversation_id = claim_conversation(registry, principal, None)
     history = [{"role": role, "content": text} for role, text in turns[:-1]]
     events = services.answers.stream(turns[-1][1], search_filter, conversation_id, history=history)
@@ -147,13 +142,7 @@ async def chat_completions(
 
         return ServerSentEvent(chunks())
 
-    citations: list[dict[str, Any]] = []
-    done: dict[str, Any] = {}
-    async for event in events:
-        if event.event == "citations":
-            citations = visible_citations(event.data["citations"], principal, registry)
-        elif event.event == "done":
-            done = event.data
+    citations, done = await collect(events, principal, registry)
     completion_tokens = answer_tokens(services, done["answer"])
     record_answer("openai", done, completion_tokens)
     return Response({

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
-import uvicorn
 
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
-from tests.support import free_port
+from tests.support import serve_in_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -119,23 +117,8 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory, generator_model_d
         generator=GeneratorSettings(model=str(generator_model_dir), max_answer_tokens=24),
         rate_limit=RateLimitSettings(enabled=False),  # hundreds of requests in a minute; limits have their own test
     )
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_in_process(create_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                assert not task.done(), "the server stopped"
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "not ready"
-                await asyncio.sleep(0.5)
             admin = settings.admin_key_path.read_text().strip()
             client.headers["Authorization"] = f"Bearer {admin}"
             keys = {}
@@ -158,9 +141,6 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory, generator_model_d
                 doc.chunk_ids = {p["chunk_id"] for p in found.json()["passages"]}
                 assert doc.chunk_ids, doc.filename
         yield Deployment(url, keys, admin)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 120)
 
 
 async def test_search_through_every_filter_shows_only_the_keys_groups(deployment: Deployment) -> None:

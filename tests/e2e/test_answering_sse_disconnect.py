@@ -15,11 +15,10 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 
 from kb.settings import AuthSettings, GeneratorSettings, Settings
 from service.app import create_app
-from tests.support import free_port
+from tests.support import serve_in_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -49,22 +48,9 @@ async def running(tmp_path_factory: pytest.TempPathFactory, generator_model_dir:
         generator=GeneratorSettings(model=str(generator_model_dir), max_answer_tokens=2000, stop=[]),
     )
     app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_in_process(app) as url:
+        deadline = time.monotonic() + 300
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                assert not task.done(), "the server stopped"
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "not ready after 300 s"
-                await asyncio.sleep(0.5)
             upload = await client.post("/v1/documents", files={"files": ("office.md", NOTE.encode(), "text/markdown")})
             assert upload.status_code == 202, upload.text
             document_id = upload.json()["documents"][0]["document_id"]
@@ -75,9 +61,6 @@ async def running(tmp_path_factory: pytest.TempPathFactory, generator_model_dir:
                 await asyncio.sleep(0.5)
             assert status == "ready"
         yield Running(url, app)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=120)
 
 
 async def test_a_client_that_disconnects_aborts_its_generation(

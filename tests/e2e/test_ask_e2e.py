@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import free_port, log_tail, stop_process_group
+from tests.support import start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -57,25 +57,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         [sys.executable, "-m", "service.cli", "ingest", str(SAMPLES)], env=env, capture_output=True, text=True, timeout=600
     )
     assert ingest.returncode == 0, ingest.stderr[-3000:]
-    port = free_port()
     log_path = data_dir.parent / f"serve-{request.param}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_kb_serve(env, log_path)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"kb serve not ready:\n{log_tail(log_path)}"
-            time.sleep(0.5)
         yield Server(url, data_dir, env, log_path)
     finally:
         stop_process_group(process)

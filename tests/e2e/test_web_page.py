@@ -5,8 +5,6 @@ message without a key."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.support import free_port, log_tail, stop_process_group
+from tests.support import start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -29,23 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     data_dir = tmp_path_factory.mktemp("web")
     env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}  # see kb.adapters.vllm_engine
     env["KB_DATA_DIR"] = str(data_dir)
-    port = free_port()
-    log_path = data_dir.parent / "serve-web.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_kb_serve(env, data_dir.parent / "serve-web.log")
     try:
         deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"kb serve not ready:\n{log_tail(log_path)}"
-            time.sleep(0.5)
         key = (data_dir / "admin.key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
         uploaded = httpx.post(f"{url}/v1/documents", headers=headers, timeout=60,

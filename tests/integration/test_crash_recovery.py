@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from kb.adapters.edge_index import EdgeVectorIndex
 from kb.models import SearchFilter
-from tests.support import free_port, log_tail, stop_process_group
+from tests.support import log_tail, start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -32,22 +31,8 @@ BATCH = [
 
 
 def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "KB_DATA_DIR": str(data_dir), "KB_GENERATOR__ENABLED": "false"}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, log_tail(log_path)
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log_tail(log_path)
-        time.sleep(0.3)
+    return start_kb_serve({**os.environ, "KB_DATA_DIR": str(data_dir), "KB_GENERATOR__ENABLED": "false"}, log_path,
+                          timeout=120)  # fmt: skip
 
 
 def admin(data_dir: Path) -> dict[str, str]:
