@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import statistics
@@ -49,7 +50,8 @@ QWEN_7B_CONFIG = {
 }
 WINDOW = 131072
 DECODE_TOKENS = 256
-SIZES = {"4k": (4096, 3), "32k": (32768, 2), "120k": (122880, 1)}  # prompt tokens, repetitions
+SIZES = {"4k": (4096, 5), "32k": (32768, 2), "120k": (122880, 1)}  # prompt tokens, repetitions
+FOLLOW_UPS = 7
 FOLLOW_UP_CONTEXT = 110000
 CONCURRENT = 64
 CONCURRENT_CONTEXT = 4096
@@ -103,6 +105,16 @@ class Bench:
         self.settings = generator._settings
         self.marks: dict[str, float] = {}
         self._time_steps()
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of this process's collections
+        gc_started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                self.gc_pauses.append((info["generation"], 1000 * (time.perf_counter() - gc_started[0])))
+
+        gc.callbacks.append(on_gc)
 
     def _time_steps(self) -> None:
         """Where a service request's time goes: prompt tokenization, and the engine's first output (a token id)
@@ -143,6 +155,7 @@ class Bench:
         self, service: Any, passages: list[Any], question: str, max_tokens: int,
         history: list[dict[str, str]] = (), keep_first: list[Any] = (),  # type: ignore[assignment]
     ) -> dict[str, Any]:  # fmt: skip
+        gc_before = len(self.gc_pauses)
         started = time.perf_counter()
         reserved = sum(self.generator.count_tokens(m["content"][:600]) + 4 for m in history)
         sources = service.pack(passages, question, keep_first, reserved)
@@ -156,7 +169,8 @@ class Bench:
             deltas.append(delta)
         ended = time.perf_counter()
         assert first is not None
-        steps = {"pack_ms": 1000 * (packed - started), "tokenize_ms": 1000 * self.marks.get("tokenize_s", 0),
+        gc_ms = sum(ms for _, ms in self.gc_pauses[gc_before:])
+        steps = {"gc_ms": gc_ms, "pack_ms": 1000 * (packed - started), "tokenize_ms": 1000 * self.marks.get("tokenize_s", 0),
                  "tokenized_to_first_output_ms": 1000 * (self.marks["first_output_at"] - self.marks["tokenized_at"]),
                  "first_output_to_first_text_ms": 1000 * (first - self.marks["first_output_at"])}  # fmt: skip
         return {"ttft_s": first - started, "steps_ms": {k: round(v, 1) for k, v in steps.items()},
@@ -210,10 +224,11 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
     from kb.adapters.vllm_engine import VllmEngineGenerator
     from kb.settings import GeneratorSettings
 
-    global SIZES, FOLLOW_UP_CONTEXT, CONCURRENT, CONCURRENT_CONTEXT, DECODE_TOKENS
+    global SIZES, FOLLOW_UP_CONTEXT, FOLLOW_UPS, CONCURRENT, CONCURRENT_CONTEXT, DECODE_TOKENS
     if smoke:
         # The code paths on this CPU with the default SmolLM2 model (its real weights), at toy sizes.
         SIZES, FOLLOW_UP_CONTEXT, CONCURRENT, CONCURRENT_CONTEXT, DECODE_TOKENS = {"2k": (2048, 2)}, 3000, 4, 1024, 16
+        FOLLOW_UPS = 2
         settings = GeneratorSettings(model=str(model_dir), max_model_len=8192, max_answer_tokens=16, stop=[])
         engine_args: dict[str, Any] = {}
     else:
@@ -252,6 +267,12 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
                 await bench.cold()
                 runs["raw_text"].append(await bench.raw(text, DECODE_TOKENS))
             row = {"prompt_tokens": runs["service"][0]["prompt_tokens"], "repetitions": repetitions}
+            row["service_steps_ms_median"] = {
+                step: round(statistics.median(r["steps_ms"][step] for r in runs["service"]), 1)
+                for step in runs["service"][0]["steps_ms"]
+            }
+            row["service_ttft_ms_each"] = [round(1000 * r["ttft_s"], 1) for r in runs["service"]]
+            row["raw_ids_ttft_ms_each"] = [round(1000 * r["ttft_s"], 1) for r in runs["raw_ids"]]
             for path, path_runs in runs.items():
                 row[f"{path}_ttft_ms"] = round(1000 * median(path_runs, "ttft_s"), 1)
                 row[f"{path}_decode_tok_s"] = round(median(path_runs, "decode_tok_s"), 1)
@@ -273,7 +294,8 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
         history = [{"role": "user", "content": "What is the upload limit for scanned PDFs?"},
                    {"role": "assistant", "content": first["answer"]}]  # fmt: skip
         follow_service, follow_raw = [], []
-        for i in range(3):
+        gc_mark = len(bench.gc_pauses)
+        for i in range(FOLLOW_UPS):
             out = await bench.via_service(service, passages, f"And for Word files, case {i}?", 32, history,
                                           first["sources"])  # fmt: skip
             follow_service.append(out)
@@ -287,6 +309,7 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
             "raw_ids_ttft_ms": [round(1000 * r["ttft_s"], 1) for r in follow_raw],
             "raw_ids_render_ms": [r["render_ms"] for r in follow_raw],
             "service_steps_ms": [r["steps_ms"] for r in follow_service],
+            "gc_pauses_ms": [[g, round(ms, 1)] for g, ms in bench.gc_pauses[gc_mark:]],
             "service_ttft_ms_median": round(1000 * median(follow_service, "ttft_s"), 1),
             "raw_ids_ttft_ms_median": round(1000 * median(follow_raw, "ttft_s"), 1),
         }
@@ -317,6 +340,11 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
         }  # fmt: skip
         print(f"concurrent: {json.dumps(result['concurrent'])}", flush=True)
     finally:
+        pauses = [ms for _, ms in bench.gc_pauses] if "bench" in locals() else []
+        oldest = [ms for g, ms in bench.gc_pauses if g == 2] if "bench" in locals() else []
+        result["gc_after_start"] = {"collections": len(pauses), "total_ms": round(sum(pauses), 1),
+                                    "max_ms": round(max(pauses, default=0), 1), "oldest_generation": len(oldest),
+                                    "oldest_generation_max_ms": round(max(oldest, default=0), 1)}  # fmt: skip
         await generator.close()
     return result
 

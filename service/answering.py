@@ -25,7 +25,9 @@ _THIS_DOCUMENT = re.compile(
     r"|(?:这|那|该|此|本|上述)(?:个|份|篇|些)?(?:文档|文件|文章|报告|手册|资料)",
     re.IGNORECASE,
 )
-# Packing cost of one source beyond its text: the blank line that separates it from the next.
+# Sources are joined by a blank line, and a blank line follows the last one.
+SOURCE_SEPARATOR = "\n\n"
+# Packing cost of one source beyond its text, for a generator that cannot count a text between separators.
 _SEPARATOR_TOKENS = 2
 # Retrieval depth for an answer: enough hits to fill the context budget with chunks of about this many tokens
 # (IngestSettings.chunk_tokens), within these bounds.
@@ -99,6 +101,7 @@ class AnswerService:
         self._retrieval_settings = retrieval_settings
         self._generator_settings = generator_settings
         self._registry = registry  # conversations are kept here; without it every question stands alone
+        self._number_extra: dict[int, int] = {}
 
     async def standalone_query(self, question: str, history: Sequence[dict[str, Any]]) -> str:
         """The query to retrieve with: a follow-up ("and for PDFs?") needs what it follows up on."""
@@ -127,8 +130,26 @@ class AnswerService:
             - reserved_tokens
         )
 
-    def _cost(self, n: int, passage: Passage) -> int:
-        return self._generator.count_tokens(format_source(n, passage)) + _SEPARATOR_TOKENS
+    def _costs(self, first_number: int, passages: Sequence[Passage]) -> list[int]:
+        """Tokens each passage adds to the prompt as source number `first_number`, the next one, and so on."""
+        return self._source_tokens([format_source(first_number + i, p) for i, p in enumerate(passages)])
+
+    def _source_tokens(self, texts: Sequence[str]) -> list[int]:
+        count_many = getattr(self._generator, "count_tokens_many", None)
+        if count_many is not None:
+            # In one batch call, and counted as they stand in the prompt: the generator keeps their tokens, so the
+            # prompt's encoding tokenizes none of them again.
+            return list(count_many(texts, SOURCE_SEPARATOR))
+        return [self._generator.count_tokens(t) + _SEPARATOR_TOKENS for t in texts]
+
+    def _number_tokens(self, n: int) -> int:
+        """Tokens of "[n]" beyond those of "[1]" (a source's cost is counted once, as number 1)."""
+        extra = self._number_extra.get(n)
+        if extra is None:
+            extra = self._generator.count_tokens(f"[{n}]") - self._generator.count_tokens("[1]")
+            if len(self._number_extra) < 4096:
+                self._number_extra[n] = extra
+        return extra
 
     def candidates(self, budget: int) -> int:
         """How many hits to retrieve for an answer: as many as the budget can hold, at least top_k."""
@@ -149,19 +170,22 @@ class AnswerService:
         their order, so that a follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips
         their prefill."""
         budget = self.context_budget(question, reserved_tokens)
-        count_many = getattr(self._generator, "count_tokens_many", None)
-        if count_many is not None:
-            # Every candidate's tokens in one batch call (cached by the generator), not one tokenizer call per
-            # candidate on the event loop: 64 questions arriving together otherwise stall each other's streams.
-            candidates = [*keep_first, *passages, *(c for p in passages for c in p.context)]
-            count_many([format_source(1, p) for p in candidates])
+        # Every candidate counted once, in one batch call, not one tokenizer call per candidate on the event loop:
+        # 64 questions arriving together otherwise stall each other's streams.
+        candidates = list({p.chunk_id: p for p in (*keep_first, *passages, *(c for p in passages for c in p.context))}
+                          .values())  # fmt: skip
+        as_first = dict(zip((p.chunk_id for p in candidates), self._costs(1, candidates)))
+
+        def cost(n: int, passage: Passage) -> int:
+            return as_first[passage.chunk_id] + self._number_tokens(n)
+
         first: list[Passage] = []
         for passage in keep_first:
-            cost = self._cost(len(first) + 1, passage)
-            if cost > budget:
+            cost_ = cost(len(first) + 1, passage)
+            if cost_ > budget:
                 break
             first.append(passage)
-            budget -= cost
+            budget -= cost_
         kept: list[Passage] = []
         seen: set[str] = {p.chunk_id for p in first}
         for passage in passages:
@@ -171,7 +195,7 @@ class AnswerService:
             if not any(c.chunk_id == passage.chunk_id for c in neighbourhood):
                 neighbourhood = [passage]  # not expanded
             for group in (neighbourhood, [passage]) if len(neighbourhood) > 1 else ([passage],):
-                costs = [self._cost(len(kept) + 1 + i, c) for i, c in enumerate(group)]
+                costs = [cost(len(first) + len(kept) + 1 + i, c) for i, c in enumerate(group)]
                 if sum(costs) <= budget:
                     for member in group:
                         kept.append(dataclasses.replace(member, context=[]))
@@ -196,7 +220,7 @@ class AnswerService:
             chunks: list[Passage] = []
             if budget > 0:
                 chunks = await asyncio.to_thread(self._retrieval.document_chunks, document_id, filter, limit)
-            costs = [self._cost(len(whole) + 1 + i, c) for i, c in enumerate(chunks)]
+            costs = self._costs(len(whole) + 1, chunks)
             if chunks and len(chunks) < limit and sum(costs) <= budget:
                 whole.extend(chunks)
                 budget -= sum(costs)
@@ -209,7 +233,7 @@ class AnswerService:
         question: str, sources: Sequence[Passage], history: Sequence[dict[str, Any]] = ()
     ) -> list[dict[str, str]]:
         """System prompt, sources, conversation, question: the stable parts first, for the prefix cache."""
-        context = "\n\n".join(format_source(i + 1, p) for i, p in enumerate(sources))
+        context = SOURCE_SEPARATOR.join(format_source(i + 1, p) for i, p in enumerate(sources))
         conversation = ""
         if history:
             turns = "\n".join(
@@ -268,7 +292,7 @@ class AnswerService:
         relevant = bool(whole)
         if not whole or (retrieve_in is not None and retrieve_in.document_ids):
             query = await self.standalone_query(question, history)
-            budget = self.context_budget(question, reserved) - sum(self._cost(1, p) for p in whole)
+            budget = self.context_budget(question, reserved) - sum(self._costs(1, whole))
             result = await self._retrieval.search(query, top_k=self.candidates(budget), filter=retrieve_in)
             timings["retrieval"] = result.latency_ms
             # Inside documents the reader named, a weak match is still the best part of what they asked about.

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import gc
+import itertools
 import os
 import threading
-import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import regex
 
 from kb.settings import GeneratorSettings
 
@@ -29,78 +31,115 @@ def apply_cpu_env_defaults(settings: GeneratorSettings) -> None:
 
 
 # Text that exercises the places where cutting a prompt could change its tokens: newline runs, indentation, tabs,
-# punctuation glued to newlines, digits, accents, CJK, the chat markers. Checked once per tokenizer.
+# punctuation glued to newlines, digits, accents, CJK, the chat markers, a source number before a digit, a bracket,
+# a quote. Checked once per tokenizer.
 _PROBE = (
     "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n[1] Hello world.\n\n[12] naïve café costs "
     "12.50 €, see §3.\n  indented line\n\tTabbed:\n\n\n[3] 中文文本。第二句！\n- item one\n- item two\n"
-    "def f(x):\n    return x  # comment\n\n[4]  double  space ,punct!?\n\nUsing the text above, answer: what? "
+    "def f(x):\n    return x  # comment\n\n[4]  double  space ,punct!?\n\n[5] 2024 revenue\n\n[6] (see) x\n\n"
+    "[7] 'quoted' it's\n\n[8] \u00e9t\u00e9\n\n[9] .\n\nUsing the text above, answer: what? "
     "<|im_end|>\n<|im_start|>assistant\n"
 )
-
-_COUNT_PROBES = ("[12] Hello world.", "[3] naïve café", "[7] 中文文本", "(1) über alles", "[4] It's", "[9] a\nb", "x y")
+# What follows a source's closing separator in a prompt is never blank (the next "[n]", or the question's line).
+_NEXT = "["
+# Where a prompt may be cut: at a newline that meets a non-blank character that is no combining mark, after the
+# newline (Qwen's and Llama 3's pre-tokenizer) or before it (GPT-2's); group 1 is a source's number "[n]" that
+# starts the piece there, after which it may be cut too.
+_CUTS = regex.compile(r"\n(?=[^\s\x1c-\x1f\p{M}])(\[\d+\](?= ))?")
+_NUMBER = regex.compile(r"\[\d+\](?= )")
 
 
 class PromptTokenCache:
-    """Token ids of recent prompts, reused for the stable start of the next prompt.
+    """Token ids of prompt pieces, so that no text is tokenized twice: not a source the packer has just counted,
+    nor the 100k+ tokens of sources a follow-up question repeats.
 
-    A follow-up question repeats the system prompt and the sources (100k+ tokens at the full window) and only its
-    end is new; tokenizing the whole text again costs ~0.2-0.4 s, more than vLLM then needs to prefill the new
-    end against its prefix cache. The text is cut into pieces where a newline meets a non-blank character, at a
-    place where the tokenizer starts a new pre-token whatever follows: after the run of newlines for Qwen's and
-    Llama 3's pre-tokenizer regex, before its last newline for GPT-2's (SmolLM2). Which of the two holds is
-    checked against the real tokenizer once (`exact` is False when neither does: that tokenizer is always given
-    the whole text), so the pieces' tokens joined are the tokens of the whole text.
+    Tokenizing a prompt's 100k tokens of text costs ~0.2-0.4 s, more than vLLM then needs to prefill a follow-up's
+    new end against its prefix cache. The text is cut into pieces at places where the tokenizer starts a new
+    pre-token whatever is on either side: where a newline meets a non-blank character (after the run of newlines
+    for Qwen's and Llama 3's pre-tokenizer regex, before its last newline for GPT-2's, SmolLM2's), and after a
+    source's number "[n]". Which rules hold is checked against the real tokenizer once (`exact` is False when none
+    does: that tokenizer is always given the whole text). Byte-level BPE never merges across pre-tokens, so each
+    piece tokenized alone gives the tokens the whole text has there: pieces are remembered by their text, wherever
+    they stand, and the tokens of a prompt are its pieces' tokens joined."""
 
-    Each piece is keyed by a hash of everything up to its end, as vLLM keys its KV blocks, so a piece is reused
-    only behind the very same text. The last piece is never stored: it ends at the end of the text, where the
-    tokenizer may split differently than when more text follows."""
-
-    def __init__(self, tokenizer: Any, piece_chars: int = 2048, max_tokens: int = 1 << 20) -> None:
+    def __init__(self, tokenizer: Any, max_tokens: int = 1 << 20) -> None:
         self._tokenizer = tokenizer
-        self._piece_chars = piece_chars
         # About as many tokens as an H100's KV cache holds for Qwen2.5-7B at the full window: prompts older
         # than that are out of vLLM's prefix cache too.
         self._max_tokens = max_tokens
-        self._pieces: OrderedDict[bytes, list[int]] = OrderedDict()
+        self._pieces: OrderedDict[str, list[int]] = OrderedDict()
+        self._counted: OrderedDict[tuple[str, str], int] = OrderedDict()  # count_between's answers
         self._lock = threading.Lock()
         self._tokens = 0
-        self._cut_before_newline = False
-        self.exact = self._pieces_match_whole(_PROBE)
-        if not self.exact:
-            self._cut_before_newline = True
-            self.exact = self._pieces_match_whole(_PROBE)
+        self.exact = False
+        for before_newline, cut_numbers in ((False, True), (True, True), (False, False), (True, False)):
+            self._cut_before_newline, self._cut_numbers = before_newline, cut_numbers
+            if self._pieces_match_whole(_PROBE):
+                self.exact = True
+                break
 
     def encode(self, text: str) -> list[int]:
         if not self.exact:
             return self._encode_whole(text)
-        with self._lock:  # called from worker threads: the piece table is shared
-            return self._encode_pieces(text)
+        return list(itertools.chain.from_iterable(self._ids(self._split(text))))
 
-    def _encode_pieces(self, text: str) -> list[int]:
-        pieces = self._split(text, self._piece_chars, self._cut_before_newline)
-        keys = self._keys(pieces)
-        ids: list[int] = []
-        reused = 0
-        for key in keys[:-1]:
-            cached = self._pieces.get(key)
-            if cached is None:
-                break
-            self._pieces.move_to_end(key)
-            ids.extend(cached)
-            reused += 1
-        encoded = self._encode_many(pieces[reused:])
-        for key, piece_ids in zip(keys[reused:-1], encoded[:-1]):
-            self._pieces[key] = piece_ids
-            self._tokens += len(piece_ids)
-        for piece_ids in encoded:
-            ids.extend(piece_ids)
-        while self._tokens > self._max_tokens and self._pieces:
-            self._tokens -= len(self._pieces.popitem(last=False)[1])
-        return ids
+    def count_between(self, texts: Sequence[str], separator: str) -> list[int]:
+        """Tokens each text adds to a prompt in which it stands between two `separator`s (the packer's sources),
+        its pieces kept for when that prompt is encoded."""
+        if not self.exact:
+            return [len(ids) for ids in self._encode_many([t + separator for t in texts])] if texts else []
+        with self._lock:
+            known = [self._counted.get((t, separator)) for t in texts]
+            for text, count in zip(texts, known):
+                if count is not None:
+                    self._counted.move_to_end((text, separator))
+        if None not in known:  # a follow-up question's sources: counted on the previous turn
+            return known  # type: ignore[return-value]
+        framed: list[list[str] | None] = []
+        for text in texts:
+            pieces = self._split(f"{separator}{text}{separator}{_NEXT}")
+            # The first piece must hold only (part of) the opening separator, the last only the closing one's end
+            # and what follows it; otherwise the text's edges join its neighbours' tokens (a text starting blank).
+            ok = len(pieces) > 2 and len(pieces[0]) <= len(separator) and len(pieces[-1]) <= len(separator) + 1
+            framed.append(pieces[1:-1] if ok else None)
+        ids = self._ids([p for pieces in framed if pieces for p in pieces])
+        counts, at = [], 0
+        for text, pieces in zip(texts, framed):
+            if pieces is None:
+                counts.append(len(self._encode_whole(text + separator)))
+            else:
+                counts.append(sum(len(i) for i in ids[at : at + len(pieces)]))
+                at += len(pieces)
+        with self._lock:
+            self._counted.update(((t, separator), n) for t, n in zip(texts, counts))
+            while len(self._counted) > 65536:
+                self._counted.popitem(last=False)
+        return counts
+
+    def _ids(self, pieces: list[str]) -> list[list[int]]:
+        """Each piece's ids: remembered ones, the rest tokenized in one batch call (outside the lock, so that the
+        Rust tokenizer of another thread's call runs meanwhile)."""
+        with self._lock:  # the packer on the event loop, prompts in worker threads: the table is shared
+            found = [self._pieces.get(p) for p in pieces]
+            for piece, ids in zip(pieces, found):
+                if ids is not None:
+                    self._pieces.move_to_end(piece)
+        missing = list(dict.fromkeys(p for p, ids in zip(pieces, found) if ids is None))
+        if not missing:
+            return found  # type: ignore[return-value]
+        encoded = dict(zip(missing, self._encode_many(missing)))
+        with self._lock:
+            for piece, ids in encoded.items():
+                if piece not in self._pieces:
+                    self._pieces[piece] = ids
+                    self._tokens += len(ids)
+            while self._tokens > self._max_tokens and self._pieces:
+                self._tokens -= len(self._pieces.popitem(last=False)[1])
+        return [ids if ids is not None else encoded[p] for p, ids in zip(pieces, found)]
 
     def _pieces_match_whole(self, text: str) -> bool:
         try:
-            pieces = self._split(text, 1, self._cut_before_newline)
+            pieces = self._split(text)
             return len(pieces) > 3 and sum(self._encode_many(pieces), []) == self._encode_whole(text)
         except Exception:
             return False
@@ -112,29 +151,22 @@ class PromptTokenCache:
         if len(texts) == 1:
             return [self._encode_whole(texts[0])]
         # A list goes to the Rust tokenizer's batch encode, which spreads the pieces over the cores.
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # without transformers' per-text bookkeeping (~10 us a piece)
+            return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
         return [list(ids) for ids in self._tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    @staticmethod
-    def _split(text: str, piece_chars: int, before_newline: bool) -> list[str]:
+    def _split(self, text: str) -> list[str]:
+        # One pass of a compiled pattern: a 100k-token prompt has thousands of lines.
+        shift = 0 if self._cut_before_newline else 1
         starts = [0]
-        search_from = piece_chars
-        while (newline := text.find("\n", search_from)) >= 0:
-            after = newline + 1
-            if after < len(text) and not text[after].isspace() and not unicodedata.combining(text[after]):
-                starts.append(newline if before_newline else after)
-                search_from = after + piece_chars
-            else:
-                search_from = after
-        return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
-
-    @staticmethod
-    def _keys(pieces: list[str]) -> list[bytes]:
-        keys: list[bytes] = []
-        key = b""
-        for piece in pieces:
-            key = hashlib.blake2b(key + piece.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            keys.append(key)
-        return keys
+        if self._cut_numbers and (number := _NUMBER.match(text)):
+            starts.append(number.end())
+        for match in _CUTS.finditer(text):
+            starts.append(match.start() + shift)
+            if self._cut_numbers and match.group(1):
+                starts.append(match.end())
+        return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]) if b > a]
 
 
 class VllmEngineGenerator:
@@ -156,11 +188,9 @@ class VllmEngineGenerator:
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._prompt_tokens: PromptTokenCache | None = None
-        # The packer counts the same sources again on every turn of a conversation.
+        # Questions, the system prompt, history turns: counted again on every turn of a conversation.
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._counts_lock = threading.Lock()
-        self._prefix_counts: dict[str, int] = {}
-        self._count_cut_exact: bool | None = None
         apply_cpu_env_defaults(settings)
 
     @property
@@ -197,7 +227,13 @@ class VllmEngineGenerator:
             if omp_limit is not None:
                 os.environ["OMP_THREAD_LIMIT"] = omp_limit
         self._tokenizer = self._engine.get_tokenizer()
-        self._prompt_tokens = PromptTokenCache(self._tokenizer)
+        if self._prompt_tokens is None:  # else built from the same tokenizer files while the engine started
+            self._prompt_tokens = PromptTokenCache(self._tokenizer)
+        # What is alive now (torch, vLLM, transformers, the tokenizer: millions of objects) stays alive: freeze it,
+        # so that the oldest generation's collections, which would otherwise walk all of it in the middle of a
+        # request, skip it. vLLM's own server does the same after its start.
+        gc.collect()
+        gc.freeze()
 
     def prompt_token_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The chat's prompt as the engine receives it: chat template applied, its special tokens kept as is."""
@@ -246,74 +282,43 @@ class VllmEngineGenerator:
             if not finished and not engine.errored:
                 await engine.abort(request_id)
 
-    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
-        """count_tokens for many texts, the unknown ones tokenized in one batch (the Rust tokenizer spreads a batch
-        over the cores and holds the GIL once, not once per text): what the packer asks before weighing candidates."""
+    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
+        """count_tokens for many texts in one batch call (the Rust tokenizer spreads a batch over the cores and
+        holds the GIL once, not once per text). With a `separator`: the tokens each text adds to a prompt in which
+        it stands between separators, as the packer places sources, remembered so that the prompt's encoding
+        tokenizes none of them again."""
         if not texts:
             return []
-        self.count_tokens(texts[0])  # loads the tokenizer and checks the cut
-        cuts = [self._count_cut(t) if self._count_cut_exact else 0 for t in texts]
-        bodies = list(dict.fromkeys(t[c:] for t, c in zip(texts, cuts)))
+        pieces = self._piece_cache()
+        if separator is not None:
+            return pieces.count_between(texts, separator)
         with self._counts_lock:
-            known = {b: self._counts[b] for b in bodies if b in self._counts}
-        missing = [b for b in bodies if b not in known]
+            known = {t: self._counts[t] for t in texts if t in self._counts}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
-            counts = [len(ids) for ids in self._tokenizer(missing, add_special_tokens=False)["input_ids"]]
-            known.update(zip(missing, counts))
-            with self._counts_lock:
-                self._counts.update(zip(missing, counts))
-                while len(self._counts) > 16384:
-                    self._counts.popitem(last=False)
-        return [known[t[c:]] + self._prefix_count(t[:c]) for t, c in zip(texts, cuts)]
-
-    def _prefix_count(self, prefix: str) -> int:
-        """Tokens of a source's "[n]" (a handful of distinct strings, remembered)."""
-        if not prefix:
-            return 0
-        count = self._prefix_counts.get(prefix)
-        if count is None:
-            count = self._prefix_counts[prefix] = self._count_whole(prefix)
-        return count
+            counted = dict(zip(missing, (len(ids) for ids in pieces._encode_many(missing))))
+            known.update(counted)
+            self._remember_counts(counted)
+        return [known[t] for t in texts]
 
     def count_tokens(self, text: str) -> int:
-        if self._tokenizer is None:
-            # Before start() (e.g. sizing a context while the engine boots): the same files vLLM will load.
-            from transformers import AutoTokenizer
+        return self.count_tokens_many([text])[0] if text else 0
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self._model)
-        if self._count_cut_exact is None:
-            self._count_cut_exact = all(
-                self._count_whole(t[: self._count_cut(t)]) + self._count_whole(t[self._count_cut(t) :])
-                == self._count_whole(t)
-                for t in _COUNT_PROBES
-            )
-        # The packer numbers a source by its place in the prompt ("[3] text"), which changes between the turns of
-        # a conversation: remember the text after the number, where a new pre-token starts.
-        cut = self._count_cut(text) if self._count_cut_exact else 0
-        body = text[cut:]
-        with self._counts_lock:  # packers run in worker threads
-            count = self._counts.get(body)
-            if count is not None:
-                self._counts.move_to_end(body)
-        if count is None:
-            count = self._count_whole(body)  # outside the lock: the Rust tokenizer runs threads in parallel
-            with self._counts_lock:
-                self._counts[body] = count
-                if len(self._counts) > 16384:
-                    self._counts.popitem(last=False)
-        return count + self._prefix_count(text[:cut])
+    def _remember_counts(self, counts: dict[str, int]) -> None:
+        with self._counts_lock:
+            self._counts.update(counts)
+            while len(self._counts) > 16384:
+                self._counts.popitem(last=False)
 
-    def _count_whole(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False)) if text else 0
+    def _piece_cache(self) -> PromptTokenCache:
+        if self._prompt_tokens is None:
+            if self._tokenizer is None:
+                # Before start() (e.g. sizing a context while the engine boots): the same files vLLM will load.
+                from transformers import AutoTokenizer
 
-    @staticmethod
-    def _count_cut(text: str) -> int:
-        """The first space within the first few characters that precedes a letter and follows a non-blank: byte-level
-        BPE pre-tokenizers start a pre-token there (checked against the tokenizer with _COUNT_PROBES)."""
-        for i in range(1, min(len(text) - 1, 16)):
-            if text[i] == " " and text[i + 1].isalpha() and not text[i - 1].isspace():
-                return i
-        return 0
+                self._tokenizer = AutoTokenizer.from_pretrained(self._model)
+            self._prompt_tokens = PromptTokenCache(self._tokenizer)
+        return self._prompt_tokens
 
     async def ready(self) -> bool:
         if self._engine is None or self._engine.errored:
@@ -328,3 +333,6 @@ class VllmEngineGenerator:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+            # The engine's cycles (its in-process core holds the KV cache) must be collectable again.
+            gc.unfreeze()
+            gc.collect()

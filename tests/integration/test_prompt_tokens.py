@@ -77,7 +77,7 @@ def test_follow_up_reuses_the_sources_tokens_and_matches_the_whole_prompt(tokeni
     rng = random.Random(5)
     sources = [passage(i, rng) for i in range(120)]
     spy = Spy(tokenizer)
-    cache = PromptTokenCache(spy, piece_chars=512)
+    cache = PromptTokenCache(spy)
     assert cache.exact
     first = AnswerService.messages("What is the upload limit?", sources)
     second = AnswerService.messages(
@@ -99,7 +99,7 @@ def test_follow_up_reuses_the_sources_tokens_and_matches_the_whole_prompt(tokeni
 
 def test_pieces_join_to_the_whole_text_on_awkward_boundaries(tokenizer: Any) -> None:
     rng = random.Random(7)
-    cache = PromptTokenCache(tokenizer, piece_chars=1)
+    cache = PromptTokenCache(tokenizer)
     assert cache.exact
     for _ in range(50):
         text = "".join(rng.choice(["\n", "\n\n", " ", "  ", "\t", "a", "Ab", ".", "[1]", "中", "é", "e\u0301", "'s"])
@@ -127,3 +127,27 @@ def test_counting_many_in_one_batch_equals_counting_each(generator_model_dir: Pa
     # Remembered: counting them again (under other numbers) needs no tokenizer call.
     renumbered = [t.replace("[1]", "[9]", 1) for t in texts]
     assert batched.count_tokens_many(renumbered) == [single.count_tokens(t) for t in renumbered]
+
+
+def test_sources_counted_by_the_packer_are_not_tokenized_again_and_their_counts_add_up(tokenizer: Any) -> None:
+    rng = random.Random(11)
+    sources = [passage(i, rng) for i in range(80)]
+    spy = Spy(tokenizer)
+    cache = PromptTokenCache(spy)
+    assert cache.exact
+    # The packer counts every candidate as source number 1; the prompt numbers them 1..n.
+    counts = cache.count_between([f"[1] {p.text}" for p in sources], "\n\n")
+    spy.chars = 0
+    messages = AnswerService.messages("What is the upload limit?", sources)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert cache.encode(prompt) == whole(tokenizer, messages)
+    # Only the chat template, the numbers and the question were tokenized.
+    assert spy.chars < 0.05 * len(prompt)
+
+    # What the sources add to a prompt is what the packer counted, whatever the sources and their numbers.
+    def rest(chosen: list[Passage]) -> int:
+        numbered = cache.count_between([f"[{i + 1}] {p.text}" for i, p in enumerate(chosen)], "\n\n")
+        return len(whole(tokenizer, AnswerService.messages("What is the upload limit?", chosen))) - sum(numbered)
+
+    assert counts[0] == cache.count_between([f"[1] {sources[0].text}"], "\n\n")[0]
+    assert len({rest(sources), rest(sources[:1]), rest(sources[5:17]), rest(sources[::-3])}) == 1
