@@ -71,6 +71,7 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     )
     limited = summary["max_documents"]
     weights = summary.get("fusion_weights") or {}
+    terms = summary.get("bm25_terms") or {}
     return f"""{SECTION}
 
 `python -m bench.retrieval {' '.join(summary['argv'])}` on {summary['date']}: {machine['cpu']}, {machine['cores']} cores,
@@ -81,7 +82,9 @@ exact scan), top {summary['top_k']}; hybrid = {str(summary.get('fusion', 'rrf'))
 {summary.get('candidates', 50)} dense and {summary.get('candidates', 50)} BM25 candidates, weighted dense {weights.get('dense', 1)} :
 BM25 {weights.get('sparse', 1)} (each side prefetched as often as its weight), and BM25 alone for a query in a language
 the embedder lacks (Chinese with the English-only default). BM25: Qdrant's word tokenizer, English snowball
-stemmer, English + Chinese stopwords, Chinese cut into words by jieba first. Total run {summary['elapsed_s']} s.
+stemmer, English + Chinese stopwords, Chinese cut into words by jieba first; in the same sparse vector, adjacent
+word pairs (query weight {terms.get('pair_weight', 0)}) and adjacent Han characters (query weight
+{terms.get('han_bigram_weight', 0)}). Total run {summary['elapsed_s']} s.
 
 {markdown(reports)}
 
@@ -163,6 +166,8 @@ def main() -> None:
         "fusion": settings.index.fusion,
         "candidates": settings.index.candidates,
         "fusion_weights": {"dense": settings.index.dense_weight, "sparse": settings.index.sparse_weight},
+        "bm25_terms": {"pair_weight": settings.index.bm25_pair_weight,
+                       "han_bigram_weight": settings.index.bm25_han_bigram_weight},
         "languages": settings.embedder.languages,
         "top_k": TOP_K,
         "limit": args.limit,

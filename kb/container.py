@@ -63,17 +63,18 @@ def build_reranker(settings: Settings) -> Reranker | None:
 
 
 def build_index(settings: Settings, dimension: int) -> VectorIndex:
-    from kb.adapters.bm25 import HybridFusion
+    from kb.adapters.bm25 import Bm25Terms, HybridFusion
 
     fusion = HybridFusion.from_settings(settings.index)
+    terms = Bm25Terms.from_settings(settings.index)
     if settings.index.backend == "edge":
         from kb.adapters.edge_index import EdgeVectorIndex
 
-        return EdgeVectorIndex(settings.index_path, dimension, fusion=fusion)
+        return EdgeVectorIndex(settings.index_path, dimension, fusion=fusion, terms=terms)
     from kb.adapters.qdrant_server_index import QdrantServerIndex
 
     return QdrantServerIndex.from_url(
-        settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion
+        settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion, terms=terms
     )
 
 

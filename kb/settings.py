@@ -44,6 +44,11 @@ class IndexSettings(BaseModel):
     # by default: the English-only MiniLM is the weaker side on specialised text (bench/RESULTS.md).
     dense_weight: int = Field(default=1, ge=0)
     sparse_weight: int = Field(default=2, ge=0)
+    # Query weights of the BM25 vector's phrase terms beside its words (kb.adapters.bm25.Bm25Terms): adjacent word
+    # pairs, and adjacent Han characters for Chinese. Query-side only: 0 turns a kind off without re-indexing.
+    # Chunks indexed before these terms existed match on words alone until they are ingested again.
+    bm25_pair_weight: float = Field(default=0.25, ge=0)
+    bm25_han_bigram_weight: float = Field(default=0.25, ge=0)
 
 
 class GeneratorSettings(BaseModel):

@@ -34,7 +34,7 @@ import numpy as np
 
 from ingest.chunk import Chunker, chunk_id_for
 from ingest.partition import Block
-from kb.adapters.bm25 import HybridFusion
+from kb.adapters.bm25 import Bm25Terms, HybridFusion
 from kb.languages import embedder_covers, search_mode_for
 from kb.models import Chunk
 from kb.ports import Embedder, SearchMode, VectorIndex
@@ -457,6 +457,7 @@ def scratch_index(
     fusion: HybridFusion | int,
     batch: int = 512,
     entries: Sequence[IndexEntry] | None = None,
+    terms: Bm25Terms | None = None,
 ) -> Iterator[VectorIndex]:
     """A fresh Qdrant Edge shard in a temporary directory holding the set's units (or `entries`); removed on exit.
     `fusion`: the hybrid fusion, or just its candidate depth."""
@@ -467,7 +468,7 @@ def scratch_index(
     if entries is None:
         entries = [IndexEntry(u.unit_id, u.unit_id, u.document_id, 0, u.text, u.text) for u in qa_set.units]
     with tempfile.TemporaryDirectory(prefix="kb-eval-") as directory:
-        index = EdgeVectorIndex(Path(directory) / "index", int(vectors.shape[1]), fusion=fusion)
+        index = EdgeVectorIndex(Path(directory) / "index", int(vectors.shape[1]), fusion=fusion, terms=terms)
         try:
             for first in range(0, len(entries), batch):
                 chunks = [
@@ -626,7 +627,8 @@ class RetrievalEvaluation:
         fusion = HybridFusion.from_settings(self._settings.index)
         entries = prepared.entries or None
         unit_of = {e.entry_id: e.unit_id for e in prepared.entries if e.entry_id != e.unit_id}
-        with scratch_index(qa_set, prepared.vectors.vectors, fusion, entries=entries) as index:
+        terms = Bm25Terms.from_settings(self._settings.index)
+        with scratch_index(qa_set, prepared.vectors.vectors, fusion, entries=entries, terms=terms) as index:
             index_s = time.perf_counter() - started
             results = run_questions(
                 questions, self._embedder, index, modes, TOP_K, on_progress,
@@ -646,6 +648,7 @@ class RetrievalEvaluation:
             "entries": len(prepared.entries) or len(qa_set.units),
             "fusion": fusion.method,
             "fusion_weights": {"dense": fusion.dense_weight, "sparse": fusion.sparse_weight},
+            "bm25_terms": {"pair_weight": terms.pair_weight, "han_bigram_weight": terms.han_bigram_weight},
             "top_k": TOP_K,
             "embedder": self._model_key().split("\0")[0],
             "embed_units_s": round(prepared.vectors.seconds, 2),

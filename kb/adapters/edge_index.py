@@ -35,7 +35,7 @@ from qdrant_edge import (
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
 
-from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, HybridFusion
+from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
@@ -92,12 +92,18 @@ class EdgeVectorIndex:
     """
 
     def __init__(
-        self, path: Path, dimension: int, *, candidates: int = 50, fusion: HybridFusion | None = None
+        self,
+        path: Path,
+        dimension: int,
+        *,
+        candidates: int = 50,
+        fusion: HybridFusion | None = None,
+        terms: Bm25Terms | None = None,
     ) -> None:
         self._path = Path(path)
         self._dimension = dimension
         self._fusion = fusion or HybridFusion(candidates=candidates)
-        self._bm25 = Bm25Encoder()
+        self._bm25 = Bm25Encoder(terms)
         self._write_lock = threading.Lock()
         self._closed = False
         config = EdgeConfig(

@@ -9,7 +9,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, HybridFusion
+from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
@@ -81,12 +81,13 @@ class QdrantServerIndex:
         *,
         candidates: int = 50,
         fusion: HybridFusion | None = None,
+        terms: Bm25Terms | None = None,
     ) -> None:
         self._client = client
         self._collection = collection
         self._dimension = dimension
         self._fusion = fusion or HybridFusion(candidates=candidates)
-        self._bm25 = Bm25Encoder()
+        self._bm25 = Bm25Encoder(terms)
         self._local = _is_local_mode(client)
         # Local mode is plain Python over numpy arrays and SQLite, not safe for a search running while
         # a worker thread upserts; a server client is (httpx), and must not be serialised.
@@ -103,6 +104,7 @@ class QdrantServerIndex:
         *,
         candidates: int = 50,
         fusion: HybridFusion | None = None,
+        terms: Bm25Terms | None = None,
     ) -> QdrantServerIndex:
         """`url`: "http(s)://host:6333" for a server, ":memory:" or "path:/dir" for local mode."""
         if url == ":memory:":
@@ -114,7 +116,7 @@ class QdrantServerIndex:
             client = QdrantClient(url=url, api_key=api_key)
         else:
             raise ValueError(f"unsupported Qdrant url {url!r}: use http(s)://..., :memory: or path:/dir")
-        return cls(client, collection, dimension, candidates=candidates, fusion=fusion)
+        return cls(client, collection, dimension, candidates=candidates, fusion=fusion, terms=terms)
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kb.adapters.bm25 import SPARSE_VECTOR, HybridFusion
+from kb.adapters.bm25 import SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion, han_bigrams, word_pairs
 from kb.adapters.edge_index import EdgeVectorIndex
 from kb.adapters.qdrant_server_index import QdrantServerIndex
 from kb.models import Chunk, SearchFilter
@@ -470,6 +470,59 @@ def test_both_adapters_store_identical_sparse_vectors(tmp_path: Path) -> None:
     assert dict(zip(edge_sparse.indices, edge_sparse.values, strict=True)) == pytest.approx(
         dict(zip(local_sparse.indices, local_sparse.values, strict=True))
     )
+    # Words, word pairs and Han bigrams all in the one vector.
+    assert set(Bm25Encoder().document(text).indices) == set(edge_sparse.indices)
+    assert set(word_pairs("running notes")) <= set(edge_sparse.indices)
+    assert set(han_bigrams("检察")) <= set(edge_sparse.indices)
+
+
+def _phrase_corpus(index: VectorIndex) -> list[Chunk]:
+    chunks = [
+        chunk("growth slowed while the interest rate rose", ordinal=0),
+        chunk("the rate of growth slowed while interest rose", ordinal=1),
+        chunk("议会 每五年 进行 一次 选举", ordinal=2),
+        chunk("欧洲议会选举每五年举行一次", ordinal=3),
+    ]
+    index.upsert(chunks, [e(0), e(1), e(2), e(3)])
+    return chunks
+
+
+def test_adjacent_words_rank_a_phrase_match_first(open_index: OpenIndex) -> None:
+    index = open_index()
+    chunks = _phrase_corpus(index)
+    # Same words in both English chunks; only the second has them in the query's order.
+    assert texts(index.search(e(0), "rate of growth", limit=2, mode="sparse")) == [chunks[1].text, chunks[0].text]
+    # The weights are query-side: the same index reopened with pair weight 0 scores words only, and the phrase
+    # no longer decides.
+    index.close()
+    words_only = open_index(terms=Bm25Terms(pair_weight=0, han_bigram_weight=0))
+    scores = {p.text: p.score for p in words_only.search(e(0), "rate of growth", limit=2, mode="sparse")}
+    assert scores[chunks[0].text] >= scores[chunks[1].text]
+
+
+def test_han_bigrams_match_a_compound_cut_differently(index: VectorIndex) -> None:
+    chunks = _phrase_corpus(index)
+    # jieba keeps 议会选举 whole in the question: only the characters' bigrams meet 议会 ... 选举 and 议会选举 here.
+    found = texts(index.search(e(0), "议会选举多久举行一次？", limit=2, mode="sparse"))
+    assert found[0] == chunks[3].text
+
+
+def test_both_adapters_score_phrase_terms_alike(tmp_path: Path) -> None:
+    edge = EdgeVectorIndex(tmp_path / "edge", DIM)
+    local = QdrantServerIndex.from_url(":memory:", None, "kb", DIM)
+    try:
+        _phrase_corpus(edge)
+        _phrase_corpus(local)
+        for query in ("rate of growth", "议会选举多久举行一次？"):
+            for mode in ("sparse", "hybrid"):
+                found = [
+                    [(p.text, round(p.score, 4)) for p in index.search(e(0), query, limit=4, mode=mode)]  # type: ignore[arg-type]
+                    for index in (edge, local)
+                ]
+                assert found[0] == found[1], (query, mode)
+    finally:
+        edge.close()
+        local.close()
 
 
 def test_a_staged_version_is_invisible_until_published_then_replaces_the_old(index: VectorIndex) -> None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from kb.adapters.bm25 import DENSE_VECTOR, SPARSE_VECTOR, Bm25Encoder, HybridFusion, segment_chinese
+from kb.adapters.bm25 import (
+    DENSE_VECTOR,
+    SPARSE_VECTOR,
+    Bm25Encoder,
+    Bm25Terms,
+    HybridFusion,
+    han_bigrams,
+    segment_chinese,
+    word_pairs,
+)
 
 
 def test_chinese_runs_are_cut_into_words_and_other_text_is_left_alone() -> None:
@@ -47,3 +56,42 @@ def test_each_side_is_prefetched_as_often_as_its_weight() -> None:
 def test_fusion_weights_are_checked(weights: tuple[int, int]) -> None:
     with pytest.raises(ValueError):
         HybridFusion(dense_weight=weights[0], sparse_weight=weights[1])
+
+
+def test_word_pairs_keep_order_and_skip_pairs_of_stopwords() -> None:
+    assert word_pairs("rate of growth") != word_pairs("growth of rate")
+    # "rate of" and "of growth" count (one stopword), "of the" does not (two).
+    assert len(word_pairs("rate of growth")) == 2
+    assert word_pairs("of the") == []
+    # Stemmed like the words: a phrase matches its inflections.
+    assert word_pairs("growth rates") == word_pairs("growth rate")
+
+
+def test_han_bigrams_cover_every_adjacent_pair_of_characters() -> None:
+    assert len(han_bigrams("议会选举")) == 3
+    assert set(han_bigrams("议会 选举")) < set(han_bigrams("议会选举"))
+    assert han_bigrams("English only") == []
+
+
+def test_query_weights_pairs_and_bigrams_below_words() -> None:
+    encoder = Bm25Encoder(Bm25Terms(pair_weight=0.5, han_bigram_weight=0.25))
+    query = dict(zip(*(lambda v: (v.indices, v.values))(encoder.query("rate of growth 议会选举"))))
+    words = Bm25Encoder(Bm25Terms(pair_weight=0, han_bigram_weight=0)).query("rate of growth 议会选举")
+
+    assert all(query[i] == 1.0 for i in words.indices)
+    assert sorted(v for i, v in query.items() if i not in words.indices) == [0.25] * 3 + [0.5] * 3
+    # A query of stopwords has no terms at all, so the sparse side stays out of the search.
+    assert encoder.query("the of 的").indices == []
+
+
+def test_document_terms_do_not_depend_on_query_weights() -> None:
+    text = "the rate of growth, 议会选举"
+    assert Bm25Encoder(Bm25Terms(0, 0)).document(text).indices == Bm25Encoder().document(text).indices
+
+
+def test_terms_come_from_index_settings() -> None:
+    from kb.settings import IndexSettings
+
+    assert Bm25Terms.from_settings(IndexSettings(bm25_pair_weight=0.3, bm25_han_bigram_weight=0)) == Bm25Terms(0.3, 0)
+    with pytest.raises(ValueError):
+        Bm25Terms(pair_weight=-1)
