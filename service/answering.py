@@ -120,11 +120,12 @@ class AnswerService:
                 return rewritten[0].strip()
         return f"{previous[-1]} {question}"
 
-    def context_budget(self, question: str, reserved_tokens: int = 0) -> int:
-        """Tokens left for sources: the budget setting (at most the window less the answer), less the prompt."""
+    def context_budget(self, question: str, reserved_tokens: int = 0, whole_window: bool = False) -> int:
+        """Tokens left for sources: the budget setting (at most the window less the answer; the window itself when
+        `whole_window`), less the prompt."""
         window = self._generator.max_model_len - self._generator_settings.max_answer_tokens
         return (
-            min(self._retrieval_settings.context_tokens, window)
+            (window if whole_window else min(self._retrieval_settings.context_tokens, window))
             - self._generator.count_tokens(SYSTEM_PROMPT + question)
             - 64
             - reserved_tokens
@@ -168,8 +169,10 @@ class AnswerService:
 
         `keep_first` (the sources of the previous turn of a conversation, or whole documents) stay first and in
         their order, so that a follow-up's prompt starts with the very same tokens and vLLM's prefix cache skips
-        their prefill."""
+        their prefill. They were chosen within the budget, so they stay whole as long as the window holds them
+        beside the conversation (which a follow-up adds); new passages get what the budget leaves."""
         budget = self.context_budget(question, reserved_tokens)
+        window = self.context_budget(question, reserved_tokens, whole_window=True)
         # Every candidate counted once, in one batch call, not one tokenizer call per candidate on the event loop:
         # 64 questions arriving together otherwise stall each other's streams.
         candidates = list({p.chunk_id: p for p in (*keep_first, *passages, *(c for p in passages for c in p.context))}
@@ -182,9 +185,10 @@ class AnswerService:
         first: list[Passage] = []
         for passage in keep_first:
             cost_ = cost(len(first) + 1, passage)
-            if cost_ > budget:
+            if cost_ > window:
                 break
             first.append(passage)
+            window -= cost_
             budget -= cost_
         kept: list[Passage] = []
         seen: set[str] = {p.chunk_id for p in first}

@@ -112,7 +112,7 @@ class PromptTokenCache:
                 at += len(pieces)
         with self._lock:
             self._counted.update(((t, separator), n) for t, n in zip(texts, counts))
-            while len(self._counted) > 65536:
+            while len(self._counted) > 16384:
                 self._counted.popitem(last=False)
         return counts
 

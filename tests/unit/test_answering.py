@@ -66,6 +66,22 @@ def test_packing_stops_at_the_token_budget_and_drops_duplicates() -> None:
     assert [p.chunk_id for p in packed.pack([long, short, short], "q")] == ["b-0"]
 
 
+def test_a_follow_up_keeps_the_previous_sources_while_the_window_holds_them_and_adds_only_within_the_budget() -> None:
+    previous = [passage("a", i, "word " * 40) for i in range(3)]  # 3 x 43 tokens, more than this budget holds
+    new = passage("b", 0, "fresh passage")
+    packed, _ = service([], "x", context_tokens=170)
+    assert [p.chunk_id for p in packed.pack([new], "q", previous)] == ["a-0", "a-1", "a-2"]
+    # The conversation (reserved) leaves the budget too small for all three: they stay, nothing new comes in.
+    assert [p.chunk_id for p in packed.pack([new], "q", previous, reserved_tokens=60)] == ["a-0", "a-1", "a-2"]
+    # More room: the new passage after them.
+    roomy, _ = service([], "x", context_tokens=300)
+    assert [p.chunk_id for p in roomy.pack([new], "q", previous, reserved_tokens=60)] == ["a-0", "a-1", "a-2", "b-0"]
+    # The window is the limit: the history takes all but room for two of them.
+    window = roomy.context_budget("q", 0, whole_window=True)
+    kept = roomy.pack([new], "q", previous, reserved_tokens=window - 2 * 43 - 5)
+    assert [p.chunk_id for p in kept] == ["a-0", "a-1"]
+
+
 async def test_irrelevant_retrieval_answers_no_information_without_the_model() -> None:
     answers, generator = service([passage("a", 0, "Backups run nightly.")], "should not be used", relevant=False)
     answer = await answers.ask("What is the weather on Mars?")
