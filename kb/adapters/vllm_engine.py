@@ -87,7 +87,7 @@ class PromptTokenCache:
         """Tokens each text adds to a prompt in which it stands between two `separator`s (the packer's sources),
         its pieces kept for when that prompt is encoded."""
         if not self.exact:
-            return [len(ids) for ids in self._encode_many([t + separator for t in texts])] if texts else []
+            return [len(ids) for ids in self.encode_many([t + separator for t in texts])] if texts else []
         with self._lock:
             known = [self._counted.get((t, separator)) for t in texts]
             for text, count in zip(texts, known):
@@ -127,7 +127,7 @@ class PromptTokenCache:
         missing = list(dict.fromkeys(p for p, ids in zip(pieces, found) if ids is None))
         if not missing:
             return found  # type: ignore[return-value]
-        encoded = dict(zip(missing, self._encode_many(missing)))
+        encoded = dict(zip(missing, self.encode_many(missing)))
         with self._lock:
             for piece, ids in encoded.items():
                 if piece not in self._pieces:
@@ -140,14 +140,14 @@ class PromptTokenCache:
     def _pieces_match_whole(self, text: str) -> bool:
         try:
             pieces = self._split(text)
-            return len(pieces) > 3 and sum(self._encode_many(pieces), []) == self._encode_whole(text)
+            return len(pieces) > 3 and sum(self.encode_many(pieces), []) == self._encode_whole(text)
         except Exception:
             return False
 
     def _encode_whole(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
-    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
         if len(texts) == 1:
             return [self._encode_whole(texts[0])]
         # A list goes to the Rust tokenizer's batch encode, which spreads the pieces over the cores.
@@ -296,7 +296,7 @@ class VllmEngineGenerator:
             known = {t: self._counts[t] for t in texts if t in self._counts}
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
-            counted = dict(zip(missing, (len(ids) for ids in pieces._encode_many(missing))))
+            counted = dict(zip(missing, (len(ids) for ids in pieces.encode_many(missing))))
             known.update(counted)
             self._remember_counts(counted)
         return [known[t] for t in texts]
