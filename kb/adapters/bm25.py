@@ -132,7 +132,9 @@ class Bm25Terms:
     them like words and a query sums words + pair_weight x pairs + han_bigram_weight x bigrams: a linear
     combination (as in sequential dependence models) rather than another fused list, which did worse here
     (bench/RESULTS.md). Documents always carry all terms; the weights are query-side only (0 turns a kind off)
-    and can change without re-indexing.
+    and can change without re-indexing. 0.25 each: xquad.zh recall@1 .924 -> .940 and recall@5 .986 -> .991 (all
+    1190 questions), TAT-QA hybrid recall@1 .510 -> .530, SciFact nDCG@10 .718 -> .725; pairs at 0.5 did a little
+    better on COVID-QA and TAT-QA but worse on SciFact and xquad.zh.
     """
 
     pair_weight: float = 0.25
@@ -190,7 +192,8 @@ def han_bigrams(text: str) -> list[int]:
 
 
 class Bm25Encoder:
-    """Term-frequency vectors for documents, query weights for queries; the index applies IDF."""
+    """Term-frequency vectors for documents (words, word pairs, Han bigrams), query weights for queries (words 1,
+    the others as `terms` says); the index applies IDF."""
 
     def __init__(self, terms: Bm25Terms | None = None) -> None:
         self._config = bm25_config()
