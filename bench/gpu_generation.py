@@ -340,8 +340,8 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
         }  # fmt: skip
         print(f"concurrent: {json.dumps(result['concurrent'])}", flush=True)
     finally:
-        pauses = [ms for _, ms in bench.gc_pauses] if "bench" in locals() else []
-        oldest = [ms for g, ms in bench.gc_pauses if g == 2] if "bench" in locals() else []
+        pauses = [ms for _, ms in bench.gc_pauses]
+        oldest = [ms for g, ms in bench.gc_pauses if g == 2]
         result["gc_after_start"] = {"collections": len(pauses), "total_ms": round(sum(pauses), 1),
                                     "max_ms": round(max(pauses, default=0), 1), "oldest_generation": len(oldest),
                                     "oldest_generation_max_ms": round(max(oldest, default=0), 1)}  # fmt: skip

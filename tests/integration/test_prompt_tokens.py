@@ -73,12 +73,17 @@ def whole(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_follow_up_reuses_the_sources_tokens_and_matches_the_whole_prompt(tokenizer: Any) -> None:
-    rng = random.Random(5)
-    sources = [passage(i, rng) for i in range(120)]
+def spied_cache(tokenizer: Any, seed: int, sources: int) -> tuple[list[Passage], Spy, PromptTokenCache]:
+    """Random sources, and a piece cache over the real tokenizer that records what it is given."""
+    rng = random.Random(seed)
     spy = Spy(tokenizer)
     cache = PromptTokenCache(spy)
     assert cache.exact
+    return [passage(i, rng) for i in range(sources)], spy, cache
+
+
+def test_follow_up_reuses_the_sources_tokens_and_matches_the_whole_prompt(tokenizer: Any) -> None:
+    sources, spy, cache = spied_cache(tokenizer, 5, 120)
     first = AnswerService.messages("What is the upload limit?", sources)
     second = AnswerService.messages(
         "And for PDFs?", sources, [{"role": "user", "content": "What is the upload limit?"},
@@ -124,17 +129,13 @@ def test_counting_many_in_one_batch_equals_counting_each(generator_model_dir: Pa
     batched = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
     single = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
     assert batched.count_tokens_many(texts) == [single.count_tokens(t) for t in texts]
-    # Remembered: counting them again (under other numbers) needs no tokenizer call.
+    # Under other numbers: still each one's own count.
     renumbered = [t.replace("[1]", "[9]", 1) for t in texts]
     assert batched.count_tokens_many(renumbered) == [single.count_tokens(t) for t in renumbered]
 
 
 def test_sources_counted_by_the_packer_are_not_tokenized_again_and_their_counts_add_up(tokenizer: Any) -> None:
-    rng = random.Random(11)
-    sources = [passage(i, rng) for i in range(80)]
-    spy = Spy(tokenizer)
-    cache = PromptTokenCache(spy)
-    assert cache.exact
+    sources, spy, cache = spied_cache(tokenizer, 11, 80)
     # The packer counts every candidate as source number 1; the prompt numbers them 1..n.
     counts = cache.count_between([f"[1] {p.text}" for p in sources], "\n\n")
     spy.chars = 0
