@@ -3,7 +3,8 @@
     python -m bench.ingest [--max-bytes N] [--all]
 
 1. raw parse: `ingest.partition.partition_file` (unstructured) on every file, one after another;
-2. raw embed: `SentenceTransformer.encode` of the very chunk texts the pipeline will embed;
+2. raw embed: `SentenceTransformer.encode` of the very chunk texts the pipeline will embed, and of their sentences
+   (the sentence vectors of hybrid search's best-sentence list, IngestSettings.sentence_vectors);
 3. the pipeline: submit everything to a fresh data directory and drain the queue (parser process one document
    ahead, embedding in this process, Qdrant Edge, SQLite).
 The overhead is pipeline wall time / (raw parse + raw embed): below 1.0 when parsing and embedding overlap.
@@ -44,8 +45,10 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every file of the corpus, whatever its size or format")
     args = parser.parse_args()
 
+    from ingest.chunk import sentences
     from ingest.partition import ParseError, partition_file
     from kb.container import Container
+    from kb.languages import embedder_covers
     from kb.settings import Settings
     from service.state import Services
 
@@ -76,11 +79,19 @@ def main() -> None:
                 texts.extend(c.embed_text or c.text for c in chunker.chunk(blocks, document_id="x", filename=path.name, groups=[]))
             raw_parse_s = time.perf_counter() - started
 
-            # 2. raw embed
+            # 2. raw embed: the chunks, then their sentences as the pipeline picks them (ingest.pipeline.embed_chunks)
             model = container.embedder._model  # type: ignore[attr-defined]  # the very model the pipeline uses
-            started = time.perf_counter()
-            model.encode(texts, batch_size=settings.embedder.batch_size, normalize_embeddings=True, show_progress_bar=False)
-            raw_embed_s = time.perf_counter() - started
+            languages = settings.embedder.languages
+            wanted = settings.ingest.sentence_vectors
+            sentence_texts = [s for t in texts if wanted and embedder_covers(languages, t) for s in sentences(t)]
+            timings = []
+            for batch in (texts, sentence_texts):
+                started = time.perf_counter()
+                model.encode(batch, batch_size=settings.embedder.batch_size, normalize_embeddings=True,
+                             show_progress_bar=False)  # fmt: skip
+                timings.append(time.perf_counter() - started)
+            raw_embed_chunks_s, raw_embed_sentences_s = timings
+            raw_embed_s = raw_embed_chunks_s + raw_embed_sentences_s
 
             # 3. the pipeline, on the files the raw parse could read (parser process started, as in a server)
             services.worker.warm_up(wait=True)
@@ -106,8 +117,11 @@ def main() -> None:
         "pages": pages,
         "chunks": chunks,
         "raw_chunks": len(texts),
+        "raw_sentences": len(sentence_texts),
         "raw_parse_s": round(raw_parse_s, 2),
         "raw_embed_s": round(raw_embed_s, 2),
+        "raw_embed_chunks_s": round(raw_embed_chunks_s, 2),
+        "raw_embed_sentences_s": round(raw_embed_sentences_s, 2),
         "pipeline_s": round(pipeline_s, 2),
         "overhead_ratio": round(pipeline_s / raw_total, 3) if raw_total else None,
         "pages_per_s": round(pages / pipeline_s, 2),

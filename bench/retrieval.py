@@ -2,7 +2,8 @@
 units embedded once.
 
 python -m bench.retrieval [--limit N] [--sets NAME ...] [--max-documents N] [--whole-units]
-python -m bench.retrieval --scale 100000   (search latency on synthetic chunks with an ACL filter instead)
+python -m bench.retrieval --scale 100000 [--no-sentence-vectors]   (search latency on synthetic chunks with an ACL
+                                                                   filter instead)
 
 Prints a table, replaces the "## Retrieval quality" section of bench/RESULTS.md and prints one JSON object last.
 """
@@ -67,6 +68,7 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         + f"; {r['questions']} of {r['questions_total']} questions"
         + (f" ({r['questions_skipped']} without gold dropped)" if r["questions_skipped"] else "")
         + f"; units embedded in {r['embed_units_s']} s" + (" (cached)" if r["embeddings_cached"] else "")
+        + (f", {r['sentences']} sentence vectors in {r['embed_sentences_s']} s" if r.get("sentences") else "")
         for r in per_set
     )
     limited = summary["max_documents"]
@@ -79,8 +81,10 @@ def section(reports: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 {summary['load_end']} at the end (latencies rise with the load of other work on the same cores).
 Embedder `{summary['embedder']}` (languages {summary.get('languages')}), Qdrant Edge scratch shard (no HNSW build:
 exact scan), top {summary['top_k']}; hybrid = {str(summary.get('fusion', 'rrf')).upper()} fusion inside Qdrant of
-{summary.get('candidates', 50)} dense and {summary.get('candidates', 50)} BM25 candidates, weighted dense {weights.get('dense', 1)} :
-BM25 {weights.get('sparse', 1)} (each side prefetched as often as its weight), and BM25 alone for a query in a language
+three lists: {summary.get('candidates', 50)} dense candidates (chunk vectors), {summary.get('candidates', 50)} BM25
+candidates, and the candidates of both re-scored by their best sentence (MaxSim over the chunk's vector and its
+sentences' vectors), weighted dense {weights.get('dense', 1)} : sentences {weights.get('sentences', 0)} :
+BM25 {weights.get('sparse', 1)} (each list prefetched as often as its weight); BM25 alone for a query in a language
 the embedder lacks (Chinese with the English-only default). BM25: Qdrant's word tokenizer, English snowball
 stemmer, English + Chinese stopwords, Chinese cut into words by jieba first; in the same sparse vector, adjacent
 word pairs (query weight {terms.get('pair_weight', 0)}) and adjacent Han characters (query weight
@@ -119,13 +123,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help=f"leave {RESULTS.name} as it is")
     parser.add_argument("--scale", type=int, default=None,
                         help="instead: search latency on N synthetic chunks (10k and N) with an ACL filter")
+    parser.add_argument("--no-sentence-vectors", action="store_true",
+                        help="with --scale: chunks without sentence vectors, fused without the best-sentence list")
     parser.add_argument("--whole-units", action="store_true",
                         help="index units longer than the embedder's window whole (dense sees their start only)")
     args = parser.parse_args()
     if args.scale:
         from bench import retrieval_scale
 
-        scale_summary = retrieval_scale.run(args.eval_dir, args.scale)
+        scale_summary = retrieval_scale.run(args.eval_dir, args.scale, sentence_vectors=not args.no_sentence_vectors)
         scale_summary["argv"] = sys.argv[1:]
         if not args.no_write:
             write_results(retrieval_scale.section(scale_summary, sys.argv[1:], date.today().isoformat()),
@@ -165,7 +171,8 @@ def main() -> None:
         "embedder": reports[0]["embedder"] if reports else None,
         "fusion": settings.index.fusion,
         "candidates": settings.index.candidates,
-        "fusion_weights": {"dense": settings.index.dense_weight, "sparse": settings.index.sparse_weight},
+        "fusion_weights": {"dense": settings.index.dense_weight, "sentences": settings.index.sentence_weight,
+                           "sparse": settings.index.sparse_weight},
         "bm25_terms": {"pair_weight": settings.index.bm25_pair_weight,
                        "han_bigram_weight": settings.index.bm25_han_bigram_weight},
         "languages": settings.embedder.languages,

@@ -23,6 +23,21 @@ _CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _SENTENCE_SPLIT = re.compile(r"(?<=[。！？；])|(?<=[.!?;])\s+|\n+")
 
 
+# Sentence vectors per chunk, at most: a 200-token chunk of prose has about 5-15 sentences; a table chunk has one
+# "sentence" per row.
+MAX_SENTENCES = 32
+_WORD_CHAR = re.compile(r"\w")
+
+
+def sentences(text: str, limit: int = MAX_SENTENCES) -> list[str]:
+    """The sentences (and lines: a heading, a table row) of a chunk's embedded text, for its sentence vectors,
+    without repeats or pieces with no word in them; [] when the text is a single sentence, whose vector is the
+    chunk's own."""
+    pieces = (piece.strip() for piece in _SENTENCE_SPLIT.split(text) if piece)
+    found = list(dict.fromkeys(p for p in pieces if len(p) > 2 and _WORD_CHAR.search(p)))
+    return found[:limit] if len(found) > 1 else []
+
+
 class TokenSpans(Protocol):
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the tokens of `text`, special tokens excluded."""

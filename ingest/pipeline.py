@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from ingest.chunk import Chunker
+from ingest.chunk import Chunker, sentences
 from ingest.formats import sniff_content_type
 from ingest.partition import Block, ParseError
-from kb.models import Document, DocumentStatus
+from kb.languages import MULTILINGUAL, embedder_covers
+from kb.models import Chunk, Document, DocumentStatus
 from kb.ports import BlobStore, Embedder, Registry, VectorIndex
 from kb.settings import IngestSettings
 
@@ -52,6 +53,24 @@ def sanitize_filename(name: str) -> str:
     return base[:255] or "unnamed"
 
 
+def embed_chunks(
+    embedder: Embedder, chunks: Sequence[Chunk], languages: Sequence[str] | None = None
+) -> tuple[list[list[float]], list[list[list[float]]]]:
+    """Each chunk's vector and its sentences' vectors (ingest.chunk.sentences), in one call to the embedder.
+
+    `languages`: what the embedder understands (EmbedderSettings.languages); a chunk in another language gets no
+    sentence vectors, as its queries never reach the dense side. None: no sentence vectors at all.
+    """
+    texts = [c.embed_text or c.text for c in chunks]
+    per_chunk = [
+        sentences(text) if languages is not None and embedder_covers(list(languages), text) else []
+        for text in texts
+    ]
+    vectors = embedder.embed_documents(texts + [s for found in per_chunk for s in found])
+    chunk_vectors, rest = vectors[: len(texts)], iter(vectors[len(texts) :])
+    return chunk_vectors, [[next(rest) for _ in found] for found in per_chunk]
+
+
 def blob_key(document_id: str, version: int) -> str:
     return f"{document_id}-v{version}"
 
@@ -70,12 +89,15 @@ class IngestionPipeline:
         embedder: Embedder,
         index: VectorIndex,
         settings: IngestSettings,
+        languages: Sequence[str] = (MULTILINGUAL,),
     ) -> None:
+        """`languages`: what the embedder understands (EmbedderSettings.languages)."""
         self._registry = registry
         self._blobs = blobs
         self._embedder = embedder
         self._index = index
         self._settings = settings
+        self._sentence_languages = list(languages) if settings.sentence_vectors else None
         # Publishing a version and deleting the document exclude each other (within this process).
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -166,7 +188,7 @@ class IngestionPipeline:
         self._index.discard_staged(document_id)
         for start in range(0, len(chunks), _EMBED_BATCH):
             batch = chunks[start : start + _EMBED_BATCH]
-            self._index.upsert(batch, self._embedder.embed_documents([c.embed_text or c.text for c in batch]))
+            self._index.upsert(batch, *embed_chunks(self._embedder, batch, self._sentence_languages))
             state["chunks_embedded"] = start + len(batch)
             self._report(document_id, state, progress)
         with self._document_lock(document_id):

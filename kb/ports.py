@@ -30,11 +30,19 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorIndex(Protocol):
-    """Chunks with a dense vector (given) and a BM25 sparse vector (computed by the index adapter).
+    """Chunks with a dense vector and sentence vectors (given) and a BM25 sparse vector (computed by the index adapter).
 
     Searches and counts never see staged chunks."""
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None: ...
+    def upsert(
+        self,
+        chunks: Sequence[Chunk],
+        vectors: Sequence[Sequence[float]],
+        sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
+    ) -> None:
+        """`sentence_vectors`: per chunk, the vectors of its sentences (ingest.chunk.sentences; none for a chunk of
+        one sentence). A chunk's sentence side is its own vector and these; None: its own vector alone."""
+        ...
 
     def delete_document(self, document_id: str) -> None: ...
 

@@ -40,10 +40,12 @@ class IndexSettings(BaseModel):
     # Hybrid fusion inside Qdrant: "dbsf" (distribution-based score fusion) or "rrf"; candidate depth per side.
     fusion: Literal["rrf", "dbsf"] = "dbsf"
     candidates: int = 50
-    # Whole-number weight of each side in the fusion (a side of weight n is prefetched n times). BM25 counts twice
-    # by default: the English-only MiniLM is the weaker side on specialised text (bench/RESULTS.md).
+    # Whole-number weight of each list in the fusion (a list of weight n is prefetched n times): chunk vectors, BM25,
+    # and the candidates of both re-scored by their best sentence (kb.adapters.bm25.HybridFusion). BM25 counts most
+    # by default: the English-only MiniLM is the weaker model on specialised text (bench/RESULTS.md).
     dense_weight: int = Field(default=1, ge=0)
-    sparse_weight: int = Field(default=2, ge=0)
+    sparse_weight: int = Field(default=3, ge=0)
+    sentence_weight: int = Field(default=2, ge=0)
     # Query weights of the BM25 vector's phrase terms beside its words (kb.adapters.bm25.Bm25Terms): adjacent word
     # pairs, and adjacent Han characters for Chinese. Query-side only: 0 turns a kind off without re-indexing.
     # Chunks indexed before these terms existed match on words alone until they are ingested again.
@@ -125,6 +127,9 @@ class RetrievalSettings(BaseModel):
 class IngestSettings(BaseModel):
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 24
+    # Also embed each sentence of a chunk (in a language the embedder knows) for the hybrid query's sentence side:
+    # about twice the embedding work per chunk. False: each chunk's sentence side is its own vector alone.
+    sentence_vectors: bool = True
     max_upload_bytes: int = 100 * 1024 * 1024
     max_pages: int = 5000
     parse_time_limit_s: float = 600.0  # per document; the parser process is killed beyond it

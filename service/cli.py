@@ -330,7 +330,7 @@ def eval_retrieval(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
-        embedding = progress.add_task("embedding units", total=None)
+        embedding = progress.add_task("embedding units and sentences", total=None)
         try:
             prepared = evaluation.prepare(
                 dataset, max_documents, lambda done, total: progress.update(embedding, completed=done, total=total)

@@ -13,7 +13,9 @@ The units are embedded with the project's embedder (cached on disk by model and 
 modes embeds once) and upserted into a fresh Qdrant Edge shard in a temporary directory. A unit longer than the
 embedder's window is indexed as the chunks ingestion would make of it (so the dense side sees all of its text, not
 its first 256 tokens) when the embedder knows its language (EmbedderSettings.languages); a unit then scores as its
-best chunk: rankings are of units, each once, in the order of its first chunk.
+best chunk: rankings are of units, each once, in the order of its first chunk. Each entry in such a language also
+gets its sentences' vectors, as ingestion gives a chunk (IngestSettings.sentence_vectors), for hybrid search's
+best-sentence list.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ingest.chunk import Chunker, chunk_id_for
+from ingest.chunk import Chunker, chunk_id_for, sentences
 from ingest.partition import Block
 from kb.adapters.bm25 import Bm25Terms, HybridFusion
 from kb.languages import embedder_covers, search_mode_for
@@ -75,6 +77,7 @@ class IndexEntry:
     ordinal: int
     text: str
     embed_text: str  # embedded and BM25-encoded (a chunk of a titled unit carries the title, as in ingestion)
+    sentences: tuple[str, ...] = ()  # embedded for the sentence side of hybrid search, as ingestion does
 
 
 def index_entries(
@@ -375,14 +378,25 @@ def embed_units(
     on_progress: ProgressCallback | None = None,
 ) -> UnitVectors:
     """Unit vectors, from `cache_dir` when this model (`model_key`: path and passage prompt) embedded these texts."""
-    digest = hashlib.sha256(model_key.encode())
     texts = [u.embed_text if isinstance(u, IndexEntry) else u.text for u in units]
+    return embed_texts(texts, embedder, model_key, cache_dir, on_progress)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    embedder: Embedder,
+    model_key: str,
+    cache_dir: Path | None,
+    on_progress: ProgressCallback | None = None,
+) -> UnitVectors:
+    """Vectors of `texts`, from `cache_dir` when this model (`model_key`: path and passage prompt) embedded them."""
+    digest = hashlib.sha256(model_key.encode())
     for text in texts:
         digest.update(b"\0" + text.encode())
     cache_file = cache_dir / f"{digest.hexdigest()[:32]}.npy" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         vectors = np.load(cache_file)
-        if vectors.shape == (len(units), embedder.dimension):
+        if vectors.shape == (len(texts), embedder.dimension):
             return UnitVectors(vectors, 0.0, cached=True)
 
     started = time.perf_counter()
@@ -398,7 +412,7 @@ def embed_units(
             store.put(batch, embedded)
         done += len(batch)
         if on_progress:
-            on_progress(done, len(units))
+            on_progress(done, len(texts))
     vectors = (
         np.stack([known[t] for t in texts]).astype(np.float32)
         if texts
@@ -458,9 +472,10 @@ def scratch_index(
     batch: int = 512,
     entries: Sequence[IndexEntry] | None = None,
     terms: Bm25Terms | None = None,
+    sentence_vectors: Sequence[np.ndarray] | None = None,
 ) -> Iterator[VectorIndex]:
     """A fresh Qdrant Edge shard in a temporary directory holding the set's units (or `entries`); removed on exit.
-    `fusion`: the hybrid fusion, or just its candidate depth."""
+    `fusion`: the hybrid fusion, or just its candidate depth; `sentence_vectors`: per entry, its sentences' vectors."""
     from kb.adapters.edge_index import EdgeVectorIndex
 
     if isinstance(fusion, int):
@@ -478,7 +493,11 @@ def scratch_index(
                     )
                     for e in entries[first : first + batch]
                 ]
-                index.upsert(chunks, vectors[first : first + len(chunks)].tolist())
+                index.upsert(
+                    chunks,
+                    vectors[first : first + len(chunks)].tolist(),
+                    [v.tolist() for v in sentence_vectors[first : first + len(chunks)]] if sentence_vectors else None,
+                )
             yield index
         finally:
             index.close()
@@ -562,6 +581,16 @@ class PreparedSet:
     units_truncated: int  # units longer than the embedder's window
     entries: list[IndexEntry] = field(default_factory=list)
     units_split: int = 0  # long units indexed as their chunks (the others: the dense side sees only their start)
+    sentence_vectors: UnitVectors | None = None  # of the entries' sentences, in order
+
+    def sentence_vectors_by_entry(self) -> list[np.ndarray] | None:
+        if self.sentence_vectors is None:
+            return None
+        found, first = [], 0
+        for entry in self.entries:
+            found.append(self.sentence_vectors.vectors[first : first + len(entry.sentences)])
+            first += len(entry.sentences)
+        return found
 
 
 class RetrievalEvaluation:
@@ -611,7 +640,16 @@ class RetrievalEvaluation:
         to_split = {u.unit_id for u in qa_set.units if u.unit_id in long_units and embedder_covers(languages, u.text)}
         entries, split = index_entries(qa_set, chunker if self._split_long_units else None, to_split)
         vectors = embed_units(entries, self._embedder, self._model_key(), self._cache_dir, on_progress)
-        return PreparedSet(path, qa_set, vectors, len(long_units), entries, split)
+        sentence_vectors = None
+        if self._settings.ingest.sentence_vectors:
+            # As ingestion does (ingest.pipeline.embed_chunks): sentences of entries in a language the embedder knows.
+            entries = [
+                replace(e, sentences=tuple(sentences(e.embed_text))) if embedder_covers(languages, e.embed_text) else e
+                for e in entries
+            ]
+            texts = [s for e in entries for s in e.sentences]
+            sentence_vectors = embed_texts(texts, self._embedder, self._model_key(), self._cache_dir, on_progress)
+        return PreparedSet(path, qa_set, vectors, len(long_units), entries, split, sentence_vectors)
 
     def evaluate(
         self,
@@ -628,7 +666,10 @@ class RetrievalEvaluation:
         entries = prepared.entries or None
         unit_of = {e.entry_id: e.unit_id for e in prepared.entries if e.entry_id != e.unit_id}
         terms = Bm25Terms.from_settings(self._settings.index)
-        with scratch_index(qa_set, prepared.vectors.vectors, fusion, entries=entries, terms=terms) as index:
+        with scratch_index(
+            qa_set, prepared.vectors.vectors, fusion, entries=entries, terms=terms,
+            sentence_vectors=prepared.sentence_vectors_by_entry(),
+        ) as index:  # fmt: skip
             index_s = time.perf_counter() - started
             results = run_questions(
                 questions, self._embedder, index, modes, TOP_K, on_progress,
@@ -647,12 +688,16 @@ class RetrievalEvaluation:
             "units_split": prepared.units_split,
             "entries": len(prepared.entries) or len(qa_set.units),
             "fusion": fusion.method,
-            "fusion_weights": {"dense": fusion.dense_weight, "sparse": fusion.sparse_weight},
+            "fusion_weights": {
+                "dense": fusion.dense_weight, "sentences": fusion.sentence_weight, "sparse": fusion.sparse_weight,
+            },  # fmt: skip
             "bm25_terms": {"pair_weight": terms.pair_weight, "han_bigram_weight": terms.han_bigram_weight},
             "top_k": TOP_K,
             "embedder": self._model_key().split("\0")[0],
             "embed_units_s": round(prepared.vectors.seconds, 2),
             "embeddings_cached": prepared.vectors.cached,
+            "sentences": len(prepared.sentence_vectors.vectors) if prepared.sentence_vectors else 0,
+            "embed_sentences_s": round(prepared.sentence_vectors.seconds, 2) if prepared.sentence_vectors else 0.0,
             "index_s": round(index_s, 2),
         }
         return [{"dataset": common["dataset"], **result.report(), **common} for result in results]

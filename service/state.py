@@ -28,8 +28,9 @@ class Services:
     async def open(cls, container: Container, *, with_generator: bool = True) -> "Services":
         settings = container.settings
         pipeline = IngestionPipeline(
-            container.registry, container.blobs, container.embedder, container.index, settings.ingest
-        )
+            container.registry, container.blobs, container.embedder, container.index, settings.ingest,
+            settings.embedder.languages,
+        )  # fmt: skip
         if not settings.registry_url:
             # The registry is the SQLite file of a data directory this process holds the lock of: any job marked
             # running was left by a process that died (kill -9, power cut). Resume it now, not when its lease ends.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qdrant_edge import (
     CountRequest,
@@ -17,10 +18,13 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     Fusion,
+    HnswIndexConfig,
     KeywordIndexParams,
     MatchAny,
     MatchValue,
     Modifier,
+    MultiVectorComparator,
+    MultiVectorConfig,
     PayloadSchemaType,
     Point,
     Prefetch,
@@ -30,14 +34,26 @@ from qdrant_edge import (
     RangeFloat,
     ScrollRequest,
     UpdateOperation,
+    VectorStorageDatatype,
 )
 
 if TYPE_CHECKING:
     from qdrant_edge import ConditionType
 
-from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion
+from kb.adapters.bm25 import (
+    DENSE_VECTOR,
+    RRF_K,
+    SENTENCE_VECTOR,
+    SPARSE_VECTOR,
+    Bm25Encoder,
+    Bm25Terms,
+    HybridFusion,
+    sentence_multivector,
+)
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
+
+log = logging.getLogger(__name__)
 
 _PAYLOAD_INDEXES: dict[str, PayloadSchemaType | KeywordIndexParams] = {
     "document_id": PayloadSchemaType.Keyword,
@@ -83,8 +99,23 @@ def _edge_filter(search_filter: SearchFilter | None, *extra: ConditionType) -> F
     return Filter(must=conditions or None, must_not=[_NOT_STAGED])
 
 
+def _config(dimension: int, *, sentences: bool) -> EdgeConfig:
+    vectors = {DENSE_VECTOR: EdgeVectorParams(size=dimension, distance=Distance.Cosine)}
+    if sentences:
+        vectors[SENTENCE_VECTOR] = EdgeVectorParams(
+            size=dimension,
+            distance=Distance.Cosine,
+            multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
+            # Only re-scores candidates: no graph to build. Half the memory; scores differ from float32 by ~1e-3.
+            hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
+            datatype=VectorStorageDatatype.Float16,
+        )
+    return EdgeConfig(vectors=vectors, sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)})
+
+
 class EdgeVectorIndex:
-    """Named dense vector "dense" (cosine) and sparse "bm25" (IDF) in one Edge shard at `path`.
+    """Named dense vector "dense" (cosine), multivector "sentences" (MaxSim) and sparse "bm25" (IDF) in one Edge
+    shard at `path`. A shard written before sentence vectors existed opens without them (`sentence_vectors` False).
 
     The shard is safe to share between threads, but every call (reads too) takes one lock: `publish` is two
     operations (drop the old version, unstage the new one) and no search may run between them. This costs no
@@ -106,16 +137,25 @@ class EdgeVectorIndex:
         self._bm25 = Bm25Encoder(terms)
         self._write_lock = threading.Lock()
         self._closed = False
-        config = EdgeConfig(
-            vectors={DENSE_VECTOR: EdgeVectorParams(size=dimension, distance=Distance.Cosine)},
-            sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
-        )
+        self.sentence_vectors = True
         if self._path.is_dir() and any(self._path.iterdir()):
             # Passing the config makes Edge refuse a shard built for another dimension (another embedder).
-            self._shard = EdgeShard.load(str(self._path), config)
+            try:
+                self._shard = EdgeShard.load(str(self._path), _config(dimension, sentences=True))
+            except Exception as error:
+                try:
+                    self._shard = EdgeShard.load(str(self._path), _config(dimension, sentences=False))
+                except Exception:
+                    raise error from None
+                self.sentence_vectors = False
+                log.warning(
+                    "vector index %s has no sentence vectors (written by an earlier version): hybrid search fuses "
+                    "chunk vectors and BM25 alone until it is rebuilt (a new data directory, documents uploaded again)",
+                    self._path,
+                )
         else:
             self._path.mkdir(parents=True, exist_ok=True)
-            self._shard = EdgeShard.create(str(self._path), config)
+            self._shard = EdgeShard.create(str(self._path), _config(dimension, sentences=True))
         self._ensure_payload_indexes()
 
     def _ensure_payload_indexes(self) -> None:
@@ -129,22 +169,28 @@ class EdgeVectorIndex:
         if self._closed:
             raise RuntimeError(f"vector index at {self._path} is closed")
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
+    def upsert(
+        self,
+        chunks: Sequence[Chunk],
+        vectors: Sequence[Sequence[float]],
+        sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
+    ) -> None:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        if sentence_vectors is not None and len(sentence_vectors) != len(chunks):
+            raise ValueError(f"{len(chunks)} chunks but sentence vectors for {len(sentence_vectors)}")
         if not chunks:
             return
-        points = [
-            Point(
-                chunk.chunk_id,
-                {
-                    DENSE_VECTOR: [float(x) for x in vector],
-                    SPARSE_VECTOR: self._bm25.document(chunk.embed_text or chunk.text),
-                },
-                chunk.payload(),
-            )
-            for chunk, vector in zip(chunks, vectors, strict=True)
-        ]
+        points = []
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
+            dense = [float(x) for x in vector]
+            named: dict[str, Any] = {
+                DENSE_VECTOR: dense,
+                SPARSE_VECTOR: self._bm25.document(chunk.embed_text or chunk.text),
+            }
+            if self.sentence_vectors:
+                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentence_vectors[i] if sentence_vectors else None)
+            points.append(Point(chunk.chunk_id, named, chunk.payload()))
         with self._write_lock:
             self._check_open()
             # The WAL makes this survive a killed process. Flushing (for a power cut) waits for `publish`, the one
@@ -203,10 +249,23 @@ class EdgeVectorIndex:
         elif mode == "hybrid":
             fusion = self._fusion
             depth = max(limit, fusion.candidates)
-            by_side = {DENSE_VECTOR: dense, SPARSE_VECTOR: sparse}
+            dense_candidates = Prefetch(limit=depth, query=dense, filter=edge_filter)
+            sparse_candidates = Prefetch(limit=depth, query=sparse, filter=edge_filter) if sparse is not None else None
+            pool = [p for p in (dense_candidates, sparse_candidates) if p is not None]
+            by_side = {
+                DENSE_VECTOR: dense_candidates,
+                SPARSE_VECTOR: sparse_candidates,
+                # The dense and BM25 candidates, re-scored by their best sentence.
+                SENTENCE_VECTOR: Prefetch(
+                    limit=depth,
+                    query=Query.Nearest([[float(x) for x in vector]], using=SENTENCE_VECTOR),
+                    prefetches=pool,
+                    filter=edge_filter,
+                ),
+            }
             prefetches = [
-                Prefetch(limit=depth, query=by_side[side], filter=edge_filter)
-                for side in fusion.prefetch_sides(has_sparse=sparse is not None)
+                by_side[side]
+                for side in fusion.prefetch_sides(has_sparse=sparse is not None, has_sentences=self.sentence_vectors)
             ]
             if not prefetches:
                 return []

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from kb.adapters.bm25 import DENSE_VECTOR, RRF_K, SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion
+from kb.adapters.bm25 import (
+    DENSE_VECTOR,
+    RRF_K,
+    SENTENCE_VECTOR,
+    SPARSE_VECTOR,
+    Bm25Encoder,
+    Bm25Terms,
+    HybridFusion,
+    sentence_multivector,
+)
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
+
+log = logging.getLogger(__name__)
 
 _UPSERT_BATCH = 256
 
@@ -71,7 +83,8 @@ def _is_local_mode(client: QdrantClient) -> bool:
 
 
 class QdrantServerIndex:
-    """Collection with named dense vector "dense" (cosine) and sparse "bm25" (IDF), as EdgeVectorIndex."""
+    """Collection with named dense vector "dense" (cosine), multivector "sentences" (MaxSim) and sparse "bm25" (IDF),
+    as EdgeVectorIndex. A collection created before sentence vectors existed is used without them."""
 
     def __init__(
         self,
@@ -92,6 +105,7 @@ class QdrantServerIndex:
         # Local mode is plain Python over numpy arrays and SQLite, not safe for a search running while
         # a worker thread upserts; a server client is (httpx), and must not be serialised.
         self._lock: threading.Lock | None = threading.Lock() if self._local else None
+        self.sentence_vectors = True
         self._ensure_collection()
 
     @classmethod
@@ -134,7 +148,17 @@ class QdrantServerIndex:
                 self._client.create_collection(
                     self._collection,
                     vectors_config={
-                        DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
+                        DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE),
+                        SENTENCE_VECTOR: models.VectorParams(
+                            size=self._dimension,
+                            distance=models.Distance.COSINE,
+                            multivector_config=models.MultiVectorConfig(
+                                comparator=models.MultiVectorComparator.MAX_SIM
+                            ),
+                            # Only re-scores candidates: no graph to build; float16 halves its memory.
+                            hnsw_config=models.HnswConfigDiff(m=0),
+                            datatype=models.Datatype.FLOAT16,
+                        ),
                     },
                     sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 )
@@ -166,23 +190,35 @@ class QdrantServerIndex:
             raise ValueError(
                 f"collection {self._collection!r} holds {found} dimensions, the embedder gives {self._dimension}"
             )
+        if SENTENCE_VECTOR not in vectors:
+            self.sentence_vectors = False
+            log.warning(
+                "collection %r has no sentence vectors (created by an earlier version): hybrid search fuses chunk "
+                "vectors and BM25 alone until it is rebuilt (a new collection, documents uploaded again)",
+                self._collection,
+            )
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
+    def upsert(
+        self,
+        chunks: Sequence[Chunk],
+        vectors: Sequence[Sequence[float]],
+        sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
+    ) -> None:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        if sentence_vectors is not None and len(sentence_vectors) != len(chunks):
+            raise ValueError(f"{len(chunks)} chunks but sentence vectors for {len(sentence_vectors)}")
         points = []
-        for chunk, vector in zip(chunks, vectors, strict=True):
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
             sparse = self._bm25.document(chunk.embed_text or chunk.text)
-            points.append(
-                models.PointStruct(
-                    id=chunk.chunk_id,
-                    vector={
-                        DENSE_VECTOR: [float(x) for x in vector],
-                        SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values),
-                    },
-                    payload=chunk.payload(),
-                )
-            )
+            dense = [float(x) for x in vector]
+            named: dict[str, Any] = {
+                DENSE_VECTOR: dense,
+                SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values),
+            }
+            if self.sentence_vectors:
+                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentence_vectors[i] if sentence_vectors else None)
+            points.append(models.PointStruct(id=chunk.chunk_id, vector=named, payload=chunk.payload()))
         for start in range(0, len(points), _UPSERT_BATCH):
             with self._guard():
                 self._client.upsert(self._collection, points=points[start : start + _UPSERT_BATCH], wait=True)
@@ -239,10 +275,28 @@ class QdrantServerIndex:
         elif mode == "hybrid":
             fusion = self._fusion
             depth = max(limit, fusion.candidates)
-            by_side: dict[str, list[float] | models.SparseVector | None] = {DENSE_VECTOR: dense, SPARSE_VECTOR: sparse}
+            dense_candidates = models.Prefetch(query=dense, using=DENSE_VECTOR, limit=depth, filter=query_filter)
+            sparse_candidates = (
+                models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=depth, filter=query_filter)
+                if sparse is not None
+                else None
+            )
+            by_side = {
+                DENSE_VECTOR: dense_candidates,
+                SPARSE_VECTOR: sparse_candidates,
+                # The dense and BM25 candidates, re-scored by their best sentence.
+                SENTENCE_VECTOR: models.Prefetch(
+                    prefetch=[p for p in (dense_candidates, sparse_candidates) if p is not None],
+                    query=[dense],
+                    using=SENTENCE_VECTOR,
+                    limit=depth,
+                    filter=query_filter,
+                ),
+            }
             prefetch = [
-                models.Prefetch(query=by_side[side], using=side, limit=depth, filter=query_filter)
-                for side in fusion.prefetch_sides(has_sparse=sparse is not None)
+                p
+                for side in fusion.prefetch_sides(has_sparse=sparse is not None, has_sentences=self.sentence_vectors)
+                if (p := by_side[side]) is not None
             ]
             if not prefetch:
                 return []

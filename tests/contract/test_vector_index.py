@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kb.adapters.bm25 import SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion, han_bigrams, word_pairs
-from kb.adapters.edge_index import EdgeVectorIndex
+from kb.adapters.edge_index import EdgeVectorIndex, _config
 from kb.adapters.qdrant_server_index import QdrantServerIndex
 from kb.models import Chunk, SearchFilter
 from kb.ports import VectorIndex
@@ -157,7 +157,7 @@ def test_stopword_only_query_matches_nothing_sparse(index: VectorIndex) -> None:
 
 
 def test_hybrid_rrf_fuses_dense_and_sparse_ranks(open_index: OpenIndex) -> None:
-    index = open_index(fusion=HybridFusion("rrf"))
+    index = open_index(fusion=HybridFusion("rrf", sparse_weight=2, sentence_weight=0))
     a = chunk("alpha notes", ordinal=0)
     b = chunk("zanzibar archive with a long list of many other unrelated words inside", ordinal=1)
     c = chunk("zanzibar zanzibar archive", ordinal=2)
@@ -169,7 +169,7 @@ def test_hybrid_rrf_fuses_dense_and_sparse_ranks(open_index: OpenIndex) -> None:
 
     passages = index.search(e(0), "zanzibar", limit=3, mode="hybrid")
 
-    # RRF with k=60 over 0-based ranks, the sparse list counted twice (its default weight): C = 1/61 + 2/60
+    # RRF with k=60 over 0-based ranks, the sparse list counted twice: C = 1/61 + 2/60
     # (dense 1, sparse 0), B = 1/63 + 2/61 (dense 3, sparse 1), A = 1/60 (dense 0), D = 1/62 (dense 2) is cut.
     assert texts(passages) == [c.text, b.text, a.text]
     assert [p.score for p in passages] == pytest.approx([1 / 61 + 2 / 60, 1 / 63 + 2 / 61, 1 / 60], rel=1e-4)
@@ -183,33 +183,90 @@ def _dbsf_corpus(index: VectorIndex) -> list[Chunk]:
         chunk("delta notes", ordinal=3),
         chunk("zanzibar", ordinal=4),
     ]
-    index.upsert(chunks, [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))])
+    vectors = [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))]
+    # The long chunk has a sentence close to the query vector; the others are one sentence each.
+    index.upsert(chunks, vectors, [[], [unit((0, 1.0), (2, 0.5)), e(6)], [], [], []])
     return chunks
+
+
+def _normalised(scores: dict[str, float]) -> dict[str, float]:
+    """Qdrant's DBSF normalisation of one list: mean +- 3 sample standard deviations mapped to 0..1."""
+    values = np.array(list(scores.values()))
+    mean, sigma = values.mean(), values.std(ddof=1)
+    low, high = mean - 3 * sigma, mean + 3 * sigma
+    return {text: float((score - low) / (high - low)) for text, score in scores.items()}
 
 
 def test_hybrid_dbsf_is_the_default_and_sums_normalised_scores(index: VectorIndex) -> None:
     chunks = _dbsf_corpus(index)
-    dense = index.search(e(0), "zanzibar", limit=10, mode="dense")
-    sparse = index.search(e(0), "zanzibar", limit=10, mode="sparse")
+    vectors = {c.text: np.array(v) for c, v in zip(chunks, [e(0), e(2), unit((0, 1.0), (1, 0.3)),
+                                                            unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))])}
+    dense = {p.text: p.score for p in index.search(e(0), "zanzibar", limit=10, mode="dense")}
+    sparse = {p.text: p.score for p in index.search(e(0), "zanzibar", limit=10, mode="sparse")}
+    # The sentence side: every candidate of the other two, scored by its best vector (its own, or a sentence's).
+    query = np.array(e(0))
+    best_sentence = float(query @ np.array(unit((0, 1.0), (2, 0.5))))
+    sentences = {text: float(query @ v) for text, v in vectors.items()}
+    sentences[chunks[1].text] = max(sentences[chunks[1].text], best_sentence)
 
-    def normalised(passages: list[Any]) -> dict[str, float]:
-        scores = np.array([p.score for p in passages])
-        mean, sigma = scores.mean(), scores.std(ddof=1)
-        low, high = mean - 3 * sigma, mean + 3 * sigma
-        return {p.text: float((p.score - low) / (high - low)) for p in passages}
-
-    # Each side counts as often as its weight (prefetched that many times): BM25 twice by default.
+    # Each list counts as often as its weight (prefetched that many times): dense 1, sentences 2, BM25 3 by default.
     weights = HybridFusion()
     expected: dict[str, float] = {}
-    for side, weight in ((normalised(dense), weights.dense_weight), (normalised(sparse), weights.sparse_weight)):
-        for text, score in side.items():
+    for side, weight in ((dense, weights.dense_weight), (sentences, weights.sentence_weight),
+                         (sparse, weights.sparse_weight)):  # fmt: skip
+        for text, score in _normalised(side).items():
             expected[text] = expected.get(text, 0.0) + weight * score
 
     passages = index.search(e(0), "zanzibar", limit=5, mode="hybrid")
 
     assert {p.text for p in passages} == {c.text for c in chunks}
-    assert {p.text: p.score for p in passages} == pytest.approx(expected, rel=1e-3)
+    # Sentence vectors are stored in float16: their scores are exact to about 1e-3.
+    assert {p.text: p.score for p in passages} == pytest.approx(expected, abs=1e-2)
     assert [p.score for p in passages] == sorted((p.score for p in passages), reverse=True)
+
+
+def test_a_chunk_is_found_by_its_best_sentence(open_index: OpenIndex) -> None:
+    index = open_index()
+    # The same words for BM25; the chunk vector of `blurred` is far from the query, one of its sentences is on it.
+    blurred = chunk("zanzibar archive. The harbour opened in 1883.", ordinal=0)
+    plain = chunk("zanzibar archive. The harbour closed in 1883.", ordinal=1)
+    index.upsert([blurred, plain], [e(1), unit((0, 0.8), (1, 0.6))], [[e(2), e(0)], []])
+
+    assert texts(index.search(e(0), "zanzibar archive", limit=2, mode="dense")) == [plain.text, blurred.text]
+    assert texts(index.search(e(0), "zanzibar archive", limit=2, mode="hybrid")) == [blurred.text, plain.text]
+
+    index.close()
+    without_sentence_side = open_index(fusion=HybridFusion(sentence_weight=0))
+    hybrid = without_sentence_side.search(e(0), "zanzibar archive", limit=2, mode="hybrid")
+    assert texts(hybrid) == [plain.text, blurred.text]
+
+
+def test_sentence_vectors_must_match_the_chunks(index: VectorIndex) -> None:
+    with pytest.raises(ValueError):
+        index.upsert([chunk("a. b c d."), chunk("e", ordinal=1)], [e(0), e(1)], [[e(2)]])
+    assert index.count() == 0
+
+
+def test_an_index_from_before_sentence_vectors_opens_and_searches(tmp_path: Path) -> None:
+    """Data written by an earlier version (dense and BM25 vectors only) stays searchable; the sentence side is off."""
+    from qdrant_client import QdrantClient, models
+    from qdrant_edge import EdgeShard
+
+    (tmp_path / "edge").mkdir()
+    EdgeShard.create(str(tmp_path / "edge"), _config(DIM, sentences=False)).close()
+    client = QdrantClient(location=":memory:")
+    client.create_collection(
+        "kb",
+        vectors_config={"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)},
+        sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    for index in (EdgeVectorIndex(tmp_path / "edge", DIM), QdrantServerIndex(client, "kb", DIM)):
+        try:
+            assert index.sentence_vectors is False
+            index.upsert([chunk("zanzibar archive. The harbour.")], [e(1)], [[e(0)]])
+            assert texts(index.search(e(0), "zanzibar", limit=2, mode="hybrid")) == ["zanzibar archive. The harbour."]
+        finally:
+            index.close()
 
 
 def test_both_adapters_fuse_alike(tmp_path: Path) -> None:
@@ -219,18 +276,17 @@ def test_both_adapters_fuse_alike(tmp_path: Path) -> None:
         try:
             _dbsf_corpus(edge)
             _dbsf_corpus(local)
-            found = [
-                [(p.text, round(p.score, 4)) for p in index.search(e(0), "zanzibar", limit=5, mode="hybrid")]
-                for index in (edge, local)
-            ]
+            found = [index.search(e(0), "zanzibar", limit=5, mode="hybrid") for index in (edge, local)]
         finally:
             edge.close()
             local.close()
-        assert found[0] == found[1], method
+        assert texts(found[0]) == texts(found[1]), method
+        # Sentence vectors are stored in float16 (Edge) and may be kept in float32 (qdrant-client's local mode).
+        assert [p.score for p in found[0]] == pytest.approx([p.score for p in found[1]], abs=2e-3), method
 
 
 def test_fusion_weights_decide_between_the_sides(open_index: OpenIndex) -> None:
-    dense_only = open_index(fusion=HybridFusion(dense_weight=1, sparse_weight=0))
+    dense_only = open_index(fusion=HybridFusion(dense_weight=1, sparse_weight=0, sentence_weight=0))
     chunks = _dbsf_corpus(dense_only)
     dense_order = texts(dense_only.search(e(0), "zanzibar", limit=5, mode="dense"))
 
@@ -240,20 +296,18 @@ def test_fusion_weights_decide_between_the_sides(open_index: OpenIndex) -> None:
 
 def test_both_adapters_fuse_alike_with_weights(tmp_path: Path) -> None:
     for dense_weight, sparse_weight in ((1, 2), (3, 1)):
-        fusion = HybridFusion(dense_weight=dense_weight, sparse_weight=sparse_weight)
+        fusion = HybridFusion(dense_weight=dense_weight, sparse_weight=sparse_weight, sentence_weight=1)
         edge = EdgeVectorIndex(tmp_path / f"edge-{dense_weight}-{sparse_weight}", DIM, fusion=fusion)
         local = QdrantServerIndex.from_url(":memory:", None, "kb", DIM, fusion=fusion)
         try:
             _dbsf_corpus(edge)
             _dbsf_corpus(local)
-            found = [
-                [(p.text, round(p.score, 4)) for p in index.search(e(0), "zanzibar", limit=5, mode="hybrid")]
-                for index in (edge, local)
-            ]
+            found = [index.search(e(0), "zanzibar", limit=5, mode="hybrid") for index in (edge, local)]
         finally:
             edge.close()
             local.close()
-        assert found[0] == found[1], (dense_weight, sparse_weight)
+        assert texts(found[0]) == texts(found[1]), (dense_weight, sparse_weight)
+        assert [p.score for p in found[0]] == pytest.approx([p.score for p in found[1]], abs=2e-3)
 
 
 def test_hybrid_respects_limit(index: VectorIndex) -> None:

@@ -25,11 +25,11 @@ class FlakyIndex:
     def __init__(self, index: Any, failures: int) -> None:
         self._index, self.failures = index, failures
 
-    def upsert(self, chunks: Any, vectors: Any) -> None:
+    def upsert(self, chunks: Any, vectors: Any, sentence_vectors: Any = None) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("qdrant unreachable")
-        self._index.upsert(chunks, vectors)
+        self._index.upsert(chunks, vectors, sentence_vectors)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._index, name)

@@ -6,6 +6,7 @@ import pytest
 
 from kb.adapters.bm25 import (
     DENSE_VECTOR,
+    SENTENCE_VECTOR,
     SPARSE_VECTOR,
     Bm25Encoder,
     Bm25Terms,
@@ -46,16 +47,19 @@ def test_english_keeps_stemming_and_stopwords() -> None:
 
 
 def test_each_side_is_prefetched_as_often_as_its_weight() -> None:
-    assert HybridFusion().prefetch_sides() == [DENSE_VECTOR, SPARSE_VECTOR, SPARSE_VECTOR]
-    assert HybridFusion(dense_weight=2, sparse_weight=1).prefetch_sides() == [DENSE_VECTOR, DENSE_VECTOR, SPARSE_VECTOR]
-    # A query without BM25 terms (stopwords only) falls back to the dense side alone.
-    assert HybridFusion().prefetch_sides(has_sparse=False) == [DENSE_VECTOR]
+    dense, sentences, sparse = DENSE_VECTOR, SENTENCE_VECTOR, SPARSE_VECTOR
+    assert HybridFusion().prefetch_sides() == [dense, sentences, sentences, sparse, sparse, sparse]
+    assert HybridFusion(dense_weight=2, sparse_weight=1, sentence_weight=0).prefetch_sides() == [dense, dense, sparse]
+    # A query without BM25 terms (stopwords only) falls back to the dense and sentence sides.
+    assert HybridFusion().prefetch_sides(has_sparse=False) == [dense, sentences, sentences]
+    # An index written before sentence vectors existed fuses the other two.
+    assert HybridFusion().prefetch_sides(has_sentences=False) == [dense, sparse, sparse, sparse]
 
 
-@pytest.mark.parametrize("weights", [(-1, 1), (0, 0)])
-def test_fusion_weights_are_checked(weights: tuple[int, int]) -> None:
+@pytest.mark.parametrize("weights", [(-1, 1, 1), (1, 1, -1), (0, 0, 0)])
+def test_fusion_weights_are_checked(weights: tuple[int, int, int]) -> None:
     with pytest.raises(ValueError):
-        HybridFusion(dense_weight=weights[0], sparse_weight=weights[1])
+        HybridFusion(dense_weight=weights[0], sparse_weight=weights[1], sentence_weight=weights[2])
 
 
 def test_word_pairs_keep_order_and_skip_pairs_of_stopwords() -> None:

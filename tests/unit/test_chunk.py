@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from ingest.chunk import Chunker, chunk_id_for, html_table_rows
+from ingest.chunk import MAX_SENTENCES, Chunker, chunk_id_for, html_table_rows, sentences
 from ingest.partition import Block, looks_like_heading
 
 pytestmark = pytest.mark.unit
@@ -115,3 +115,18 @@ def test_a_heading_directly_followed_by_another_is_kept() -> None:
     found = "\n".join(f"{c.section}\n{c.text}" for c in chunks)
     for heading in ("春节放假通知", "Spring Festival Holiday Notice", "Trailing heading"):
         assert heading in found
+
+
+def test_sentences_of_a_chunk_for_its_sentence_vectors() -> None:
+    text = "Setup guide\nInstall the package. Then run it! Does it start? Yes.\n| a | b |\n|---|---|\n| 1 | 2 |"
+
+    assert sentences(text) == [
+        "Setup guide", "Install the package.", "Then run it!", "Does it start?", "Yes.", "| a | b |", "| 1 | 2 |",
+    ]  # fmt: skip
+    # Chinese sentences end at their own punctuation, without a space.
+    assert sentences("第一句话。第二句话！第三句话") == ["第一句话。", "第二句话！", "第三句话"]
+    # One sentence: the chunk's own vector is its sentence vector.
+    assert sentences("A single sentence without an end") == []
+    # Repeats count once; the number per chunk is bounded.
+    assert sentences("Same line.\nSame line.\nOther line.") == ["Same line.", "Other line."]
+    assert len(sentences(" ".join(f"Sentence number {i}." for i in range(100)))) == MAX_SENTENCES
