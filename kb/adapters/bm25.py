@@ -83,6 +83,22 @@ class HybridFusion:
         )
 
 
+def sentence_vectors_per_chunk(
+    chunks: Sequence[object],
+    vectors: Sequence[Sequence[float]],
+    sentence_vectors: Sequence[Sequence[Sequence[float]]] | None,
+) -> list[Sequence[Sequence[float]] | None]:
+    """The arguments of VectorIndex.upsert checked to agree in length, and each chunk's sentence vectors (None: not
+    given)."""
+    if len(chunks) != len(vectors):
+        raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    if sentence_vectors is None:
+        return [None] * len(chunks)
+    if len(sentence_vectors) != len(chunks):
+        raise ValueError(f"{len(chunks)} chunks but sentence vectors for {len(sentence_vectors)}")
+    return list(sentence_vectors)
+
+
 def sentence_multivector(
     vector: Sequence[float], sentence_vectors: Sequence[Sequence[float]] | None
 ) -> list[list[float]]:

@@ -49,6 +49,7 @@ from kb.adapters.bm25 import (
     Bm25Terms,
     HybridFusion,
     sentence_multivector,
+    sentence_vectors_per_chunk,
 )
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
@@ -175,21 +176,18 @@ class EdgeVectorIndex:
         vectors: Sequence[Sequence[float]],
         sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        if sentence_vectors is not None and len(sentence_vectors) != len(chunks):
-            raise ValueError(f"{len(chunks)} chunks but sentence vectors for {len(sentence_vectors)}")
+        per_chunk = sentence_vectors_per_chunk(chunks, vectors, sentence_vectors)
         if not chunks:
             return
         points = []
-        for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
+        for chunk, vector, sentences in zip(chunks, vectors, per_chunk, strict=True):
             dense = [float(x) for x in vector]
             named: dict[str, Any] = {
                 DENSE_VECTOR: dense,
                 SPARSE_VECTOR: self._bm25.document(chunk.embed_text or chunk.text),
             }
             if self.sentence_vectors:
-                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentence_vectors[i] if sentence_vectors else None)
+                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentences)
             points.append(Point(chunk.chunk_id, named, chunk.payload()))
         with self._write_lock:
             self._check_open()

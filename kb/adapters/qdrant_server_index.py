@@ -19,6 +19,7 @@ from kb.adapters.bm25 import (
     Bm25Terms,
     HybridFusion,
     sentence_multivector,
+    sentence_vectors_per_chunk,
 )
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
@@ -204,12 +205,9 @@ class QdrantServerIndex:
         vectors: Sequence[Sequence[float]],
         sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        if sentence_vectors is not None and len(sentence_vectors) != len(chunks):
-            raise ValueError(f"{len(chunks)} chunks but sentence vectors for {len(sentence_vectors)}")
+        per_chunk = sentence_vectors_per_chunk(chunks, vectors, sentence_vectors)
         points = []
-        for i, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
+        for chunk, vector, sentences in zip(chunks, vectors, per_chunk, strict=True):
             sparse = self._bm25.document(chunk.embed_text or chunk.text)
             dense = [float(x) for x in vector]
             named: dict[str, Any] = {
@@ -217,7 +215,7 @@ class QdrantServerIndex:
                 SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values),
             }
             if self.sentence_vectors:
-                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentence_vectors[i] if sentence_vectors else None)
+                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentences)
             points.append(models.PointStruct(id=chunk.chunk_id, vector=named, payload=chunk.payload()))
         for start in range(0, len(points), _UPSERT_BATCH):
             with self._guard():
