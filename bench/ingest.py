@@ -45,10 +45,9 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every file of the corpus, whatever its size or format")
     args = parser.parse_args()
 
-    from ingest.chunk import sentences
     from ingest.partition import ParseError, partition_file
+    from ingest.pipeline import sentences_to_embed
     from kb.container import Container
-    from kb.languages import embedder_covers
     from kb.settings import Settings
     from service.state import Services
 
@@ -81,9 +80,8 @@ def main() -> None:
 
             # 2. raw embed: the chunks, then their sentences as the pipeline picks them (ingest.pipeline.embed_chunks)
             model = container.embedder._model  # type: ignore[attr-defined]  # the very model the pipeline uses
-            languages = settings.embedder.languages
-            wanted = settings.ingest.sentence_vectors
-            sentence_texts = [s for t in texts if wanted and embedder_covers(languages, t) for s in sentences(t)]
+            languages = settings.embedder.languages if settings.ingest.sentence_vectors else None
+            sentence_texts = [s for t in texts for s in sentences_to_embed(t, languages)]
             timings = []
             for batch in (texts, sentence_texts):
                 started = time.perf_counter()

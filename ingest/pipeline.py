@@ -53,19 +53,22 @@ def sanitize_filename(name: str) -> str:
     return base[:255] or "unnamed"
 
 
+def sentences_to_embed(text: str, languages: Sequence[str] | None) -> list[str]:
+    """The sentences of a chunk's embedded text that get their own vectors (ingest.chunk.sentences): none for a chunk
+    in a language the embedder lacks (`languages`: EmbedderSettings.languages), as its queries never reach the dense
+    side; none at all when `languages` is None (IngestSettings.sentence_vectors off)."""
+    return sentences(text) if languages is not None and embedder_covers(list(languages), text) else []
+
+
 def embed_chunks(
     embedder: Embedder, chunks: Sequence[Chunk], languages: Sequence[str] | None = None
 ) -> tuple[list[list[float]], list[list[list[float]]]]:
     """Each chunk's vector and its sentences' vectors (ingest.chunk.sentences), in one call to the embedder.
 
-    `languages`: what the embedder understands (EmbedderSettings.languages); a chunk in another language gets no
-    sentence vectors, as its queries never reach the dense side. None: no sentence vectors at all.
+    `languages`: as in `sentences_to_embed`.
     """
     texts = [c.embed_text or c.text for c in chunks]
-    per_chunk = [
-        sentences(text) if languages is not None and embedder_covers(list(languages), text) else []
-        for text in texts
-    ]
+    per_chunk = [sentences_to_embed(text, languages) for text in texts]
     vectors = embedder.embed_documents(texts + [s for found in per_chunk for s in found])
     chunk_vectors, rest = vectors[: len(texts)], iter(vectors[len(texts) :])
     return chunk_vectors, [[next(rest) for _ in found] for found in per_chunk]

@@ -34,8 +34,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ingest.chunk import Chunker, chunk_id_for, sentences
+from ingest.chunk import Chunker, chunk_id_for
 from ingest.partition import Block
+from ingest.pipeline import sentences_to_embed
 from kb.adapters.bm25 import Bm25Terms, HybridFusion
 from kb.languages import embedder_covers, search_mode_for
 from kb.models import Chunk
@@ -643,10 +644,7 @@ class RetrievalEvaluation:
         sentence_vectors = None
         if self._settings.ingest.sentence_vectors:
             # As ingestion does (ingest.pipeline.embed_chunks): sentences of entries in a language the embedder knows.
-            entries = [
-                replace(e, sentences=tuple(sentences(e.embed_text))) if embedder_covers(languages, e.embed_text) else e
-                for e in entries
-            ]
+            entries = [replace(e, sentences=tuple(sentences_to_embed(e.embed_text, languages))) for e in entries]
             texts = [s for e in entries for s in e.sentences]
             sentence_vectors = embed_texts(texts, self._embedder, self._model_key(), self._cache_dir, on_progress)
         return PreparedSet(path, qa_set, vectors, len(long_units), entries, split, sentence_vectors)

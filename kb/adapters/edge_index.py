@@ -233,7 +233,8 @@ class EdgeVectorIndex:
             edge_filter = _edge_filter(filter)
         except _MatchesNothing:
             return []
-        dense = Query.Nearest([float(x) for x in vector], using=DENSE_VECTOR)
+        query_vector = [float(x) for x in vector]
+        dense = Query.Nearest(query_vector, using=DENSE_VECTOR)
         sparse_vector = self._bm25.query(text)
         # A query of stopwords only has no terms: nothing can match it on the sparse side.
         sparse = Query.Nearest(sparse_vector, using=SPARSE_VECTOR) if sparse_vector.indices else None
@@ -256,7 +257,7 @@ class EdgeVectorIndex:
                 # The dense and BM25 candidates, re-scored by their best sentence.
                 SENTENCE_VECTOR: Prefetch(
                     limit=depth,
-                    query=Query.Nearest([[float(x) for x in vector]], using=SENTENCE_VECTOR),
+                    query=Query.Nearest([query_vector], using=SENTENCE_VECTOR),
                     prefetches=pool,
                     filter=edge_filter,
                 ),

@@ -175,6 +175,11 @@ def test_hybrid_rrf_fuses_dense_and_sparse_ranks(open_index: OpenIndex) -> None:
     assert [p.score for p in passages] == pytest.approx([1 / 61 + 2 / 60, 1 / 63 + 2 / 61, 1 / 60], rel=1e-4)
 
 
+_DBSF_VECTORS = [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))]
+# The long chunk has a sentence close to the query vector; the others are one sentence each.
+_DBSF_SENTENCES = [[], [unit((0, 1.0), (2, 0.5)), e(6)], [], [], []]
+
+
 def _dbsf_corpus(index: VectorIndex) -> list[Chunk]:
     chunks = [
         chunk("alpha notes", ordinal=0),
@@ -183,9 +188,7 @@ def _dbsf_corpus(index: VectorIndex) -> list[Chunk]:
         chunk("delta notes", ordinal=3),
         chunk("zanzibar", ordinal=4),
     ]
-    vectors = [e(0), e(2), unit((0, 1.0), (1, 0.3)), unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))]
-    # The long chunk has a sentence close to the query vector; the others are one sentence each.
-    index.upsert(chunks, vectors, [[], [unit((0, 1.0), (2, 0.5)), e(6)], [], [], []])
+    index.upsert(chunks, _DBSF_VECTORS, _DBSF_SENTENCES)
     return chunks
 
 
@@ -199,15 +202,14 @@ def _normalised(scores: dict[str, float]) -> dict[str, float]:
 
 def test_hybrid_dbsf_is_the_default_and_sums_normalised_scores(index: VectorIndex) -> None:
     chunks = _dbsf_corpus(index)
-    vectors = {c.text: np.array(v) for c, v in zip(chunks, [e(0), e(2), unit((0, 1.0), (1, 0.3)),
-                                                            unit((0, 1.0), (3, 1.0)), unit((0, 0.1), (5, 1.0))])}
     dense = {p.text: p.score for p in index.search(e(0), "zanzibar", limit=10, mode="dense")}
     sparse = {p.text: p.score for p in index.search(e(0), "zanzibar", limit=10, mode="sparse")}
     # The sentence side: every candidate of the other two, scored by its best vector (its own, or a sentence's).
     query = np.array(e(0))
-    best_sentence = float(query @ np.array(unit((0, 1.0), (2, 0.5))))
-    sentences = {text: float(query @ v) for text, v in vectors.items()}
-    sentences[chunks[1].text] = max(sentences[chunks[1].text], best_sentence)
+    sentences = {
+        c.text: max(float(query @ np.array(v)) for v in [own, *of_sentences])
+        for c, own, of_sentences in zip(chunks, _DBSF_VECTORS, _DBSF_SENTENCES, strict=True)
+    }
 
     # Each list counts as often as its weight (prefetched that many times): dense 1, sentences 2, BM25 3 by default.
     weights = HybridFusion()
