@@ -21,7 +21,7 @@ from ingest.chunk import Chunker, sentences
 from ingest.formats import sniff_content_type
 from ingest.partition import Block, ParseError
 from kb.languages import MULTILINGUAL, embedder_covers
-from kb.models import Chunk, Document, DocumentStatus
+from kb.models import Chunk, Document, DocumentStatus, Job
 from kb.ports import BlobStore, Embedder, Registry, VectorIndex
 from kb.settings import IngestSettings
 
@@ -45,6 +45,11 @@ class UploadTooLarge(UploadRejected):
 
 class DocumentGone(LookupError):
     """The document was deleted while it was being ingested."""
+
+
+class LeaseLost(RuntimeError):
+    """The job's claim no longer holds its lease (the document was deleted, or the job was retaken after the lease
+    ran out): this worker must stop and write nothing more."""
 
 
 def sanitize_filename(name: str) -> str:
@@ -167,8 +172,14 @@ class IngestionPipeline:
         """The original of the version searches see (or of the only version, before it is ready)."""
         return blob_key(document.document_id, document.live_version or document.version)
 
-    def index_blocks(self, document_id: str, blocks: Sequence[Block], progress: Progress | None = None) -> Document:
-        """Chunk, embed and index parsed blocks as the document's current version, then publish that version."""
+    def index_blocks(
+        self, document_id: str, blocks: Sequence[Block], progress: Progress | None = None, *, fence: Job | None = None
+    ) -> Document:
+        """Chunk, embed and index parsed blocks as the document's current version, then publish that version.
+
+        `fence`: the worker's claim. Every registry write is made only while it holds its lease, which is checked
+        after every batch and before publishing: LeaseLost once it does not (a deleted document's work stops at the
+        next batch; `abandon` then removes what was staged)."""
         document = self._registry.get_document(document_id)
         if document is None:
             raise LookupError(f"document {document_id} is not in the registry")
@@ -186,25 +197,32 @@ class IngestionPipeline:
             chunk.created_at = document.created_at
         state: dict[str, Any] = {"stage": "embedding", "pages_parsed": pages, "chunks_total": len(chunks),
                                  "chunks_embedded": 0}  # fmt: skip
-        self._report(document_id, state, progress)
+        self._report(document_id, state, progress, fence)
         # Leftovers of an interrupted run of this document are dropped; stable ids would overwrite most anyway.
         self._index.discard_staged(document_id)
         for start in range(0, len(chunks), _EMBED_BATCH):
             batch = chunks[start : start + _EMBED_BATCH]
             self._index.upsert(batch, *embed_chunks(self._embedder, batch, self._sentence_languages))
             state["chunks_embedded"] = start + len(batch)
-            self._report(document_id, state, progress)
+            self._report(document_id, state, progress, fence)
         with self._document_lock(document_id):
             current = self._registry.get_document(document_id)
             if current is None:
                 # Deleted while it was being embedded: its staged chunks must not become searchable.
                 self._index.delete_document(document_id)
                 raise DocumentGone(document_id)
+            if fence is not None and not self._registry.holds_lease(fence):
+                raise LeaseLost(f"job {fence.job_id} of {document_id} lost its lease before publishing")
             self._index.publish(document_id, document.version)
-            self._registry.set_live_version(document_id, document.version)
+            if not self._registry.set_live_version(document_id, document.version, fence=fence):
+                # Deleted (or retaken) in the instant since the check: a deleted document's chunks go.
+                self.abandon(document_id)
+                raise LeaseLost(f"job {fence.job_id if fence else '?'} of {document_id} lost its lease while publishing")
             if current.version == document.version:
-                self._registry.update_progress(document_id, {**state, "stage": "done"})
-                self._registry.set_status(document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks))
+                self._registry.update_progress(document_id, {**state, "stage": "done"}, fence=fence)
+                self._registry.set_status(
+                    document_id, DocumentStatus.READY, pages=pages, chunks=len(chunks), fence=fence
+                )
             # else a newer version was queued meanwhile: this one is live until that one is ready.
             for older in range(1, document.version):
                 self._blobs.delete(blob_key(document_id, older))
@@ -214,15 +232,31 @@ class IngestionPipeline:
         with self._locks_guard:
             return self._locks.setdefault(document_id, threading.Lock())
 
-    def _report(self, document_id: str, state: dict[str, Any], progress: Progress | None) -> None:
-        self._registry.update_progress(document_id, dict(state))
+    def _report(self, document_id: str, state: dict[str, Any], progress: Progress | None, fence: Job | None) -> None:
+        if not self._registry.update_progress(document_id, dict(state), fence=fence):
+            if self._registry.get_document(document_id) is None:
+                self.abandon(document_id)  # what this run upserted after the delete
+                raise DocumentGone(document_id)
+            if fence is not None:
+                raise LeaseLost(f"job {fence.job_id} of {document_id} lost its lease")
         if progress is not None:
             progress(state)
 
-    def mark_failed(self, document_id: str, reason: str) -> None:
-        """A permanent failure: the reason is kept; the live version (if any) stays searchable."""
+    def mark_failed(self, document_id: str, reason: str, *, fence: Job | None = None) -> bool:
+        """A permanent failure: the reason is kept; the live version (if any) stays searchable. False (nothing
+        written) when `fence` lost its lease."""
+        if fence is not None and not self._registry.holds_lease(fence):
+            return False
         self._index.discard_staged(document_id)
-        self._registry.set_status(document_id, DocumentStatus.FAILED, error=reason)
+        return self._registry.set_status(document_id, DocumentStatus.FAILED, error=reason, fence=fence)
+
+    def abandon(self, document_id: str) -> None:
+        """After a job stopped for a lost lease: if its document was deleted meanwhile, remove whatever the job
+        staged or published after the delete (the delete itself removed what was there then). A document that
+        still exists was retaken by another claim, which owns its staged chunks: nothing is touched."""
+        with self._document_lock(document_id):
+            if self._registry.get_document(document_id) is None:
+                self._index.delete_document(document_id)
 
     def delete(self, document_id: str) -> bool:
         with self._document_lock(document_id):

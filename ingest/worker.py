@@ -4,6 +4,10 @@ While the parser process reads document n+1, this process embeds document n: on 
 tesseract) and embedding (torch) overlap instead of taking turns. A job's lease is renewed as it makes progress;
 a dead worker's job is taken again when its lease runs out (or at once by the next process that owns the registry
 alone). Parse errors are permanent and keep their reason; anything else is retried with exponential backoff.
+
+Every write a job makes is fenced by its claim's lease token (kb.models.Job.lease): once the job is gone (its document
+deleted) or retaken by another worker, this worker's writes are refused, it stops at its next check (once a second
+while parsing, the parser then killed; after every embedding batch) and removes what it staged for a deleted document.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.parser_process import ParserProcess
+from ingest.parser_process import ParseCancelled, ParserProcess, ParserRestarted
 from ingest.partition import ParseError
-from ingest.pipeline import IngestionPipeline, blob_key
+from ingest.pipeline import IngestionPipeline, LeaseLost, blob_key
 from kb.metrics import INGEST_DOCUMENTS, INGEST_DURATION
 from kb.models import DocumentStatus, Job
 from kb.ports import BlobStore, Registry
@@ -35,6 +39,8 @@ class _InFlight:
     job: Job
     request_id: int
     claimed_at: float  # time.monotonic()
+    path: str
+    filename: str
 
 
 class IngestWorker:
@@ -45,7 +51,7 @@ class IngestWorker:
         self._blobs = blobs
         self._pipeline = pipeline
         self._settings = settings
-        self._parser = ParserProcess(settings.parse_time_limit_s)
+        self._parser = ParserProcess(settings.parse_time_limit_s, settings.parse_memory_limit_mb)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -59,13 +65,15 @@ class IngestWorker:
             return False
         document = self._registry.get_document(job.document_id)
         if document is None:  # deleted while queued
-            self._registry.finish_job(job.job_id)
+            self._registry.finish_job(job)
             return True
-        self._registry.set_status(job.document_id, DocumentStatus.PROCESSING)
-        self._registry.update_progress(job.document_id, {"stage": "parsing"})
+        if not self._registry.set_status(job.document_id, DocumentStatus.PROCESSING, fence=job):
+            return True  # deleted (or retaken) since the claim
+        self._registry.update_progress(job.document_id, {"stage": "parsing"}, fence=job)
         # The version being ingested, which is not yet the one searches (and downloads) see.
-        path = self._blobs.path(blob_key(document.document_id, document.version))
-        self._in_flight.append(_InFlight(job, self._parser.submit(path, document.filename), time.monotonic()))
+        path = str(self._blobs.path(blob_key(document.document_id, document.version)))
+        request_id = self._parser.submit(path, document.filename)
+        self._in_flight.append(_InFlight(job, request_id, time.monotonic(), path, document.filename))
         return True
 
     def run_once(self, on_done: OnDone | None = None) -> bool:
@@ -86,36 +94,59 @@ class IngestWorker:
     def _finish(self, current: _InFlight) -> None:
         job = current.job
         try:
-            blocks = self._parser.result(current.request_id)
+            blocks = self._parse(current)
 
             def renew(_: dict) -> None:
-                self._registry.extend_lease(job.job_id, self.worker_id, self._settings.job_lease_s)
+                if not self._registry.extend_lease(job, self._settings.job_lease_s):
+                    raise LeaseLost(f"job {job.job_id} of {job.document_id} lost its lease")
 
-            self._pipeline.index_blocks(job.document_id, blocks, renew)
+            self._pipeline.index_blocks(job.document_id, blocks, renew, fence=job)
         except ParseError as exc:
-            self._pipeline.mark_failed(job.document_id, str(exc))
-            self._registry.finish_job(job.job_id, error=str(exc))
-            INGEST_DOCUMENTS.labels("failed").inc()
-        except LookupError:  # the document was deleted meanwhile: nothing left to do
-            self._registry.finish_job(job.job_id, error="document deleted")
+            if self._pipeline.mark_failed(job.document_id, str(exc), fence=job):
+                self._registry.finish_job(job, error=str(exc))
+                INGEST_DOCUMENTS.labels("failed").inc()
+            else:
+                self._pipeline.abandon(job.document_id)
+        except (LookupError, LeaseLost, ParseCancelled) as exc:
+            # Deleted meanwhile, or retaken by another worker after this one's lease ran out: this claim writes
+            # nothing more (the registry refuses it anyway) and removes what it staged for a deleted document.
+            log.info("stopped ingesting %s: %s", job.document_id, exc)
+            self._pipeline.abandon(job.document_id)
+            INGEST_DOCUMENTS.labels("cancelled").inc()
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if job.attempts < self._settings.max_attempts:
                 delay = self._settings.retry_backoff_s * 2 ** (job.attempts - 1)
                 log.warning("ingestion of %s failed (attempt %d), retrying in %.0f s: %s",
                             job.document_id, job.attempts, delay, reason)  # fmt: skip
-                self._registry.retry_job(job.job_id, error=reason, delay_s=delay)
-                self._registry.set_status(job.document_id, DocumentStatus.QUEUED, error=f"retrying: {reason}")
+                if self._registry.set_status(
+                    job.document_id, DocumentStatus.QUEUED, error=f"retrying: {reason}", fence=job
+                ):
+                    self._registry.retry_job(job, error=reason, delay_s=delay)
                 INGEST_DOCUMENTS.labels("retried").inc()
             else:
                 log.error("ingestion of %s failed for good: %s", job.document_id, reason)
-                self._pipeline.mark_failed(job.document_id, f"failed after {job.attempts} attempts: {reason}")
-                self._registry.finish_job(job.job_id, error=reason)
+                if self._pipeline.mark_failed(
+                    job.document_id, f"failed after {job.attempts} attempts: {reason}", fence=job
+                ):
+                    self._registry.finish_job(job, error=reason)
                 INGEST_DOCUMENTS.labels("failed").inc()
         else:
-            self._registry.finish_job(job.job_id)
+            self._registry.finish_job(job)
             INGEST_DOCUMENTS.labels("ready").inc()
             INGEST_DURATION.observe(time.monotonic() - current.claimed_at)
+
+    def _parse(self, current: _InFlight) -> list:
+        """The document's blocks. Checks once a second that the job still holds its lease (a deleted document's
+        parse is stopped at once). A document that was still queued when the parser had to be restarted (the one
+        before it overran its limit or was cancelled) is submitted again, without counting an attempt."""
+        job = current.job
+        for _ in range(3):
+            try:
+                return self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
+            except ParserRestarted:
+                current.request_id = self._parser.submit(current.path, current.filename)
+        return self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
 
     def drain(self, on_done: OnDone | None = None) -> int:
         """Run jobs until the queue is empty (jobs waiting out a retry backoff included)."""

@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 INGEST_QUEUE_DEPTH = Gauge("kb_ingest_queue_depth", "Ingestion jobs queued or running")
 INGEST_DOCUMENTS = Counter(
-    "kb_ingest_documents_total", "Documents that finished ingestion, by outcome (ready, failed, retried)", ["outcome"]
+    "kb_ingest_documents_total", "Documents that finished ingestion, by outcome (ready, failed, retried, cancelled)", ["outcome"]
 )
 INGEST_DURATION = Histogram(
     "kb_ingest_document_duration_seconds", "Parse + chunk + embed + index time per document",

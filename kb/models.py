@@ -211,9 +211,14 @@ class Answer:
 
 @dataclass
 class Job:
+    """A claimed ingestion job. `lease` is the claim's own token, new at every claim: the registry accepts the
+    worker's writes (progress, status, finishing) only while the job still holds this lease, so a worker whose lease
+    ran out or whose document was deleted writes nothing (fencing)."""
+
     job_id: int
     document_id: str
     attempts: int
+    lease: str = ""
 
 
 @dataclass
@@ -267,10 +272,15 @@ class ApiKey:
     created_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None  # None: never
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(timezone.utc)
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.expired
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,4 +292,5 @@ class ApiKey:
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -132,7 +132,10 @@ class IngestSettings(BaseModel):
     sentence_vectors: bool = True
     max_upload_bytes: int = 100 * 1024 * 1024
     max_pages: int = 5000
-    parse_time_limit_s: float = 600.0  # per document; the parser process is killed beyond it
+    parse_time_limit_s: float = 600.0  # CPU seconds per document (wall backstop: twice that); the parser is killed beyond it
+    # Address space the parser process (and the converters it runs) may add to what it holds after its imports; a
+    # document needing more fails with "too large when unpacked". 0: no limit.
+    parse_memory_limit_mb: int = 3072
     max_attempts: int = 3  # transient failures (parser crash, I/O) are retried with exponential backoff
     retry_backoff_s: float = 2.0
     job_lease_s: float = 300.0  # renewed while a job makes progress; a dead worker's job is retaken after it
@@ -147,6 +150,12 @@ class AuthSettings(BaseModel):
     # On first start, create an admin key (all groups) and write it to DATA_DIR/admin.key (mode 0600) for the local
     # CLI and the web page link `kb serve` prints. Production creates its keys with `kb keys create` instead.
     bootstrap_admin_key: bool = True
+    # The web page trades a key once (POST /v1/session) for an HttpOnly cookie holding a signed page token that
+    # expires after this many seconds; the key itself is never kept where a script could read it.
+    session_ttl_s: float = Field(default=12 * 3600, gt=0)
+    # HMAC secret of those tokens. Empty: a random one kept in DATA_DIR/session.secret (mode 0600); set the same
+    # value on every replica behind one address so that a session works on each.
+    session_secret: SecretStr = SecretStr("")
 
 
 class RateLimitSettings(BaseModel):
@@ -154,6 +163,9 @@ class RateLimitSettings(BaseModel):
     # Requests per key (per client address without a key) in each window.
     requests: int = 600
     window: Literal["second", "minute", "hour", "day"] = "minute"
+    # Refused authentications (no key, unknown, revoked or expired key) per client address in each window; past it
+    # that address gets 429 for its refused requests (valid keys from it are unaffected). 0: no such limit.
+    failed_auth_requests: int = 20
     # Redis URL for a store shared by every replica (redis://host:6379/0); empty: this process's memory.
     redis_url: str = ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,9 @@ class _DocumentRow(_Base):
 
 class _JobRow(_Base):
     __tablename__ = "jobs"
+    # SQLite reuses the largest rowid after a delete unless the table is AUTOINCREMENT; a job id must never come back
+    # (a worker of a deleted document's job would otherwise hold the id of the next upload's job).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     job_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(
@@ -84,7 +88,7 @@ class _JobRow(_Base):
     )
     state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the claim's lease token
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     run_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # retry backoff
@@ -126,6 +130,8 @@ class _ApiKeyRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Added 2026-11-30: registries created before get it from SqlRegistry._migrate_api_keys_expiry.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def to_model(self) -> ApiKey:
         return ApiKey(
@@ -137,7 +143,17 @@ class _ApiKeyRow(_Base):
             created_at=_aware(self.created_at),
             revoked_at=_aware(self.revoked_at),
             last_used_at=_aware(self.last_used_at),
+            expires_at=_aware(self.expires_at),
         )
+
+
+def _lease_held(job: Job) -> Any:
+    """EXISTS: the claim `job` still holds its lease (the job row is there, running, under this claim's token)."""
+    return (
+        select(_JobRow.job_id)
+        .where(_JobRow.job_id == job.job_id, _JobRow.lease_owner == job.lease, _JobRow.state == "running")
+        .exists()
+    )
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -164,7 +180,35 @@ class SqlRegistry:
                 cursor.close()
 
         _Base.metadata.create_all(self._engine)
+        self._migrate_api_keys_expiry()
+        self._migrate_jobs_autoincrement()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def _migrate_jobs_autoincrement(self) -> None:
+        """Registries created before 2026-11-30 have a SQLite jobs table that reuses ids: rebuild it as
+        AUTOINCREMENT, keeping its rows (PostgreSQL's sequences never reuse ids)."""
+        if self._engine.dialect.name != "sqlite":
+            return
+        with self._engine.begin() as conn:
+            ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type='table' AND name='jobs'").scalar()
+            if not ddl or "AUTOINCREMENT" in ddl.upper():
+                return
+            conn.exec_driver_sql("ALTER TABLE jobs RENAME TO jobs_reused_ids")
+            for (index,) in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='jobs_reused_ids' AND sql IS NOT NULL"
+            ).all():
+                conn.exec_driver_sql(f'DROP INDEX "{index}"')
+            _JobRow.__table__.create(conn)
+            columns = ", ".join(c.name for c in _JobRow.__table__.columns)
+            conn.exec_driver_sql(f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_reused_ids")
+            conn.exec_driver_sql("DROP TABLE jobs_reused_ids")
+
+    @staticmethod
+    def _fenced(statement: Any, fence: Job | None) -> Any:
+        """`statement` (an UPDATE) restricted to the moment `fence`'s claim still holds its lease."""
+        if fence is None:
+            return statement
+        return statement.where(_lease_held(fence))
 
     def _session(self) -> Session:
         return self._sessions()
@@ -227,15 +271,17 @@ class SqlRegistry:
             s.flush()
             return row.to_model()
 
-    def set_live_version(self, document_id: str, version: int) -> None:
-        with self._session() as s, s.begin():
-            s.execute(update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(live_version=version))
+    def set_live_version(self, document_id: str, version: int, *, fence: Job | None = None) -> bool:
+        return self._update_document(document_id, {"live_version": version}, fence)
 
-    def update_progress(self, document_id: str, progress: dict[str, Any]) -> None:
+    def update_progress(self, document_id: str, progress: dict[str, Any], *, fence: Job | None = None) -> bool:
+        return self._update_document(document_id, {"progress": dict(progress)}, fence)
+
+    def _update_document(self, document_id: str, values: dict[str, Any], fence: Job | None) -> bool:
+        statement = update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(**values)
         with self._session() as s, s.begin():
-            s.execute(
-                update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(progress=dict(progress))
-            )
+            result = s.execute(self._fenced(statement, fence), execution_options={"synchronize_session": False})
+            return result.rowcount == 1
 
     def list_documents(self) -> list[Document]:
         with self._session() as s:
@@ -250,14 +296,14 @@ class SqlRegistry:
         error: str | None = None,
         pages: int | None = None,
         chunks: int | None = None,
-    ) -> None:
+        fence: Job | None = None,
+    ) -> bool:
         values: dict[str, Any] = {"status": status.value, "error": error, "updated_at": _now()}
         if pages is not None:
             values["pages"] = pages
         if chunks is not None:
             values["chunks"] = chunks
-        with self._session() as s, s.begin():
-            s.execute(update(_DocumentRow).where(_DocumentRow.document_id == document_id).values(**values))
+        return self._update_document(document_id, values, fence)
 
     def delete_document(self, document_id: str) -> None:
         with self._session() as s, s.begin():
@@ -270,23 +316,30 @@ class SqlRegistry:
         with self._session() as s, s.begin():
             s.add(_JobRow(document_id=document_id, state="queued", attempts=0))
 
-    def retry_job(self, job_id: int, *, error: str, delay_s: float) -> None:
+    def retry_job(self, job: Job, *, error: str, delay_s: float) -> bool:
         """Put a job that hit a transient error back in the queue, not to be taken before `delay_s` from now."""
-        with self._session() as s, s.begin():
-            s.execute(
-                update(_JobRow)
-                .where(_JobRow.job_id == job_id)
-                .values(state="queued", error=error, lease_owner=None, lease_until=None,
-                        run_after=_now() + timedelta(seconds=delay_s))
-            )
+        return self._update_job(
+            job, state="queued", error=error, lease_owner=None, lease_until=None,
+            run_after=_now() + timedelta(seconds=delay_s),
+        )  # fmt: skip
 
-    def extend_lease(self, job_id: int, worker_id: str, lease_seconds: float) -> None:
+    def extend_lease(self, job: Job, lease_seconds: float) -> bool:
+        return self._update_job(job, lease_until=_now() + timedelta(seconds=lease_seconds))
+
+    def holds_lease(self, job: Job) -> bool:
+        with self._session() as s:
+            return bool(s.scalar(select(_lease_held(job))))
+
+    def _update_job(self, job: Job, **values: Any) -> bool:
+        """A write by the claim `job`: nothing happens unless it still holds its lease."""
         with self._session() as s, s.begin():
-            s.execute(
+            result = s.execute(
                 update(_JobRow)
-                .where(_JobRow.job_id == job_id, _JobRow.lease_owner == worker_id, _JobRow.state == "running")
-                .values(lease_until=_now() + timedelta(seconds=lease_seconds))
+                .where(_JobRow.job_id == job.job_id, _JobRow.lease_owner == job.lease, _JobRow.state == "running")
+                .values(**values),
+                execution_options={"synchronize_session": False},
             )
+            return result.rowcount == 1
 
     def release_leases(self) -> int:
         """Requeue every running job: called by a process that owns the registry alone, at start, after a crash."""
@@ -317,7 +370,9 @@ class SqlRegistry:
             row = s.scalars(query).first()
             if row is None:
                 return None
-            job = Job(job_id=row.job_id, document_id=row.document_id, attempts=row.attempts + 1)
+            # A token of this claim alone: a worker that claims the same job again later holds another one.
+            lease = f"{uuid.uuid4().hex}@{worker_id}"[:128]
+            job = Job(job_id=row.job_id, document_id=row.document_id, attempts=row.attempts + 1, lease=lease)
             # Compare-and-set so two processes sharing a SQLite file cannot both take the job.
             taken = s.execute(
                 update(_JobRow)
@@ -325,7 +380,7 @@ class SqlRegistry:
                 .values(
                     state="running",
                     attempts=job.attempts,
-                    lease_owner=worker_id,
+                    lease_owner=lease,
                     lease_until=now + timedelta(seconds=lease_seconds),
                 ),
                 execution_options={"synchronize_session": False},
@@ -334,13 +389,8 @@ class SqlRegistry:
                 return False
             return job
 
-    def finish_job(self, job_id: int, *, error: str | None = None) -> None:
-        with self._session() as s, s.begin():
-            s.execute(
-                update(_JobRow)
-                .where(_JobRow.job_id == job_id)
-                .values(state="failed" if error else "done", error=error, lease_owner=None, lease_until=None)
-            )
+    def finish_job(self, job: Job, *, error: str | None = None) -> bool:
+        return self._update_job(job, state="failed" if error else "done", error=error, lease_until=None)
 
     def pending_jobs(self) -> int:
         with self._session() as s:
@@ -385,11 +435,24 @@ class SqlRegistry:
             row = s.get(_ConversationRow, conversation_id)
             return row.owner if row is not None else None
 
+    def _migrate_api_keys_expiry(self) -> None:
+        """`create_all` adds no column to an existing table: a registry created before keys could expire gets the
+        nullable `api_keys.expires_at` here (idempotent; several replicas may start at once)."""
+        with self._engine.begin() as conn:
+            if self._engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMP WITH TIME ZONE"
+                )
+                return
+            columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(api_keys)").all()}
+            if "expires_at" not in columns:
+                conn.exec_driver_sql("ALTER TABLE api_keys ADD COLUMN expires_at DATETIME")
+
     def add_api_key(self, key: ApiKey, digest: str) -> ApiKey:
         with self._session() as s, s.begin():
             row = _ApiKeyRow(
                 key_id=key.key_id, name=key.name, prefix=key.prefix, digest=digest,
-                scopes=list(key.scopes), groups=list(key.groups),
+                scopes=list(key.scopes), groups=list(key.groups), expires_at=key.expires_at,
             )  # fmt: skip
             s.add(row)
             s.flush()
@@ -398,6 +461,11 @@ class SqlRegistry:
     def api_key_by_digest(self, digest: str) -> ApiKey | None:
         with self._session() as s:
             row = s.scalar(select(_ApiKeyRow).where(_ApiKeyRow.digest == digest))
+            return row.to_model() if row is not None else None
+
+    def api_key_by_id(self, key_id: str) -> ApiKey | None:
+        with self._session() as s:
+            row = s.get(_ApiKeyRow, key_id)
             return row.to_model() if row is not None else None
 
     def list_api_keys(self) -> list[ApiKey]:

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import regex
 
+from kb.process_guard import die_with_this_process
 from kb.settings import GeneratorSettings
 
 if TYPE_CHECKING:
@@ -221,11 +223,16 @@ class VllmEngineGenerator:
         # unstructured's tesseract module sets OMP_THREAD_LIMIT=1 for the whole process when imported; the EngineCore
         # spawned here would inherit it and generate nothing (empty answers, then a hang). Start it without.
         omp_limit = os.environ.pop("OMP_THREAD_LIMIT", None)
+        before = {child.pid for child in psutil.Process().children(recursive=True)}
         try:
             self._engine = AsyncLLM.from_engine_args(args)
         finally:
             if omp_limit is not None:
                 os.environ["OMP_THREAD_LIMIT"] = omp_limit
+        # The EngineCore process (GBs) must not outlive this process, even one killed with SIGKILL.
+        for child in psutil.Process().children(recursive=True):
+            if child.pid not in before:
+                die_with_this_process(child.pid)
         self._tokenizer = self._engine.get_tokenizer()
         if self._prompt_tokens is None:  # else built from the same tokenizer files while the engine started
             self._prompt_tokens = PromptTokenCache(self._tokenizer)

@@ -69,7 +69,16 @@ def test_a_leased_job_is_not_taken_twice_until_its_lease_expires(registry: SqlRe
     retaken = registry.claim_next_job("worker-b", lease_seconds=60)
     assert retaken is not None and retaken.job_id == job.job_id and retaken.attempts == 2
     assert registry.pending_jobs() == 1
-    registry.finish_job(retaken.job_id)
+    # worker-a comes back to life: its claim lost the lease, so none of its writes lands.
+    assert not registry.holds_lease(job) and registry.holds_lease(retaken)
+    assert not registry.extend_lease(job, 60)
+    assert not registry.set_status("d1", DocumentStatus.FAILED, error="stale", fence=job)
+    assert not registry.update_progress("d1", {"stage": "stale"}, fence=job)
+    assert not registry.finish_job(job, error="stale")
+    assert registry.get_document("d1").status is DocumentStatus.QUEUED and registry.pending_jobs() == 1
+    assert registry.set_status("d1", DocumentStatus.PROCESSING, fence=retaken)
+    assert registry.finish_job(retaken)
+    assert not registry.finish_job(retaken)  # once
     assert registry.pending_jobs() == 0
     assert registry.claim_next_job("worker-c", lease_seconds=60) is None
 
@@ -106,3 +115,50 @@ def test_two_workers_never_take_the_same_job(registry: SqlRegistry) -> None:
     for thread in threads:
         thread.join()
     assert sorted(taken) == sorted(f"d{i}" for i in range(20))
+
+
+def test_job_ids_are_never_reused_and_a_deleted_documents_worker_cannot_touch_the_next_upload(
+    registry: SqlRegistry,
+) -> None:
+    """The review's lost document: a document deleted while its job ran, the next upload's job got the same id, and the
+    stale worker's "document deleted" failure landed on it, leaving the new document queued forever."""
+    registry.add_document(document("old"))
+    registry.enqueue_job("old")
+    stale = registry.claim_next_job("worker-a", lease_seconds=60)
+    registry.delete_document("old")  # while worker-a is busy with it
+    registry.add_document(document("new", sha="1" * 64))
+    registry.enqueue_job("new")
+    assert not registry.finish_job(stale, error="document deleted")
+    assert not registry.set_status("new", DocumentStatus.FAILED, error="stale", fence=stale)
+    fresh = registry.claim_next_job("worker-b", lease_seconds=60)
+    assert fresh is not None and fresh.document_id == "new"
+    assert fresh.job_id > stale.job_id  # never reused, not even the largest id after its row was deleted
+    assert registry.finish_job(fresh)
+    assert registry.pending_jobs() == 0
+
+
+def test_an_old_sqlite_jobs_table_is_rebuilt_so_ids_are_not_reused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    SqlRegistry(url).close()
+    engine = create_engine(url)
+    with engine.begin() as connection:  # the jobs table as registries before 2026-11-30 created it
+        connection.execute(text("DROP TABLE jobs"))
+        connection.execute(text(
+            "CREATE TABLE jobs (job_id INTEGER NOT NULL, document_id VARCHAR(64) NOT NULL, state VARCHAR(16) NOT NULL,"
+            " attempts INTEGER NOT NULL, lease_owner VARCHAR(128), lease_until DATETIME, error TEXT,"
+            " run_after DATETIME, created_at DATETIME NOT NULL, PRIMARY KEY (job_id),"
+            " FOREIGN KEY(document_id) REFERENCES documents (document_id) ON DELETE CASCADE)"))
+        connection.execute(text("CREATE INDEX ix_jobs_state ON jobs (state)"))
+    engine.dispose()
+    old = SqlRegistry(url)
+    old.add_document(document("d1"))
+    old.enqueue_job("d1")
+    old.close()
+    registry = SqlRegistry(url)  # migrates, keeping the queued job
+    first = registry.claim_next_job("w", 60)
+    assert first is not None and first.document_id == "d1"
+    registry.delete_document("d1")
+    registry.add_document(document("d2", sha="2" * 64))
+    registry.enqueue_job("d2")
+    assert registry.claim_next_job("w", 60).job_id > first.job_id
+    registry.close()
