@@ -92,6 +92,8 @@ def _child(requests: Any, replies: Any, memory_limit_mb: int = 0) -> None:  # pr
             # The heap may be in any state now: answer, then make way for a fresh child.
             replies.put(("parse_error", request_id, f"{TOO_LARGE}: parsing needed more than the parser's "
                                                     f"memory limit ({memory_limit_mb} MB)"))  # fmt: skip
+            replies.close()
+            replies.join_thread()  # the reply is written by the queue's feeder thread: let it finish
             os._exit(0)
         except BaseException as exc:  # the parent decides what an unexpected error means
             message = f"{type(exc).__name__}: {exc}"
@@ -182,7 +184,7 @@ class ParserProcess:
         while True:
             try:
                 kind, request_id, payload = replies.get()
-            except (EOFError, OSError, ValueError):
+            except Exception:  # closed, or a reply cut short by a killed child: this reader's child is gone
                 return
             if kind == "stop":
                 return

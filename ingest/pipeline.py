@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 _HEADING_RESERVE_TOKENS = 48
 _EMBED_BATCH = 64
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+# Invisible characters that change how a name reads without showing: C1 controls, the Arabic letter mark, bidi marks,
+# embeddings, overrides and isolates (U+202E makes "cod.exe" look like "exe.doc"), zero-width and word-joining
+# characters, the byte-order mark, soft hyphen, Mongolian vowel separator, interlinear annotation and tag characters.
+_INVISIBLE_IN_FILENAME = re.compile(
+    "[\x80-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
+    "\U000e0000-\U000e007f]+"
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -53,7 +60,7 @@ class LeaseLost(RuntimeError):
 
 
 def sanitize_filename(name: str) -> str:
-    base = PurePath(name.replace("\\", "/")).name
+    base = PurePath(_INVISIBLE_IN_FILENAME.sub("", name).replace("\\", "/")).name
     base = _UNSAFE_FILENAME.sub("_", base).strip(" .")
     return base[:255] or "unnamed"
 

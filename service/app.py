@@ -15,15 +15,25 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import File
+from litestar.static_files import create_static_files_router
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 
 from kb.container import Container
 from kb.settings import Settings
-from service.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, bearer_token, digest, requires
+from service.auth import (
+    PUBLIC_PATHS,
+    ApiKeyAuthMiddleware,
+    ApiKeyService,
+    FailedAuthLimitMiddleware,
+    bearer_token,
+    digest,
+    requires,
+)
 from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.ask import ask, conversation
@@ -32,6 +42,7 @@ from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
 from service.routes.openai_compat import chat_completions, models
 from service.routes.search import search
+from service.routes.session import SESSION_ROUTES, SessionTokens
 from service.state import Services
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,31 @@ def _services(state: State) -> Services:
 @get("/", include_in_schema=False)
 async def index_page() -> File:
     return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type="text/html")
+
+
+# Scripts and styles only from kb's own files (service/web/static), no inline code, no frames, no plugins: an XSS in
+# the page finds nothing to run, and nothing can frame it. Everything else (JSON, errors, originals) runs nothing.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                     (b"x-frame-options", b"DENY"))  # fmt: skip
+
+
+async def security_headers(message: Any, scope: Any) -> None:
+    """App-level hook (every response, errors included): the CSP (the page's for `/`, the strictest elsewhere,
+    unless the route set its own, like the originals' sandbox), nosniff, no referrer, no framing."""
+    if scope["type"] != "http" or message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers", []))
+    present = {bytes(name).lower() for name, _ in headers}
+    csp = PAGE_CSP if scope.get("path") == "/" else API_CSP
+    for name, value in (*_SECURITY_HEADERS, (b"content-security-policy", csp.encode())):
+        if name not in present:
+            headers.append((name, value))
+    message["headers"] = headers
 
 
 class MetricsController(PrometheusController):
@@ -71,9 +107,16 @@ async def _start_generator(services: Services) -> None:
 
 
 def rate_limit_identifier(request: Request[Any, Any, Any]) -> str:
-    """Per key (its digest: the key itself is never a store key); per address for requests without one."""
+    """Per key (its digest: the key itself is never a store key) when the key is valid; per address for requests
+    without one or with a key that is refused (random keys would otherwise each get a fresh count)."""
     secret = bearer_token(request.headers)
-    return f"key:{digest(secret)[:32]}" if secret else f"addr:{get_remote_address(request)}"
+    keys: ApiKeyService | None = getattr(request.app.state, "api_keys", None)
+    if secret and keys is not None and keys.enabled and keys.authenticate(secret) is not None:
+        return f"key:{digest(secret)[:32]}"
+    return f"addr:{get_remote_address(request)}"
+
+
+WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 def _rate_limit_store(settings: Settings) -> Store:
@@ -97,6 +140,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             services = await Services.open(container, with_generator=False)
             app.state.services = services
             app.state.api_keys = services.keys
+            app.state.sessions = await asyncio.to_thread(SessionTokens.from_settings, settings)
             if settings.auth.enabled:
                 await asyncio.to_thread(services.keys.ensure_bootstrap_key, settings.admin_key_path)
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
@@ -125,18 +169,25 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         )
         stores[rate_limit.store] = _rate_limit_store(settings)
         middleware.append(rate_limit.middleware)
+        middleware.append(DefineMiddleware(
+            FailedAuthLimitMiddleware, limit=settings.rate_limit.failed_auth_requests,
+            window_s=WINDOW_SECONDS[settings.rate_limit.window], store=rate_limit.store,
+        ))  # fmt: skip
     middleware.append(DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS))
 
     return Litestar(
         route_handlers=[
             DocumentController, search, ask, conversation, chat_completions, models, KeyController,
-            healthz, readyz, index_page, MetricsController,
+            healthz, readyz, index_page, MetricsController, *SESSION_ROUTES,
+            create_static_files_router(
+                "/static", [WEB_DIR / "static"], opt={"exclude_from_auth": True}, include_in_schema=False
+            ),
         ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
         middleware=middleware,
         stores=stores,
-        before_send=[before_send],
+        before_send=[before_send, security_headers],
         # Litestar's default logging config would replace the root handler (service.observability owns logging;
         # unexpected errors are logged by service.problems).
         logging_config=None,
@@ -148,6 +199,9 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             version="0.1.0",
             description=API_DESCRIPTION,
             path="/schema",
+            # The description only (JSON at /schema and /schema/openapi.json, YAML at /schema/openapi.yaml): the
+            # HTML viewers would load scripts from CDNs into kb's origin, where the web page's session lives.
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
             components=Components(
                 security_schemes={"ApiKey": SecurityScheme(type="http", scheme="bearer", description="kb API key")}
             ),

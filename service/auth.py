@@ -15,17 +15,23 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from kb.models import ALL_GROUPS, SCOPES, ApiKey, SearchFilter
 from kb.ports import Registry
 from kb.settings import AuthSettings
+from service.routes.session import SESSION_COOKIE, session_principal
 
 KEY_PREFIX = "kb_"
 BOOTSTRAP_KEY_NAME = "local admin"
@@ -46,10 +52,19 @@ class Principal:
     name: str
     scopes: frozenset[str]
     groups: tuple[str, ...]
+    expires_at: datetime | None = None
 
     @property
     def unrestricted(self) -> bool:
         return ALL_GROUPS in self.groups
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
+
+    def holds(self, groups: Iterable[str]) -> bool:
+        """Every one of `groups` is the caller's own (an unrestricted key holds them all; '*' only it holds)."""
+        return self.unrestricted or set(groups) <= set(self.groups)
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -64,7 +79,7 @@ class Principal:
 
     @classmethod
     def from_key(cls, key: ApiKey) -> "Principal":
-        return cls(key.key_id, key.name, frozenset(key.scopes), tuple(key.groups))
+        return cls(key.key_id, key.name, frozenset(key.scopes), tuple(key.groups), key.expires_at)
 
 
 # Every caller when authentication is switched off (a single-user box behind its own gate).
@@ -83,10 +98,19 @@ def scoped_filter(principal: Principal, requested: SearchFilter | None) -> Searc
     return result
 
 
+def default_groups(principal: Principal, default: Sequence[str]) -> list[str]:
+    """Groups of an upload (or a new key) that names none: the configured default when the caller holds all of it
+    (an unrestricted key, or one in every default group), otherwise every group of the caller's own. So the caller
+    can always read back what it uploaded, and nothing lands in an audience the caller is not part of."""
+    if default and principal.holds(default):
+        return list(dict.fromkeys(default))
+    return [g for g in dict.fromkeys(principal.groups) if g != ALL_GROUPS] or list(default)
+
+
 def assignable_groups(principal: Principal, requested: Sequence[str], default: Sequence[str]) -> list[str]:
-    """Groups for an upload: the requested ones, which the caller must belong to, or the configured default."""
+    """Groups for an upload: the requested ones, which the caller must belong to, or `default_groups`."""
     if not requested:
-        return list(default)
+        return default_groups(principal, default)
     if not principal.unrestricted:
         foreign = sorted(set(requested) - set(principal.groups))
         if foreign:
@@ -112,33 +136,78 @@ class ApiKeyService:
     def enabled(self) -> bool:
         return self._settings.enabled
 
-    def create(self, name: str, scopes: Sequence[str], groups: Sequence[str] | None = None) -> tuple[ApiKey, str]:
-        """The stored key and the key itself (shown once)."""
+    def create(
+        self,
+        name: str,
+        scopes: Sequence[str],
+        groups: Sequence[str] | None = None,
+        *,
+        expires_at: datetime | None = None,
+        by: Principal | None = None,
+    ) -> tuple[ApiKey, str]:
+        """The stored key and the key itself (shown once). `by`: the key creating it over HTTP (None: the local
+        CLI, which holds the registry itself), which can grant only what it holds: its scopes (admin holds them
+        all), its groups ('*' only if it has '*'), and no later expiry than its own. Without groups the new key
+        gets `default_groups` of its creator. ValueError: bad input (400); PermissionDeniedException: beyond the
+        creator's own rights (403)."""
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
-        groups = [g.strip() for g in (groups or self._settings.default_groups) if g.strip()]
+        groups = [g.strip() for g in groups or [] if g.strip()]
+        if not groups:
+            default = self._settings.default_groups
+            groups = default_groups(by, default) if by is not None else list(default)
         if not groups:
             raise ValueError("a key needs at least one group ('*' for every group)")
+        if expires_at is not None:
+            expires_at = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)
+            if expires_at <= datetime.now(UTC):
+                raise ValueError(f"expires_at {expires_at.isoformat()} is in the past")
+        if by is not None:
+            beyond = sorted(s for s in set(scopes) if not by.can(s))
+            if beyond:
+                raise PermissionDeniedException(f"this key may not grant scopes it does not hold: {', '.join(beyond)}")
+            if not by.holds(groups):
+                foreign = sorted(set(groups) - set(by.groups))
+                raise PermissionDeniedException(
+                    f"this key may not grant groups it does not belong to: {', '.join(foreign)}"
+                )
+            if by.expires_at is not None:
+                if expires_at is not None and expires_at > by.expires_at:
+                    raise PermissionDeniedException(
+                        f"this key expires at {by.expires_at.isoformat()}: a key it creates may not outlive it"
+                    )
+                expires_at = expires_at or by.expires_at
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             key_id=uuid.uuid4().hex[:16], name=name or "unnamed", prefix=secret[:10],
-            scopes=list(dict.fromkeys(scopes)), groups=list(dict.fromkeys(groups)),
+            scopes=list(dict.fromkeys(scopes)), groups=list(dict.fromkeys(groups)), expires_at=expires_at,
         )  # fmt: skip
         return self._registry.add_api_key(key, digest(secret)), secret
 
-    def list(self) -> list[ApiKey]:
-        return self._registry.list_api_keys()
+    def list(self, *, by: Principal | None = None) -> list[ApiKey]:
+        """Every key; for a key restricted to some groups (`by`), only keys within its own groups."""
+        return [k for k in self._registry.list_api_keys() if by is None or by.holds(k.groups)]
 
-    def revoke(self, key_id: str) -> bool:
+    def revoke(self, key_id: str, *, by: Principal | None = None) -> bool:
+        """False if there is no such key, or (`by`) it is not within the revoking key's groups."""
+        if by is not None and not by.unrestricted:
+            key = next((k for k in self._registry.list_api_keys() if k.key_id == key_id), None)
+            if key is None or not by.holds(key.groups):
+                return False
         revoked = self._registry.revoke_api_key(key_id)
         with self._lock:
             self._cache.clear()
         return revoked
 
     def authenticate(self, secret: str) -> Principal | None:
+        return self.verify(secret)[0]
+
+    def verify(self, secret: str) -> tuple[Principal | None, str]:
+        """(the caller, "") or (None, why the key is refused: unknown or revoked, or expired)."""
+        refused = "the API key is unknown or revoked"
         if not secret.startswith(KEY_PREFIX):
-            return None
+            return None, refused
         key_digest = digest(secret)
         now = time.monotonic()
         with self._lock:
@@ -147,16 +216,39 @@ class ApiKeyService:
             principal = cached[1]
         else:
             key = self._registry.api_key_by_digest(key_digest)
-            principal = Principal.from_key(key) if key is not None and key.active else None
+            principal = Principal.from_key(key) if key is not None and key.revoked_at is None else None
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[key_digest] = (now, principal)
-        if principal is not None and now - self._touched.get(principal.key_id, -1e9) > 60:
+        if principal is not None and principal.expires_at is not None and principal.expired:
+            # Checked on every request (not only when the cache is refreshed): an expiry is exact.
+            return None, f"the API key expired at {principal.expires_at.isoformat()}"
+        if principal is None:
+            return None, refused
+        if now - self._touched.get(principal.key_id, -1e9) > 60:
             # last_used_at to the minute: one write per key per minute, not one per request.
             self._touched[principal.key_id] = now
             self._registry.touch_api_key(principal.key_id)
-        return principal
+        return principal, ""
+
+    def authenticate_id(self, key_id: str) -> Principal | None:
+        """The caller a web-page session names by its key's id: None if that key is unknown, revoked or expired.
+        Cached like `verify`, so revoking a key ends its sessions within `cache_s` as well."""
+        cache_key = f"id:{key_id}"
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(cache_key)
+        if cached is not None and now - cached[0] < self._cache_s:
+            principal = cached[1]
+        else:
+            key = self._registry.api_key_by_id(key_id)
+            principal = Principal.from_key(key) if key is not None and key.revoked_at is None else None
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[cache_key] = (now, principal)
+        return None if principal is None or principal.expired else principal
 
     def ensure_bootstrap_key(self, path: Path) -> str | None:
         """The local admin key in `path` (created on first start); None if switched off. A key file whose key was
@@ -193,17 +285,57 @@ class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
         if not keys.enabled:
             return AuthenticationResult(user=LOCAL_ADMIN, auth=None)
         secret = bearer_token(connection.headers)
+        if secret is None and SESSION_COOKIE in connection.cookies:  # the web page (service.routes.session)
+            return session_principal(connection, keys)
         if secret is None:
             raise NotAuthorizedException(
                 "an API key is required: send 'Authorization: Bearer <key>' (create one with `kb keys create`)",
                 headers={"WWW-Authenticate": 'Bearer realm="kb"'},
             )
-        principal = keys.authenticate(secret)
+        principal, refused = keys.verify(secret)
         if principal is None:
-            raise NotAuthorizedException(
-                "the API key is unknown or revoked", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+            raise NotAuthorizedException(refused, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return AuthenticationResult(user=principal, auth=principal.key_id)
+
+
+class FailedAuthLimitMiddleware:
+    """Failed authentication counts against the caller's address: past `limit` refusals (401) in `window_s`, the
+    address gets 429 instead, until the window ends. Random keys are thus limited like any other requests (each
+    would otherwise be a new key to the per-key rate limit). A valid key from the same address is unaffected: only
+    refusals are counted and answered 429. The count lives in the rate limit's store (Redis: shared by replicas).
+    Sits right outside ApiKeyAuthMiddleware, whose 401 passes through it as an exception."""
+
+    def __init__(self, app: Any, *, limit: int, window_s: int, store: str = "rate_limit") -> None:
+        self.app = app
+        self.limit = limit
+        self.window_s = window_s
+        self.store = store
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except NotAuthorizedException as exc:
+            if scope["type"] != "http" or self.limit <= 0:
+                raise
+            address = (scope.get("client") or ("unknown",))[0]
+            retry_after = await self._count(scope["app"].stores.get(self.store), f"failed_auth:addr:{address}")
+            if retry_after is not None:
+                raise TooManyRequestsException(
+                    f"too many requests with a missing or invalid API key from this address; retry in {retry_after} s",
+                    headers={"Retry-After": str(retry_after)},
+                ) from exc
+            raise
+
+    async def _count(self, store: Any, key: str) -> int | None:
+        """One more refusal; the seconds until the window ends if the address is past its limit, else None."""
+        now = int(time.time())
+        raw = await store.get(key)
+        count, reset = (int(part) for part in raw.decode().split(":")) if raw else (0, 0)
+        if reset <= now:
+            count, reset = 0, now + self.window_s
+        count += 1
+        await store.set(key, f"{count}:{reset}", expires_in=max(1, reset - now))
+        return max(1, reset - now) if count > self.limit else None
 
 
 def requires(*scopes: str):  # noqa: ANN201 - a Litestar guard

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -250,20 +252,36 @@ def _split(values: list[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s`, `8w` (a bare number: seconds) as a timedelta; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text.lower())
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"] if match else 0
+    if not 0 < seconds <= 100 * 365 * 86400:
+        raise ValueError(f"--expires-in {text!r}: give a duration such as 90s, 30m, 12h, 30d or 8w (at most 100 years)")
+    return timedelta(seconds=seconds)
+
+
 @keys_app.command("create")
 def keys_create(
     scopes: Annotated[list[str], typer.Option("--scopes", help="search, ask, ingest, admin, metrics (comma-separated or repeated)")],
     groups: Annotated[list[str] | None, typer.Option("--groups", help="Document groups it may see ('*': all; default: the configured default groups)")] = None,
     name: Annotated[str, typer.Option(help="What the key is for")] = "",
+    expires_in: Annotated[str | None, typer.Option("--expires-in", help="Refuse the key after this long: 90s, 30m, 12h, 30d, 8w (default: never)")] = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line; only its SHA-256 digest is stored."""
     settings = _settings()
     try:
-        key, secret = _keys(settings).create(name or "cli", _split(scopes), _split(groups or []) or None)
+        expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+        key, secret = _keys(settings).create(name or "cli", _split(scopes), _split(groups or []) or None,
+                                             expires_at=expires_at)  # fmt: skip
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"created key {key.key_id} ({key.name}): scopes {', '.join(key.scopes)}; groups {', '.join(key.groups)}")
+    expiry = f"; expires {key.expires_at.isoformat(timespec='seconds')}" if key.expires_at else ""
+    console.print(f"created key {key.key_id} ({key.name}): scopes {', '.join(key.scopes)}; groups {', '.join(key.groups)}{expiry}")
     console.print("store it now: it cannot be shown again")
     print(secret)
 
@@ -276,11 +294,13 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
         print(json.dumps({"keys": keys}, ensure_ascii=False))
         return
     table = Table()
-    for column in ("key_id", "name", "prefix", "scopes", "groups", "created_at", "last_used_at", "revoked_at"):
+    for column in ("key_id", "name", "prefix", "scopes", "groups", "created_at", "last_used_at", "revoked_at",
+                   "expires_at"):  # fmt: skip
         table.add_column(column)
     for k in keys:
         table.add_row(k["key_id"], k["name"], k["prefix"] + "…", ",".join(k["scopes"]), ",".join(k["groups"]),
-                      (k["created_at"] or "")[:19], (k["last_used_at"] or "")[:19], (k["revoked_at"] or "")[:19])
+                      (k["created_at"] or "")[:19], (k["last_used_at"] or "")[:19], (k["revoked_at"] or "")[:19],
+                      (k["expires_at"] or "")[:19])  # fmt: skip
     out.print(table)
 
 

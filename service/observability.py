@@ -96,7 +96,20 @@ class RequestContextMiddleware:
             structlog.contextvars.bind_contextvars(
                 request_id=supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
             )
-            scope.setdefault("state", {})["kb_started"] = time.perf_counter()
+            state = scope.setdefault("state", {})
+            state["kb_started"] = time.perf_counter()
+            try:
+                await self.app(scope, receive, send)
+            except BaseException:
+                # Before the response started, Litestar turns the exception into a response (and `before_send` logs
+                # it); after, nothing will be sent: a client gone while its stream was written.
+                if "kb_status" in state and not state.get("kb_logged"):
+                    _access_line(scope, disconnected=True)
+                raise
+            if not state.get("kb_logged"):
+                # A streamed response (SSE) stops without its last message when the client disconnects.
+                _access_line(scope, disconnected=True)
+            return
         await self.app(scope, receive, send)
 
 
@@ -114,16 +127,29 @@ async def before_send(message: Message, scope: Scope) -> None:
         state["kb_status"] = message["status"]
         message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
     elif message["type"] == "http.response.body" and not message.get("more_body", False):
-        started = state.get("kb_started")
-        user = scope.get("user")
-        access_log.info(
-            "request",
-            method=scope.get("method"),
-            path=scope.get("path"),
-            status=state.get("kb_status"),
-            duration_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,
-            key_id=getattr(user, "key_id", None),
-        )
+        _access_line(scope)
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before any response
+
+
+def _access_line(scope: Scope, **extra: Any) -> None:
+    """The request's one access line (`disconnected: true` when the client left before the response's end: the
+    status is then what had been sent, or 499 if nothing had)."""
+    state = scope.setdefault("state", {})
+    state["kb_logged"] = True
+    started = state.get("kb_started")
+    user = scope.get("user")
+    status = state.get("kb_status")
+    access_log.info(
+        "request",
+        method=scope.get("method"),
+        path=scope.get("path"),
+        status=status if status is not None or not extra.get("disconnected") else CLIENT_CLOSED_REQUEST,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2) if started else None,
+        key_id=getattr(user, "key_id", None),
+        **extra,
+    )
 
 
 from kb.metrics import (  # noqa: E402,F401 - re-exported: the routes record answers through this module

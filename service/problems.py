@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 
 from service.observability import current_request_id
 
@@ -56,7 +57,89 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     return problem(request, exc.status_code, detail, headers=exc.headers, extra=extra)
 
 
+# A dependency that is down (registry, index, generator) answers 503 (504: it did not answer in time), with the
+# reason and Retry-After, wherever in the request it failed: one classification for every route and middleware.
+RETRY_AFTER_S = 5
+_FAILED = {502: "failed", 503: "is unavailable", 504: "did not answer in time"}
+
+
+@dataclass(frozen=True)
+class DependencyFailure:
+    dependency: str  # registry | index | generator
+    status: int
+    reason: str
+
+    @property
+    def detail(self) -> str:
+        return f"the {self.dependency} {_FAILED[self.status]}: {self.reason}"
+
+    def body(self) -> dict[str, Any]:
+        """The problem's fields, for an SSE `error` event once a stream has started."""
+        return {"status": self.status, "title": HTTPStatus(self.status).phrase, "detail": self.detail,
+                "dependency": self.dependency}  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _classify(exc: BaseException) -> DependencyFailure | None:
+    import httpx
+    from sqlalchemy import exc as sql
+
+    from kb.adapters.openai_http import GeneratorServerError, GeneratorTimeout, GeneratorUnavailable
+
+    kind, module = type(exc).__name__, type(exc).__module__
+    if isinstance(exc, sql.OperationalError | sql.TimeoutError) or (
+        isinstance(exc, sql.DBAPIError) and exc.connection_invalidated
+    ):
+        return DependencyFailure("registry", 503, _reason(exc))
+    if kind == "OperationalError" and module.startswith(("psycopg", "sqlite3")):
+        return DependencyFailure("registry", 503, _reason(exc))
+    if module.startswith("qdrant_client"):
+        status = getattr(exc, "status_code", None)
+        if kind == "ResponseHandlingException" or (kind == "UnexpectedResponse" and (status or 0) >= 500):
+            return DependencyFailure("index", 503, _reason(getattr(exc, "source", None) or exc))
+    if isinstance(exc, GeneratorTimeout):
+        return DependencyFailure("generator", 504, _reason(exc))
+    if isinstance(exc, GeneratorUnavailable):
+        return DependencyFailure("generator", 503, _reason(exc))
+    if isinstance(exc, GeneratorServerError):
+        return DependencyFailure("generator", 502, _reason(exc))
+    # Raw httpx errors in this process come from the generator's client (qdrant-client wraps its own).
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return DependencyFailure("generator", 504, f"no answer within the request timeout ({kind})")
+    if isinstance(exc, httpx.TransportError):
+        try:
+            where = f" at {exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:  # an error without its request
+            where = ""
+        return DependencyFailure("generator", 503, f"cannot reach the server{where}: {_reason(exc)}")
+    if kind in ("EngineDeadError", "EngineGenerateError") and module.startswith("vllm"):
+        return DependencyFailure("generator", 503, _reason(exc))
+    return None
+
+
+def dependency_failure(exc: BaseException) -> DependencyFailure | None:
+    """The dependency that `exc` (or the error it was raised from) says is down; None for any other error."""
+    current: BaseException | None = exc
+    for _ in range(4):
+        if current is None:
+            return None
+        failure = _classify(current)
+        if failure is not None:
+            return failure
+        current = current.__cause__
+    return None
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    failure = dependency_failure(exc)
+    if failure is not None:
+        log.warning("dependency failure: %s", failure.detail, extra={"path": request.url.path})
+        return problem(request, failure.status, failure.detail, headers={"Retry-After": str(RETRY_AFTER_S)},
+                       extra={"dependency": failure.dependency})  # fmt: skip
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
     return problem(
         request,
@@ -65,4 +148,17 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
-EXCEPTION_HANDLERS = {HTTPException: http_exception_handler, Exception: internal_error_handler}
+def recursion_error_handler(request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    """JSON nested deeper than the decoder goes (e.g. 100,000 `[`: msgspec says "... while deserializing an object",
+    the json module "... while decoding a JSON array") is the client's error: 400, not 500. Any other RecursionError
+    is ours."""
+    if "deserializing" in str(exc) or "decoding a JSON" in str(exc):
+        return problem(request, HTTP_400_BAD_REQUEST, "invalid request: the JSON body is nested too deeply")
+    return internal_error_handler(request, exc)
+
+
+EXCEPTION_HANDLERS = {
+    HTTPException: http_exception_handler,
+    RecursionError: recursion_error_handler,
+    Exception: internal_error_handler,
+}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 DOCUMENT_ID = "3f2a9c1e0b7d4e5f8a6b2c1d0e9f8a7b"
+MAX_TOP_K = 100
+# Passages per search: 0, negative or absurd values are refused with 400 (not silently clamped).
+TopK = Annotated[int, Meta(ge=1, le=MAX_TOP_K, description=f"number of passages, 1 to {MAX_TOP_K}")]
 
 
 class DocumentOut(Struct):
@@ -96,6 +99,7 @@ class KeyOut(Struct):
     created_at: str | None
     revoked_at: str | None
     last_used_at: str | None
+    expires_at: str | None  # None: never
 
 
 class CreatedKey(KeyOut):
@@ -131,6 +135,7 @@ _ANSWER = {
 _KEY = {
     "key_id": "5e1f0c9a7b3d2e4f", "name": "support bot", "prefix": "kb_Zx81fQ2", "scopes": ["search", "ask"],
     "groups": ["staff"], "created_at": "2026-11-26T09:00:00+00:00", "revoked_at": None, "last_used_at": None,
+    "expires_at": None,
 }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, before_sleep_log, retry_if_exception, wait_exponential
 
 from kb.settings import GeneratorSettings
 
@@ -31,6 +31,14 @@ class GeneratorServerError(RuntimeError):
 
 class GeneratorUnavailable(GeneratorServerError):
     """The server answered 5xx (or 429): overloaded, starting or failing over; worth another attempt."""
+
+
+class GeneratorTimeout(GeneratorServerError):
+    """No first token within the request timeout, however many attempts that took."""
+
+
+# A health probe of the server answers at once or not at all: /readyz never waits for the request timeout.
+READY_TIMEOUT_S = 3.0
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -122,17 +130,31 @@ class OpenAIHttpGenerator:
             "repetition_penalty": self._settings.repetition_penalty,  # vLLM's extension of the OpenAI API
             "stream": True,
         }
+        budget = self._settings.request_timeout_s
+        wait = wait_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S)
+
+        def out_of_attempts(state: RetryCallState) -> bool:
+            # Retries fit in the request timeout: a caller waits at most that long for the first token (or for the
+            # last error), never the attempts times it.
+            return state.attempt_number >= CONNECT_ATTEMPTS or state.seconds_since_start + wait(state) > budget
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(CONNECT_ATTEMPTS),
-            wait=wait_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S),
+            stop=out_of_attempts,
+            wait=wait,
             retry=retry_if_exception(_retryable),
             before_sleep=before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
         # Once text went out a retry would repeat it, so only what happens before the first token is retried.
-        async for attempt in retrying:
-            with attempt:
-                response, deltas, first = await self._first_delta(body)
+        try:
+            # A safety net over the retries: each attempt's reads are bounded by the timeout already, but a server
+            # that answers 503 slowly, again and again, must not hold the caller longer than the budget.
+            async with asyncio.timeout(budget + self._settings.connect_timeout_s):
+                async for attempt in retrying:
+                    with attempt:
+                        response, deltas, first = await self._first_delta(body)
+        except TimeoutError as exc:
+            raise GeneratorTimeout(f"the generator server sent no answer within {budget:g} s") from exc
         try:
             if first is not None:
                 yield first
@@ -170,7 +192,8 @@ class OpenAIHttpGenerator:
 
     async def ready(self) -> bool:
         try:
-            response = await self._client.get("models")
+            response = await self._client.get("models", timeout=httpx.Timeout(
+                min(READY_TIMEOUT_S, self._settings.request_timeout_s), connect=self._settings.connect_timeout_s))
         except httpx.HTTPError:
             return False
         return response.status_code == httpx.codes.OK

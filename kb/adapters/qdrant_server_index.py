@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from kb.adapters.bm25 import (
     DENSE_VECTOR,
@@ -107,7 +108,15 @@ class QdrantServerIndex:
         # a worker thread upserts; a server client is (httpx), and must not be serialised.
         self._lock: threading.Lock | None = threading.Lock() if self._local else None
         self.sentence_vectors = True
-        self._ensure_collection()
+        self._set_up = False
+        try:
+            self._ensure_collection()
+        except (ResponseHandlingException, UnexpectedResponse) as exc:
+            if isinstance(exc, UnexpectedResponse) and (exc.status_code or 0) < 500:
+                raise
+            # A server not reachable yet (restarting, failing over) does not stop the service from starting: every
+            # call checks the collection again until it succeeds, and fails (503, /readyz) meanwhile.
+            log.warning("Qdrant is not reachable (%s): the collection is checked on first use", exc)
 
     @classmethod
     def from_url(
@@ -135,6 +144,13 @@ class QdrantServerIndex:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
+        if not self._set_up:
+            self._ensure_collection()
+        with self._locked():
+            yield
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
         if self._lock is None:
             yield
         else:
@@ -142,7 +158,7 @@ class QdrantServerIndex:
                 yield
 
     def _ensure_collection(self) -> None:
-        with self._guard():
+        with self._locked():
             if self._client.collection_exists(self._collection):
                 self._check_dimension()
             else:
@@ -182,6 +198,7 @@ class QdrantServerIndex:
                 self._client.create_payload_index(
                     self._collection, "created_at", field_schema=models.PayloadSchemaType.DATETIME
                 )
+            self._set_up = True
 
     def _check_dimension(self) -> None:
         vectors = self._client.get_collection(self._collection).config.params.vectors
@@ -366,5 +383,5 @@ class QdrantServerIndex:
             return self._client.count(self._collection, count_filter=count_filter, exact=True).count
 
     def close(self) -> None:
-        with self._guard():
+        with self._locked():
             self._client.close()

@@ -16,10 +16,11 @@ from msgspec import Struct
 
 from kb.models import SearchFilter
 from kb.ports import Registry
+from service.answering import opened
 from service.auth import Principal, requires, scoped_filter
 from service.observability import record_answer
 from service.routes.search import SearchFilters, to_filter
-from service.schemas import EXAMPLES, AskResponse, ConversationOut, ok
+from service.schemas import EXAMPLES, AskResponse, ConversationOut, TopK, ok
 from service.state import Services
 
 
@@ -29,6 +30,9 @@ class AskRequest(Struct):
     conversation_id: str | None = None
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None  # ask about these documents (whole, when they fit the window)
+    # Only validated (1 to 100, as for /v1/search) for clients that send search's parameters along: an answer's
+    # sources are as many as its context window holds (at least KB_RETRIEVAL__TOP_K).
+    top_k: TopK | None = None
 
 
 ASK_EXAMPLES = [
@@ -116,6 +120,7 @@ async def ask(
     conversation_id = claim_conversation(registry, principal, data.conversation_id)
     events = services.answers.stream(data.question, search_filter, conversation_id)
     if data.stream:
+        events = await opened(events)  # a dependency down is a 503/504 problem, not a 200 stream that breaks
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             # Leaving this generator early (client gone) closes `events`, which aborts the vLLM request.

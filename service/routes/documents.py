@@ -19,10 +19,15 @@ from service.auth import Principal, assignable_groups, requires
 from service.schemas import EXAMPLES, DocumentList, DocumentOut, UploadResponse, ok
 from service.state import Services
 
-READ = requires("search", "ask", "ingest")
+# Reading documents (the list, a document, its original) needs `search`, as the README's scope table says; a key
+# that may only upload (`ingest`) still polls the status of one document (`kb ingest` through a server does).
+READ = requires("search")
+STATUS = requires("search", "ingest")
 UPLOAD_DESCRIPTION = """multipart/form-data fields: `files` (one or more), `groups` (optional, comma-separated; the
-caller must belong to each; default: the configured default groups), `metadata` (optional JSON object, filterable in
-search), `document_id` (optional: upload a new version of that document). Example:
+caller must belong to each), `metadata` (optional JSON object, filterable in search), `document_id` (optional:
+upload a new version of that document). Without `groups`, the documents get the configured default groups
+(`KB_AUTH__DEFAULT_GROUPS`) if the caller belongs to all of them (or has every group, `*`), and otherwise every group
+of the caller's own key: an upload never lands where its uploader cannot read it back. Example:
 
     curl -H "Authorization: Bearer $KB_API_KEY" -F files=@handbook.pdf -F groups=staff \\
          -F 'metadata={"team": "ops"}' http://127.0.0.1:8000/v1/documents
@@ -104,7 +109,8 @@ class DocumentController(Controller):
         return {"documents": [d.to_dict() for d in documents if request.user.sees(d.groups)]}
 
     @get(
-        "/{document_id:str}", summary="One document: status, error, pages, chunks", guards=[READ],
+        "/{document_id:str}", summary="One document: status, error, pages, chunks (scope search or ingest)",
+        guards=[STATUS],
         responses=ok(DocumentOut, EXAMPLES["document"]),
     )  # fmt: skip
     async def get_document(
@@ -132,15 +138,29 @@ class DocumentController(Controller):
     async def download(
         self, document_id: str, request: Request[Principal, Any, Any], services: Services
     ) -> Response[bytes]:
+        # An original is whatever its uploader sent (HTML, SVG with scripts...): it must never run in kb's origin,
+        # where the web page's session lives. So: no sniffing, a sandbox without scripts or fetches, and a download
+        # rather than a page, except for a real PDF (type and magic bytes), which the browser's PDF viewer shows
+        # outside kb's origin, so that a citation opens at its page.
         document = visible_document(services, request.user, document_id)
+        data = services.container.blobs.read(services.pipeline.original_key(document))
+        is_pdf = document.content_type == "application/pdf" and data.startswith(b"%PDF")
+        disposition = "inline" if is_pdf else "attachment"
         return Response(
-            services.container.blobs.read(services.pipeline.original_key(document)),
+            data,
             media_type=document.content_type,
-            headers={"Content-Disposition": f"inline; filename*=UTF-8''{_quote(document.filename)}"},
+            headers={
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quote(document.filename)}",
+                "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "private, no-store",
+            },
         )
 
 
 def _quote(name: str) -> str:
+    """The name for RFC 5987's `filename*=UTF-8''…`: every byte outside unreserved characters percent-encoded, so
+    no quote, semicolon or line break can end the header value."""
     from urllib.parse import quote
 
-    return quote(name, safe="")
+    return quote(name or "original", safe="")

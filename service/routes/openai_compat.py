@@ -18,11 +18,12 @@ from litestar.params import Body
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from msgspec import Struct
 
+from service.answering import opened
 from service.auth import Principal, requires, scoped_filter
 from service.observability import record_answer
 from service.routes.ask import answer_tokens, claim_conversation, collect, request_filter, visible_citations
 from service.routes.search import SearchFilters
-from service.schemas import EXAMPLES
+from service.schemas import EXAMPLES, TopK
 from service.state import Services
 
 MODEL = "kb"
@@ -41,6 +42,7 @@ class ChatCompletionRequest(Struct):
     # kb extensions (OpenAI SDKs send them with `extra_body`): restrict the sources.
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None
+    top_k: TopK | None = None  # validated as in /v1/ask (1 to 100); the sources follow the context window
     user: str | None = None
 
 
@@ -122,6 +124,7 @@ async def chat_completions(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
 
     if data.stream:
+        events = await opened(events)  # a dependency down is a 503/504 problem, not a 200 stream that breaks
 
         async def chunks() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -135,6 +138,11 @@ async def chat_completions(
                             completion_id, {"content": sources_text(citations)}, citations=citations))  # fmt: skip
                     elif event.event == "done":
                         record_answer("openai", event.data, answer_tokens(services, event.data["answer"]))
+                    elif event.event == "error":  # as OpenAI and vLLM report an error once streaming has begun
+                        error = {"message": event.data["detail"], "type": event.data["title"],
+                                 "code": event.data["status"]}  # fmt: skip
+                        yield ServerSentEventMessage(data=json.dumps({"error": error}, ensure_ascii=False))
+                        return
                 yield ServerSentEventMessage(data=_chunk(completion_id, {}, "stop"))
                 yield ServerSentEventMessage(data="[DONE]")
             finally:

@@ -13,7 +13,7 @@ from msgspec import Struct, field
 
 from kb.models import Passage, SearchFilter
 from service.auth import Principal, requires, scoped_filter
-from service.schemas import EXAMPLES, SearchResponse, ok
+from service.schemas import EXAMPLES, SearchResponse, TopK, ok
 from service.state import Services
 
 
@@ -27,7 +27,7 @@ class SearchFilters(Struct):
 
 class SearchRequest(Struct):
     query: str
-    top_k: int = field(default=5)
+    top_k: TopK = field(default=5)
     filters: SearchFilters | None = None
     mode: Literal["dense", "sparse", "hybrid"] | None = None
 
@@ -71,10 +71,9 @@ async def search(
 ) -> dict[str, Any]:  # fmt: skip
     if not data.query.strip():
         raise ClientException("query must not be empty")
-    top_k = max(1, min(data.top_k, 100))
     search_filter = scoped_filter(request.user, to_filter(data.filters))
     try:
-        result = await services.retrieval.search(data.query, top_k, search_filter, data.mode)
+        result = await services.retrieval.search(data.query, data.top_k, search_filter, data.mode)
     except ValueError as exc:  # an unusable filter (e.g. a metadata key with odd characters)
         raise ClientException(str(exc)) from exc
     passages = visible(result.passages, search_filter)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ import openai
 import pytest
 import pytest_asyncio
 
+from kb.models import ApiKey
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
+from service.auth import digest
 from tests.support import serve_in_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -289,3 +294,233 @@ async def test_keys_without_the_scope_or_any_key_are_refused(deployment: Deploym
             assert refused.status_code == 403 and refused.json()["title"] == "Forbidden"
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rule as a table: every door × every identity, each cell's expected status asserted against a served app (no
+# generator: an authorised question answers 503 "the generator is off", which is past authentication and the scope
+# check). A new door (Slack, MCP, a web route) is one more row in DOORS; a new kind of caller, one more IDENTITIES row.
+# ---------------------------------------------------------------------------------------------------------------------
+
+EVERY_VALID_KEY = frozenset()  # a door any valid key may pass (no particular scope)
+
+
+@dataclass(frozen=True)
+class Door:
+    name: str
+    method: str
+    path: str  # "{document_id}" / "{key_id}": a fresh eng document / eng key made by `prepare`
+    scopes: frozenset[str]  # the key needs one of these (admin holds them all); EVERY_VALID_KEY: any valid key
+    passed: int  # the status once authorised
+    json: dict[str, Any] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    data: dict[str, str] | None = None
+    eng_only: int | None = None  # the status for an authorised key outside group eng (the thing is eng's)
+    prepare: str | None = None  # "document": a fresh eng document; "key": a fresh eng key (consumed by the cell)
+
+
+ASK_BODY = {"question": "What is the deployment codeword?"}
+DOORS: list[Door] = [
+    # Add a row for every new door (Slack, MCP, new web routes): the table then proves it against every identity.
+    Door("search", "POST", "/v1/search", frozenset({"search"}), 200, json={"query": "deployment runbook"}),
+    Door("ask", "POST", "/v1/ask", frozenset({"ask"}), 503, json=ASK_BODY),
+    Door("ask-sse", "POST", "/v1/ask", frozenset({"ask"}), 503, json={**ASK_BODY, "stream": True}),
+    Door("openai-chat", "POST", "/v1/chat/completions", frozenset({"ask"}), 503,
+         json={"model": "kb", "messages": [{"role": "user", "content": ASK_BODY["question"]}]}),
+    Door("openai-chat-stream", "POST", "/v1/chat/completions", frozenset({"ask"}), 503,
+         json={"model": "kb", "stream": True, "messages": [{"role": "user", "content": ASK_BODY["question"]}]}),
+    Door("openai-models", "GET", "/v1/models", frozenset({"ask"}), 200),
+    Door("conversation", "GET", f"/v1/conversations/{'c' * 32}", frozenset({"ask"}), 404),  # passed: none such
+    Door("documents-list", "GET", "/v1/documents", frozenset({"search"}), 200),
+    Door("document-status", "GET", "/v1/documents/{document_id}", frozenset({"search", "ingest"}), 200,
+         eng_only=404, prepare="document"),
+    Door("document-file", "GET", "/v1/documents/{document_id}/file", frozenset({"search"}), 200, eng_only=404,
+         prepare="document"),
+    Door("document-upload", "POST", "/v1/documents", frozenset({"ingest"}), 202, eng_only=403,
+         files={"files": ("table-upload.txt", b"Uploaded through the access table.", "text/plain")},
+         data={"groups": "eng"}),
+    Door("document-delete", "DELETE", "/v1/documents/{document_id}", frozenset({"ingest"}), 204, eng_only=404,
+         prepare="document"),
+    Door("keys-list", "GET", "/v1/keys", frozenset({"admin"}), 200),
+    Door("keys-create", "POST", "/v1/keys", frozenset({"admin"}), 201, eng_only=403,
+         json={"name": "made by the table", "scopes": ["search"], "groups": ["eng"]}),
+    Door("keys-revoke", "DELETE", "/v1/keys/{key_id}", frozenset({"admin"}), 204, eng_only=404, prepare="key"),
+    Door("metrics", "GET", "/metrics", frozenset({"metrics"}), 200),
+    Door("session-start", "POST", "/v1/session", EVERY_VALID_KEY, 200),
+    Door("session-who", "GET", "/v1/session", EVERY_VALID_KEY, 200),
+]
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    scopes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    credential: str = "key"  # key | none | forged | revoked | expired
+
+    @property
+    def authenticated(self) -> bool:
+        return self.credential == "key"
+
+
+IDENTITIES: list[Identity] = [
+    Identity("no-key", credential="none"),
+    Identity("forged-key", credential="forged"),
+    # Revoked and expired keys would be unrestricted admins: only the revocation or the expiry refuses them.
+    Identity("revoked-admin", ("admin",), ("*",), credential="revoked"),
+    Identity("expired-admin", ("admin",), ("*",), credential="expired"),
+    *[Identity(f"{scope}-only@eng", (scope,), ("eng",)) for scope in ("search", "ask", "ingest", "metrics")],
+    Identity("admin@eng", ("admin",), ("eng",)),
+    Identity("admin@*", ("admin",), ("*",)),
+    Identity("search+ask+ingest@hr", ("search", "ask", "ingest"), ("hr",)),
+    Identity("admin@hr", ("admin",), ("hr",)),
+]
+
+
+def expected_status(door: Door, who: Identity) -> int:
+    if not who.authenticated:
+        return 401
+    if door.scopes and "admin" not in who.scopes and not door.scopes & set(who.scopes):
+        return 403
+    if door.eng_only is not None and not {"eng", "*"} & set(who.groups):
+        return door.eng_only
+    return door.passed
+
+
+@dataclass
+class Table:
+    url: str
+    admin: str
+    credentials: dict[str, str | None]  # identity name -> its Authorization header value
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def table(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Table]:
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("acl-table"),
+        generator=GeneratorSettings(enabled=False),
+        rate_limit=RateLimitSettings(enabled=False),  # ~200 requests, dozens refused, from one address
+    )
+    app = create_app(settings)
+    async with serve_in_process(app) as url:
+        admin = settings.admin_key_path.read_text().strip()
+        credentials: dict[str, str | None] = {}
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {admin}"}) as client:
+            for who in IDENTITIES:
+                if who.credential == "none":
+                    credentials[who.name] = None
+                elif who.credential == "forged":
+                    credentials[who.name] = "Bearer kb_" + secrets.token_urlsafe(32)
+                elif who.credential == "expired":  # straight into the registry: nothing waits for a clock
+                    secret = "kb_" + secrets.token_urlsafe(32)
+                    app.state.services.container.registry.add_api_key(ApiKey(
+                        key_id=uuid.uuid4().hex[:16], name=who.name, prefix=secret[:10], scopes=list(who.scopes),
+                        groups=list(who.groups), expires_at=datetime.now(UTC) - timedelta(minutes=1)), digest(secret))  # fmt: skip
+                    credentials[who.name] = f"Bearer {secret}"
+                else:
+                    created = await client.post("/v1/keys", json={"name": who.name, "scopes": list(who.scopes),
+                                                                  "groups": list(who.groups)})  # fmt: skip
+                    assert created.status_code == 201, created.text
+                    credentials[who.name] = f"Bearer {created.json()['key']}"
+                    if who.credential == "revoked":
+                        assert (await client.delete(f"/v1/keys/{created.json()['key_id']}")).status_code == 204
+        yield Table(url, admin, credentials)
+
+
+async def _prepare(client: httpx.AsyncClient, door: Door, cell: str) -> str:
+    """The door's path with a fresh eng document or key in it (made by the unrestricted admin)."""
+    if door.prepare == "document":
+        made = await client.post("/v1/documents", data={"groups": "eng"},
+                                 files={"files": (f"{cell}.txt", f"Eng notes for {cell}.".encode(), "text/plain")})  # fmt: skip
+        assert made.status_code == 202, made.text
+        return door.path.format(document_id=made.json()["documents"][0]["document_id"])
+    if door.prepare == "key":
+        made = await client.post("/v1/keys", json={"name": cell, "scopes": ["search"], "groups": ["eng"]})
+        assert made.status_code == 201, made.text
+        return door.path.format(key_id=made.json()["key_id"])
+    return door.path
+
+
+@pytest.mark.parametrize(
+    ("door", "who"), [(d, w) for d in DOORS for w in IDENTITIES], ids=[f"{d.name}-{w.name}" for d in DOORS for w in IDENTITIES]
+)
+async def test_every_door_admits_exactly_whom_the_rule_says(table: Table, door: Door, who: Identity) -> None:
+    async with httpx.AsyncClient(base_url=table.url, timeout=60) as client:
+        client.headers["Authorization"] = f"Bearer {table.admin}"
+        path = await _prepare(client, door, f"{door.name}-{who.name}")
+        del client.headers["Authorization"]
+        headers = {"Authorization": table.credentials[who.name]} if table.credentials[who.name] else {}
+        response = await client.request(door.method, path, json=door.json, files=door.files, data=door.data,
+                                        headers=headers)  # fmt: skip
+    expected = expected_status(door, who)
+    assert response.status_code == expected, f"{door.name} as {who.name}: {response.status_code} {response.text[:300]}"
+    if expected >= 400:
+        assert response.headers["content-type"] == "application/problem+json"
+    if expected == 401:
+        assert "WWW-Authenticate" in response.headers
+        if who.credential == "expired":
+            assert "expired" in response.json()["detail"]
+    if expected == 503:  # passed authentication and scope: refused only because this app runs no generator
+        assert "generator" in response.json()["detail"]
+
+
+async def test_the_table_covers_every_route_of_the_app() -> None:
+    """A new route without a DOORS row fails here (public routes and the API description excepted)."""
+    app = create_app(Settings(data_dir=Path("/nonexistent-kb-table"), generator=GeneratorSettings(enabled=False)))
+    public = {"/", "/healthz", "/readyz"}
+    routes = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
+              if method not in ("HEAD", "OPTIONS") and route.path not in public and not route.path.startswith("/schema")
+              and not route.path.startswith("/static")}  # fmt: skip
+    covered = {(door.method, _route_of(door.path)) for door in DOORS}
+    unexempt = {(m, p) for m, p in routes if (m, p) not in covered and (m, p) not in TABLE_EXEMPT}
+    assert not unexempt, f"routes without a DOORS row: {sorted(unexempt)}"
+    assert covered <= routes, f"DOORS rows for routes that do not exist: {sorted(covered - routes)}"
+
+
+# Routes the table leaves out, each with the reason.
+TABLE_EXEMPT = {
+    ("DELETE", "/v1/session"),  # signing out needs no key (an expired session must still be able to sign out)
+}
+
+
+def _route_of(path: str) -> str:
+    path = path.replace("{document_id}", "{document_id:str}").replace("{key_id}", "{key_id:str}")
+    return path.replace(f"/v1/conversations/{'c' * 32}", "/v1/conversations/{conversation_id:str}")
+
+
+# Escalation: what a key could try beyond its reach.
+
+async def test_a_restricted_admin_cannot_escalate(table: Table) -> None:
+    eng_admin = {"Authorization": table.credentials["admin@eng"]}
+    async with httpx.AsyncClient(base_url=table.url, timeout=60, headers=eng_admin) as client:
+        # Mint a wider key: every group, a foreign group, or its own plus a foreign one.
+        for groups in (["*"], ["hr"], ["eng", "hr"]):
+            wider = await client.post("/v1/keys", json={"name": "wider", "scopes": ["admin"], "groups": groups})
+            assert wider.status_code == 403, groups
+        # Without groups it gets its creator's groups, never the default "everyone" it is not in.
+        own = await client.post("/v1/keys", json={"name": "own", "scopes": ["search", "ingest"]})
+        assert own.status_code == 201 and own.json()["groups"] == ["eng"]
+        # It sees and revokes only keys within eng; another group's key is "not found" and keeps working.
+        listed = (await client.get("/v1/keys")).json()["keys"]
+        assert listed and all(set(k["groups"]) <= {"eng"} for k in listed)
+        async with httpx.AsyncClient(base_url=table.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {table.admin}"}) as root:  # fmt: skip
+            every = (await root.get("/v1/keys")).json()["keys"]
+        hr = next(k for k in every if k["name"] == "admin@hr")
+        assert hr["key_id"] not in {k["key_id"] for k in listed}
+        assert (await client.delete(f"/v1/keys/{hr['key_id']}")).status_code == 404
+        hr_client_headers = {"Authorization": table.credentials["admin@hr"]}
+        assert (await client.get("/v1/keys", headers=hr_client_headers)).status_code == 200
+    # The key it minted: uploads without groups land in eng (readable by it), foreign groups are refused.
+    mine = {"Authorization": f"Bearer {own.json()['key']}"}
+    async with httpx.AsyncClient(base_url=table.url, timeout=60, headers=mine) as client:
+        uploaded = await client.post("/v1/documents", files={"files": ("mine.txt", b"Minted key's notes.", "text/plain")})
+        assert uploaded.status_code == 202 and uploaded.json()["documents"][0]["groups"] == ["eng"]
+        document_id = uploaded.json()["documents"][0]["document_id"]
+        assert (await client.get(f"/v1/documents/{document_id}/file")).content == b"Minted key's notes."
+        foreign = await client.post("/v1/documents", data={"groups": "hr"},
+                                    files={"files": ("theirs.txt", b"x", "text/plain")})  # fmt: skip
+        assert foreign.status_code == 403 and "hr" in foreign.json()["detail"]
+    async with httpx.AsyncClient(base_url=table.url, timeout=60,
+                                 headers={"Authorization": table.credentials["search+ask+ingest@hr"]}) as hr_client:  # fmt: skip
+        assert (await hr_client.get(f"/v1/documents/{document_id}")).status_code == 404

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ class Server:
     data_dir: Path
     env: dict[str, str]
     log: Path
+    process: subprocess.Popen[bytes]
 
     @property
     def headers(self) -> dict[str, str]:
@@ -60,7 +62,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     log_path = data_dir.parent / f"serve-{request.param}.log"
     process, url = start_kb_serve(env, log_path)
     try:
-        yield Server(url, data_dir, env, log_path)
+        yield Server(url, data_dir, env, log_path, process)
     finally:
         stop_process_group(process)
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -209,3 +211,17 @@ def test_logs_are_json_lines_with_request_ids_and_no_secrets_or_document_text(se
     log_text = server.log.read_text(errors="replace")
     assert server.headers["Authorization"].split()[1] not in log_text
     assert passage_text[:60] not in log_text
+
+
+def test_zz_kill_9_takes_the_engine_core_and_the_parser_with_it(server: Server, paper_id: str) -> None:
+    """Last in the module (it ends the server): the in-process engine's EngineCore (GBs) and the parser process are
+    children kb did spawn (or vLLM did); killed with SIGKILL, kb runs no cleanup, yet none of them may live on."""
+    import psutil
+
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    names = " ".join(" ".join(c.cmdline()) for c in children)
+    assert "multiprocessing" in names or "spawn" in names, names  # the parser (and EngineCore) are there to kill
+    os.kill(server.process.pid, signal.SIGKILL)  # the server alone, not its process group
+    server.process.wait(10)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [(p.pid, " ".join(p.cmdline())[:120]) for p in alive]

@@ -1,6 +1,7 @@
 """The web page in a real browser (Debian's Chromium through Playwright) against `kb serve` with every part real:
-the key from the link `kb serve` prints, a streamed answer with citations, the cited original opened, and a clear
-message without a key."""
+the key from the link `kb serve` prints traded for a session cookie, a streamed answer with citations under the
+page's strict CSP, the cited original opened at its page straight from kb, and a clear message without a key.
+(tests/e2e/test_web_security.py: what a script inside an uploaded original can do; nothing.)"""
 
 from __future__ import annotations
 
@@ -53,14 +54,20 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+WATCH_CSP = """document.addEventListener("securitypolicyviolation",
+  (e) => (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI));"""
+
+
 def test_without_a_key_the_page_says_what_is_missing(server: tuple[str, str], browser: Browser) -> None:
     url, _ = server
     page = browser.new_page()
     page.goto(f"{url}/")
-    assert "none" in page.inner_text("#key-summary")
+    page.wait_for_selector("#key-box[data-state=signed-out]")
+    assert "Not signed in" in page.inner_text("#key-summary")
     page.fill("#question", QUESTION)
     page.click("#ask-form button")
-    page.wait_for_function("document.getElementById('answer').textContent.length > 0")
+    # (A string expression would be eval'd in the page, which its CSP refuses: Playwright gets a function.)
+    page.wait_for_function("() => document.getElementById('answer').textContent.length > 0")
     assert "401" in page.inner_text("#answer") and "API key is required" in page.inner_text("#answer")
     page.close()
 
@@ -71,20 +78,37 @@ def test_the_link_with_the_key_answers_with_citations_and_opens_the_original(
     url, key = server
     page = browser.new_page()
     errors: list[str] = []
+    page.add_init_script(WATCH_CSP)
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text)
+            if "Content Security Policy" in message.text else None)  # fmt: skip
     page.goto(f"{url}/#key={key}")
-    page.wait_for_function("location.hash === ''")  # the key leaves the address bar (and the history)
-    assert page.inner_text("#key-summary") == "API key: set"
+    page.wait_for_selector("#key-box[data-state=signed-in]")
+    assert page.evaluate("location.hash") == ""  # the key leaves the address bar (and the history)
+    assert page.inner_text("#key-summary") == "Signed in: local admin"
+    # Traded for an HttpOnly session cookie: no script on the page can read the key, nor the session.
+    assert page.evaluate("[localStorage.length, sessionStorage.length, document.cookie]") == [0, 0, ""]
     page.fill("#question", QUESTION)
     page.click("#ask-form button")
     page.wait_for_selector("#citations li", timeout=120_000)
     assert "100 MB" in page.inner_text("#answer")
     citation = page.inner_text("#citations li a")
     assert citation == f"{SAMPLE.name}, page 2"
-    with page.context.expect_page() as opened:
+    href = page.get_attribute("#citations li a", "href")
+    assert href.startswith("/v1/documents/") and href.endswith("/file#page=2")
+    with page.context.expect_page() as opened, page.context.expect_event("response") as served:
         page.click("#citations li a")
     original = opened.value
     original.wait_for_load_state()
-    assert original.url.startswith(f"blob:{url}/") and original.url.endswith("#page=2")
+    # Opened straight from kb (the session cookie authorises it), never as a blob: of kb's origin.
+    assert original.url == f"{url}{href}"
+    response = served.value
+    assert response.url == f"{url}{href.split('#')[0]}" and response.status == 200
+    headers = response.all_headers()
+    assert headers["content-type"] == "application/pdf"
+    assert headers["content-disposition"] == f"inline; filename*=UTF-8''{SAMPLE.name}"
+    assert headers["content-security-policy"].startswith("sandbox; default-src 'none'")
+    assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "private, no-store"
+    assert page.evaluate("window.__cspViolations || []") == []
     assert errors == []
     page.close()

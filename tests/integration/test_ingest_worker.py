@@ -124,3 +124,52 @@ def test_a_document_deleted_while_it_is_embedded_never_becomes_searchable(open_s
     assert deleted == [True]
     assert container.index.count(SearchFilter(document_ids=[document_id])) == 0
     assert container.registry.get_document(document_id) is None
+
+
+def test_deleting_a_document_while_it_is_parsed_stops_the_parse_and_the_next_upload_is_ingested(
+    open_services: Any,
+) -> None:
+    """The review's lost document: deleted mid-ingestion, its worker went on for minutes, and the next upload reused
+    its job id and stayed queued forever. Now the parse is killed, nothing of it stays, the next upload goes ready."""
+    import threading
+    import time
+
+    from kb.models import SearchFilter
+
+    container, services = open_services()
+    slow = CORPUS / "pdf" / "DA-619p.pdf"  # 619 pages: about a minute of parsing
+    slow_id = services.pipeline.submit(slow.name, slow.read_bytes()).document.document_id
+    drained = threading.Thread(target=services.worker.drain)
+    drained.start()
+    while container.registry.get_document(slow_id).progress.get("stage") != "parsing":
+        time.sleep(0.05)
+    parser_pid = services.worker._parser._process.pid
+    time.sleep(1.0)  # well into the parse
+    assert services.pipeline.delete(slow_id)
+    drained.join()
+    # The worker did not wait for the parse to end: it killed the parser process working on the deleted document.
+    assert services.worker._parser._process is None or services.worker._parser._process.pid != parser_pid
+    quick = CORPUS / "txt" / "fake-text.txt"
+    quick_id = services.pipeline.submit(quick.name, quick.read_bytes()).document.document_id
+    services.worker.drain()
+    assert container.registry.get_document(quick_id).status is DocumentStatus.READY
+    assert container.registry.get_document(slow_id) is None
+    assert container.index.count(SearchFilter(document_ids=[slow_id])) == 0
+    assert container.registry.pending_jobs() == 0
+
+
+def test_a_document_needing_more_memory_than_the_parser_may_use_fails_and_the_next_one_is_ingested(
+    open_services: Any, tmp_path: Path
+) -> None:
+    def small_memory(settings: Settings) -> None:
+        settings.ingest.parse_memory_limit_mb = 20  # beyond what the parser holds after its imports
+
+    container, services = open_services(configure=small_memory)
+    rows = "alpha,beta,gamma,delta,epsilon,zeta,eta,theta,iota,kappa\n" * 600_000  # 34 MB of CSV
+    big_id = services.pipeline.submit("big.csv", rows.encode()).document.document_id
+    quick = CORPUS / "txt" / "fake-text.txt"
+    quick_id = services.pipeline.submit(quick.name, quick.read_bytes()).document.document_id
+    services.worker.drain()
+    big = container.registry.get_document(big_id)
+    assert big.status is DocumentStatus.FAILED and big.error.startswith("too large when unpacked"), big.error
+    assert container.registry.get_document(quick_id).status is DocumentStatus.READY
