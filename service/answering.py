@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 import uuid
@@ -55,8 +56,41 @@ def no_information_answer(question: str) -> str:
 
 @dataclass
 class AskEvent:
-    event: str  # token | citations | done
+    event: str  # token | citations | done (| error, from `opened`)
     data: dict[str, Any]
+
+
+async def opened(events: AsyncIterator[AskEvent]) -> AsyncIterator[AskEvent]:
+    """A stream of answer events whose first event is already there: retrieval and the generator's first token
+    happen before a route commits to a streamed 200, so a dependency that is down fails the request with its problem
+    status (503/504). A failure after that ends the stream with an `error` event carrying the same problem fields."""
+    from service.problems import dependency_failure
+
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def rest() -> AsyncIterator[AskEvent]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        except Exception as exc:
+            failure = dependency_failure(exc)
+            if failure is None:
+                logging.getLogger("kb.errors").error("answer stream failed", exc_info=exc)
+                body = {"status": 500, "title": "Internal Server Error",
+                        "detail": "an unexpected error occurred; the service log has the details"}  # fmt: skip
+            else:
+                logging.getLogger("kb.errors").warning("answer stream failed: %s", failure.detail)
+                body = failure.body()
+            yield AskEvent("error", body)
+        finally:
+            await events.aclose()
+
+    return rest()
 
 
 def format_source(n: int, passage: Passage) -> str:

@@ -315,7 +315,9 @@ class FailedAuthLimitMiddleware:
         try:
             await self.app(scope, receive, send)
         except NotAuthorizedException as exc:
-            if scope["type"] != "http" or self.limit <= 0:
+            if scope["type"] != "http" or self.limit <= 0 or not _presents_credentials(scope):
+                # Only a refused credential is a guess worth limiting; a request that sent none (the signed-out web
+                # page asking who is signed in) guesses nothing, and many users may share an address behind a proxy.
                 raise
             address = (scope.get("client") or ("unknown",))[0]
             retry_after = await self._count(scope["app"].stores.get(self.store), f"failed_auth:addr:{address}")
@@ -336,6 +338,15 @@ class FailedAuthLimitMiddleware:
         count += 1
         await store.set(key, f"{count}:{reset}", expires_in=max(1, reset - now))
         return max(1, reset - now) if count > self.limit else None
+
+
+def _presents_credentials(scope: Any) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name in (b"authorization", b"x-api-key"):
+            return True
+        if name == b"cookie" and b"kb_session=" in value:
+            return True
+    return False
 
 
 def requires(*scopes: str):  # noqa: ANN201 - a Litestar guard

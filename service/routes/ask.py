@@ -20,7 +20,7 @@ from service.answering import opened
 from service.auth import Principal, requires, scoped_filter
 from service.observability import record_answer
 from service.routes.search import SearchFilters, to_filter
-from service.schemas import EXAMPLES, AskResponse, ConversationOut, TopK, ok
+from service.schemas import EXAMPLES, AskResponse, ConversationOut, ok
 from service.state import Services
 
 
@@ -32,7 +32,6 @@ class AskRequest(Struct):
     document_ids: list[str] | None = None  # ask about these documents (whole, when they fit the window)
     # Only validated (1 to 100, as for /v1/search) for clients that send search's parameters along: an answer's
     # sources are as many as its context window holds (at least KB_RETRIEVAL__TOP_K).
-    top_k: TopK | None = None
 
 
 ASK_EXAMPLES = [

@@ -19,10 +19,12 @@ from service.auth import Principal, assignable_groups, requires
 from service.schemas import EXAMPLES, DocumentList, DocumentOut, UploadResponse, ok
 from service.state import Services
 
-# Reading documents (the list, a document, its original) needs `search`, as the README's scope table says; a key
-# that may only upload (`ingest`) still polls the status of one document (`kb ingest` through a server does).
+# Reading documents (the list, a document) needs `search`, as the README's scope table says; a key that may only
+# upload (`ingest`) still polls the status of one document (`kb ingest` through a server does). An original is also
+# open to `ask`: an answer's citations must be checkable by whoever got the answer (within the key's groups).
 READ = requires("search")
 STATUS = requires("search", "ingest")
+ORIGINAL = requires("search", "ask")
 UPLOAD_DESCRIPTION = """multipart/form-data fields: `files` (one or more), `groups` (optional, comma-separated; the
 caller must belong to each), `metadata` (optional JSON object, filterable in search), `document_id` (optional:
 upload a new version of that document). Without `groups`, the documents get the configured default groups
@@ -128,7 +130,7 @@ class DocumentController(Controller):
             raise NotFoundException(f"no document {document_id}")
 
     @get(
-        "/{document_id:str}/file", summary="The original file, for opening a citation", guards=[READ],
+        "/{document_id:str}/file", summary="The original file, for opening a citation", guards=[ORIGINAL],
         media_type="application/octet-stream",
         responses={200: ResponseSpec(
             data_container=bytes, media_type="application/octet-stream", description="The original bytes",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from litestar import get
@@ -9,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.response import Response
 
+from service.problems import dependency_failure
 from service.state import Services
 
 
@@ -40,26 +45,61 @@ NOT_READY = {"ready": False, "checks": {"registry": "ok", "index": "ok",
     },
 )  # fmt: skip
 async def readyz(services: Services) -> Response[dict[str, Any]]:
+    container = services.container
     checks: dict[str, str] = {}
-    try:
-        services.container.registry.pending_jobs()
-        checks["registry"] = "ok"
-    except Exception as exc:
-        checks["registry"] = f"error: {exc}"
-    try:
-        services.container.index.count()
-        checks["index"] = "ok"
-    except Exception as exc:
-        checks["index"] = f"error: {exc}"
-    generator = services.container.generator
-    if not services.container.settings.generator.enabled:
+    probes: dict[str, Any] = {
+        "registry": _in_thread(f"registry:{id(container)}", container.registry.pending_jobs),
+        "index": _in_thread(f"index:{id(container)}", container.index.count),
+    }
+    generator = container.generator
+    if not container.settings.generator.enabled:
         pass  # an ingest-and-search node: ready without one
     elif generator is None:
         checks["generator"] = "starting (or failed to start: see the log)"
     else:
-        try:
-            checks["generator"] = "ok" if await generator.ready() else "not ready"
-        except Exception as exc:
-            checks["generator"] = f"error: {exc}"
+        probes["generator"] = _generator_ready(generator)
+    # Concurrently, each within CHECK_TIMEOUT_S: a dependency that hangs makes /readyz say so, never hang.
+    results = await asyncio.gather(*(_bounded(probe) for probe in probes.values()))
+    checks.update(zip(probes, results))
+    checks = {name: checks[name] for name in ("registry", "index", "generator") if name in checks}
     ready = all(v == "ok" for v in checks.values())
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+# Longest a check may take; its thread is left to finish on its own, and the next /readyz does not start another
+# while it is still running (a hung database never holds more than one thread per check).
+CHECK_TIMEOUT_S = 3.0
+_EXECUTOR = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kb-readyz")
+_RUNNING: dict[str, tuple[float, Future[Any]]] = {}
+
+
+async def _in_thread(key: str, check: Callable[[], Any]) -> str:
+    running = _RUNNING.get(key)
+    if running is not None and not running[1].done():
+        return f"error: no answer for {time.monotonic() - running[0]:.0f} s (the last check is still waiting)"
+    future = _EXECUTOR.submit(check)
+    _RUNNING[key] = (time.monotonic(), future)
+    try:
+        await asyncio.wrap_future(future)
+    except Exception as exc:
+        return f"error: {_describe(exc)}"
+    return "ok"
+
+
+async def _generator_ready(generator: Any) -> str:
+    try:
+        return "ok" if await generator.ready() else "not ready (its server does not answer /models with 200)"
+    except Exception as exc:
+        return f"error: {_describe(exc)}"
+
+
+async def _bounded(probe: Any) -> str:
+    try:
+        return await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return f"error: no answer within {CHECK_TIMEOUT_S:g} s"
+
+
+def _describe(exc: BaseException) -> str:
+    failure = dependency_failure(exc)
+    return failure.reason if failure is not None else f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -23,7 +23,7 @@ from service.auth import Principal, requires, scoped_filter
 from service.observability import record_answer
 from service.routes.ask import answer_tokens, claim_conversation, collect, request_filter, visible_citations
 from service.routes.search import SearchFilters
-from service.schemas import EXAMPLES, TopK
+from service.schemas import EXAMPLES
 from service.state import Services
 
 MODEL = "kb"
@@ -42,7 +42,6 @@ class ChatCompletionRequest(Struct):
     # kb extensions (OpenAI SDKs send them with `extra_body`): restrict the sources.
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None
-    top_k: TopK | None = None  # validated as in /v1/ask (1 to 100); the sources follow the context window
     user: str | None = None
 
 

@@ -334,7 +334,7 @@ DOORS: list[Door] = [
     Door("documents-list", "GET", "/v1/documents", frozenset({"search"}), 200),
     Door("document-status", "GET", "/v1/documents/{document_id}", frozenset({"search", "ingest"}), 200,
          eng_only=404, prepare="document"),
-    Door("document-file", "GET", "/v1/documents/{document_id}/file", frozenset({"search"}), 200, eng_only=404,
+    Door("document-file", "GET", "/v1/documents/{document_id}/file", frozenset({"search", "ask"}), 200, eng_only=404,
          prepare="document"),
     Door("document-upload", "POST", "/v1/documents", frozenset({"ingest"}), 202, eng_only=403,
          files={"files": ("table-upload.txt", b"Uploaded through the access table.", "text/plain")},
