@@ -155,10 +155,15 @@ class IngestionPipeline:
         if previous is not None:
             if previous.sha256 == sha256:
                 return Submitted(previous, duplicate=True)
-            self._blobs.put(blob_key(previous.document_id, previous.version + 1), data)
-            document = self._registry.new_version(
-                previous.document_id, sha256=sha256, size_bytes=len(data), content_type=content_type
-            )
+            key = blob_key(previous.document_id, previous.version + 1)
+            self._blobs.put(key, data)
+            try:
+                document = self._registry.new_version(
+                    previous.document_id, sha256=sha256, size_bytes=len(data), content_type=content_type, enqueue=True
+                )
+            except BaseException:
+                self._blobs.delete(key)  # the registry refused it (or is down): leave nothing behind
+                raise
         else:
             document = Document(
                 document_id=uuid.uuid4().hex,
@@ -169,10 +174,15 @@ class IngestionPipeline:
                 groups=list(groups or []),
                 metadata=metadata,
             )
-            # Original first: a registry row never points at a missing file.
-            self._blobs.put(blob_key(document.document_id, document.version), data)
-            document = self._registry.add_document(document)
-        self._registry.enqueue_job(document.document_id)
+            # Original first: a registry row never points at a missing file; the row and its job in one
+            # transaction; an original whose row could not be written is removed.
+            key = blob_key(document.document_id, document.version)
+            self._blobs.put(key, data)
+            try:
+                document = self._registry.add_document(document, enqueue=True)
+            except BaseException:
+                self._blobs.delete(key)
+                raise
         return Submitted(document, duplicate=False)
 
     def original_key(self, document: Document) -> str:

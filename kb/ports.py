@@ -124,7 +124,9 @@ class BlobStore(Protocol):
 class Registry(Protocol):
     """Documents and their ingestion jobs (durable)."""
 
-    def add_document(self, document: Document) -> Document: ...
+    def add_document(self, document: Document, *, enqueue: bool = False) -> Document:
+        """`enqueue`: with its ingestion job, in one transaction."""
+        ...
 
     def get_document(self, document_id: str) -> Document | None: ...
 
@@ -132,7 +134,9 @@ class Registry(Protocol):
 
     def find_by_name(self, filename: str, collection: str = "", groups: list[str] | None = None) -> Document | None: ...
 
-    def new_version(self, document_id: str, *, sha256: str, size_bytes: int, content_type: str) -> Document: ...
+    def new_version(
+        self, document_id: str, *, sha256: str, size_bytes: int, content_type: str, enqueue: bool = False
+    ) -> Document: ...
 
     # `fence`: the worker's claim (Job). With it, the write happens only while that claim still holds its lease, in
     # the same statement, and the result says whether it did; without it (uploads, deletes, admin), always.

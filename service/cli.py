@@ -71,7 +71,10 @@ def serve(
         _announce(settings, url)
         configure_logging(settings.logging)
         # uvicorn's own logging config and access log would bypass the JSON lines (ours carry the request id).
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        # Keep-alive longer than the idle timeout of the proxies and load balancers in front (often 60 s): a proxy
+        # that reuses a connection the server has just closed answers its client 502.
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
+                    timeout_keep_alive=75)  # fmt: skip
     finally:
         lock.release()
 

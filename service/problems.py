@@ -11,7 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 
-from service.observability import current_request_id
+from service.observability import CLIENT_CLOSED_REQUEST, current_request_id
 
 log = logging.getLogger("kb.errors")
 MEDIA_TYPE = "application/problem+json"
@@ -40,9 +40,16 @@ def problem(
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+# Litestar's InternalServerException when the client left while its body was being read: no server fault.
+_CLIENT_GONE = "client disconnected prematurely"
+
+
 def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     extra: dict[str, Any] | None = None
     detail = exc.detail
+    if exc.status_code == HTTP_500_INTERNAL_SERVER_ERROR and detail == _CLIENT_GONE:
+        # Nobody reads this response; its status is what the access line records: nginx's 499, not a 500.
+        return Response({"detail": detail}, status_code=CLIENT_CLOSED_REQUEST, media_type=MEDIA_TYPE)
     if isinstance(exc, ValidationException):
         # Litestar puts the failing fields in `extra`: [{"message", "key", "source"}].
         extra = {"errors": exc.extra} if exc.extra else None

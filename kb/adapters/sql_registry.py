@@ -20,6 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -165,7 +166,12 @@ def _aware(value: datetime | None) -> datetime | None:
 
 class SqlRegistry:
     def __init__(self, url: str) -> None:
-        self._engine = create_engine(url, future=True)
+        options: dict[str, Any] = {}
+        if make_url(url).get_backend_name() == "postgresql":
+            # A database behind a dead route would hang each connect for minutes: fail within seconds (503), and
+            # test pooled connections before use, so one dropped by a restarted server is replaced, not an error.
+            options = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True}
+        self._engine = create_engine(url, future=True, **options)
         if self._engine.dialect.name == "sqlite":
 
             @event.listens_for(self._engine, "connect")
@@ -213,7 +219,8 @@ class SqlRegistry:
     def _session(self) -> Session:
         return self._sessions()
 
-    def add_document(self, document: Document) -> Document:
+    def add_document(self, document: Document, *, enqueue: bool = False) -> Document:
+        """`enqueue`: its ingestion job too, in the same transaction (never a document without its job)."""
         with self._session() as s, s.begin():
             row = _DocumentRow(
                 document_id=document.document_id,
@@ -234,6 +241,8 @@ class SqlRegistry:
             )
             s.add(row)
             s.flush()
+            if enqueue:
+                s.add(_JobRow(document_id=document.document_id, state="queued", attempts=0))
             return row.to_model()
 
     def get_document(self, document_id: str) -> Document | None:
@@ -259,8 +268,11 @@ class SqlRegistry:
                     return row.to_model()
             return None
 
-    def new_version(self, document_id: str, *, sha256: str, size_bytes: int, content_type: str) -> Document:
-        """Record a new version of the document's content; searches keep seeing the live one until it is ready."""
+    def new_version(
+        self, document_id: str, *, sha256: str, size_bytes: int, content_type: str, enqueue: bool = False
+    ) -> Document:
+        """Record a new version of the document's content; searches keep seeing the live one until it is ready.
+        `enqueue`: its ingestion job too, in the same transaction."""
         with self._session() as s, s.begin():
             row = s.get(_DocumentRow, document_id, with_for_update=True)
             if row is None:
@@ -269,6 +281,8 @@ class SqlRegistry:
             row.sha256, row.size_bytes, row.content_type = sha256, size_bytes, content_type
             row.status, row.error, row.progress = DocumentStatus.QUEUED.value, None, {}
             s.flush()
+            if enqueue:
+                s.add(_JobRow(document_id=document_id, state="queued", attempts=0))
             return row.to_model()
 
     def set_live_version(self, document_id: str, version: int, *, fence: Job | None = None) -> bool:

@@ -335,3 +335,27 @@ async def test_a_dropped_stream_still_leaves_one_access_line(tmp_path: Path, gen
                     await asyncio.sleep(0.1)
     assert len(lines) == 1, logs
     assert lines[0]["disconnected"] is True and lines[0]["status"] == 200 and lines[0]["path"] == "/v1/ask"
+
+
+@module_loop
+async def test_a_client_gone_while_its_body_is_read_is_logged_499_not_500(served: Served) -> None:
+    """A client that leaves mid-upload (a load generator stopped, a closed tab) is not a server error."""
+    host, port = served.url.removeprefix("http://").split(":")
+    request_id = uuid.uuid4().hex
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /v1/search HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {served.admin}\r\n"
+            f"X-Request-ID: {request_id}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            '{"query": "'.encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()  # 11 of the 100,000 announced bytes sent
+        for _ in range(100):
+            lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
+            if lines:
+                break
+            await asyncio.sleep(0.1)
+    assert len(lines) == 1, logs
+    assert lines[0]["status"] == 499, lines

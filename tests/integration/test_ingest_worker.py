@@ -173,3 +173,41 @@ def test_a_document_needing_more_memory_than_the_parser_may_use_fails_and_the_ne
     big = container.registry.get_document(big_id)
     assert big.status is DocumentStatus.FAILED and big.error.startswith("too large when unpacked"), big.error
     assert container.registry.get_document(quick_id).status is DocumentStatus.READY
+
+
+class FailingRegistry:
+    """The real registry, whose document writes fail as a database that just went away would."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def add_document(self, *args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("INSERT INTO documents", {}, ConnectionError("server closed the connection"))
+
+    new_version = add_document
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+def test_an_upload_the_registry_cannot_record_leaves_no_original_behind(open_services: Any) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from ingest.pipeline import IngestionPipeline
+
+    container, services = open_services()
+    kept = services.pipeline.submit("kept.txt", b"The first version, recorded.").document
+    pipeline = IngestionPipeline(FailingRegistry(container.registry), container.blobs, container.embedder,
+                                 container.index, container.settings.ingest)  # fmt: skip
+    root = container.settings.data_dir / "originals"
+    originals = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    assert originals
+    with pytest.raises(OperationalError):
+        pipeline.submit("lost.txt", b"Never recorded: the registry is down.")
+    with pytest.raises(OperationalError):
+        pipeline.submit("kept.txt", b"A second version, never recorded.", document_id=kept.document_id)
+    assert sorted(str(p) for p in root.rglob("*") if p.is_file()) == originals
+    assert container.registry.pending_jobs() == 1 and [d.filename for d in container.registry.list_documents()] == [
+        "kept.txt"]
