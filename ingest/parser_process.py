@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable

@@ -7,7 +7,6 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-
 INGEST_QUEUE_DEPTH = Gauge("kb_ingest_queue_depth", "Ingestion jobs queued or running")
 INGEST_DOCUMENTS = Counter(
     "kb_ingest_documents_total", "Documents that finished ingestion, by outcome (ready, failed, retried, cancelled)", ["outcome"]

@@ -57,7 +57,6 @@ def serve(
 
     from service.app import create_app
     from service.datadir import DataDirLock
-
     from service.observability import configure_logging
 
     settings = _settings()

@@ -16,7 +16,6 @@ from litestar.response import Response
 from service.problems import dependency_failure
 from service.state import Services
 
-
 PUBLIC: list[dict[str, list[str]]] = [{}]  # no key needed
 
 

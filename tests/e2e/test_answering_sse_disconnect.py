@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import structlog
 
 from kb.settings import AuthSettings, GeneratorSettings, Settings
 from service.app import create_app
@@ -76,21 +78,32 @@ async def test_a_client_that_disconnects_aborts_its_generation(
 
     monkeypatch.setattr(engine, "abort", recording_abort)
     tokens = 0
-    async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
-        async with client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("event:") and line.split(":", 1)[1].strip() == "token":
-                    tokens += 1
-                    if tokens == 3:
-                        assert engine.get_num_unfinished_requests() == 1
-                        break  # leaving both blocks closes the connection, as a closed browser tab does
+    request_id = uuid.uuid4().hex
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
+            async with client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True},
+                                     headers={"X-Request-ID": request_id}) as response:  # fmt: skip
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("event:") and line.split(":", 1)[1].strip() == "token":
+                        tokens += 1
+                        if tokens == 3:
+                            assert engine.get_num_unfinished_requests() == 1
+                            break  # leaving both blocks closes the connection, as a closed browser tab does
 
-    deadline = time.monotonic() + 30
-    while engine.get_num_unfinished_requests() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert engine.get_num_unfinished_requests() == 0
-    assert aborted, "the request left the engine without an abort: it ran to its end"
+        deadline = time.monotonic() + 30
+        while engine.get_num_unfinished_requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert engine.get_num_unfinished_requests() == 0
+        assert aborted, "the request left the engine without an abort: it ran to its end"
+        for _ in range(100):
+            lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
+            if lines:
+                break
+            await asyncio.sleep(0.1)
+    # The dropped stream still leaves its one access line, marked as such, with the status that was sent.
+    assert len(lines) == 1, logs
+    assert lines[0]["disconnected"] is True and lines[0]["status"] == 200 and lines[0]["path"] == "/v1/ask"
 
     # The server goes on answering others.
     async with httpx.AsyncClient(base_url=running.url, timeout=300) as client:
