@@ -6,18 +6,22 @@ Markdown file are both plain text). Binary formats come from magic numbers and c
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import io
+import lzma
 import os
 import posixpath
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
-
+from typing import Any
 
 
 class ParseError(Exception):
     """A document that cannot be parsed, with a reason a user can act on (shown to users, asserted by tests):
-    `password protected`, `empty`, `unsupported format: <mime>`, `corrupt: ...`, `decompression bomb: ...`."""
+    `password protected`, `empty`, `unsupported format: <mime>`, `corrupt: ...`, `too large when unpacked: ...`."""
 
 
 OCTET_STREAM = "application/octet-stream"
@@ -288,52 +292,147 @@ def _safe_member_name(name: str) -> str | None:
     return posixpath.normpath(name)
 
 
-def expand_zip(data: bytes, limits: ArchiveLimits = DEFAULT_LIMITS) -> list[tuple[str, bytes]]:
-    """The (name, bytes) members of a zip archive, refusing decompression bombs.
+TOO_LARGE = "too large when unpacked"
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's own layout of a member's local file header
+_BLOCK = 1 << 20
 
-    Declared sizes are checked first and then enforced while reading, since a crafted archive can understate them."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = [i for i in archive.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ParseError(f"corrupt: not a readable zip archive ({exc})") from exc
-    if len(infos) > limits.max_members:
-        raise ParseError(f"decompression bomb: {len(infos)} members (limit {limits.max_members})")
-    declared = sum(i.file_size for i in infos)
-    if declared > limits.max_total_bytes:
-        raise ParseError(f"decompression bomb: {declared} bytes uncompressed (limit {limits.max_total_bytes})")
 
+def _too_large(detail: str) -> ParseError:
+    return ParseError(f"{TOO_LARGE}: {detail} (a decompression bomb?)")
+
+
+def check_zip_container(data: bytes, limits: ArchiveLimits = DEFAULT_LIMITS) -> int:
+    """Refuse a zip-based file (.zip, and the OOXML/ODF/EPUB containers: docx, xlsx, pptx, odt, ods, odp, epub, ...)
+    that would unpack to more than `limits` allow, before any partitioner or converter opens it. Returns the bytes
+    it really unpacks to.
+
+    The central directory is read first (member count, declared sizes and ratios: a bomb with honest headers costs
+    nothing to refuse). Declared sizes can lie, and the readers downstream (python-docx, LibreOffice, pandoc) trust
+    the compressed stream rather than the header, so every compressed member is then inflated here, in blocks that
+    are counted and dropped, until its stream ends or the budget is spent: total and per-member ratio limits apply
+    to the real sizes. Stored members cannot expand and are not read."""
+    _, infos = _open_zip(data)
+    _check_declared(infos, limits)
+    total = 0
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise ParseError("password protected")
+        total += _inflated_size(data, info, limits, limits.max_total_bytes - total)
+    return total
+
+
+def expand_zip(
+    data: bytes, limits: ArchiveLimits = DEFAULT_LIMITS, *, checked: bool = False
+) -> list[tuple[str, bytes]]:
+    """The (name, bytes) members of a zip archive, refusing decompression bombs: check_zip_container first (skipped
+    when `checked`: the caller just ran it with the same limits), then the members are read with the sizes enforced
+    again while reading."""
+    if not checked:
+        check_zip_container(data, limits)
+    archive, infos = _open_zip(data)
     members: list[tuple[str, bytes]] = []
     total = 0
     for info in infos:
         name = _safe_member_name(info.filename)
         if name is None:
             continue
-        if info.flag_bits & 0x1:
-            raise ParseError("password protected")
-        _check_ratio(info.filename, info.file_size, info.compress_size, limits)
         chunks: list[bytes] = []
         size = 0
         try:
             with archive.open(info) as stream:
-                while block := stream.read(1 << 20):
+                while block := stream.read(_BLOCK):
                     size += len(block)
                     total += len(block)
                     if total > limits.max_total_bytes:
-                        raise ParseError(
-                            f"decompression bomb: more than {limits.max_total_bytes} bytes uncompressed"
-                        )
+                        raise _too_large(f"more than {limits.max_total_bytes} bytes")
                     _check_ratio(info.filename, size, info.compress_size, limits)
                     chunks.append(block)
         except ParseError:
             raise
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
             raise ParseError(f"corrupt: zip member {name}: {exc}") from exc
         members.append((name, b"".join(chunks)))
     return members
 
 
+def _open_zip(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        return archive, [i for i in archive.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise ParseError(f"corrupt: not a readable zip archive ({exc})") from exc
+
+
+def _check_declared(infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    if len(infos) > limits.max_members:
+        raise _too_large(f"{len(infos)} members (limit {limits.max_members})")
+    declared = sum(i.file_size for i in infos)
+    if declared > limits.max_total_bytes:
+        raise _too_large(f"{declared} bytes (limit {limits.max_total_bytes})")
+    for info in infos:
+        _check_ratio(info.filename, info.file_size, info.compress_size, limits)
+
+
+def _decompressor(info: zipfile.ZipInfo, raw: memoryview) -> tuple[Any, int]:
+    """A streaming decompressor for the member's method whose `decompress(data, max_length)` bounds its output, and
+    how many leading bytes of `raw` belong to the method's own header."""
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return zlib.decompressobj(-15), 0
+    if info.compress_type == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor(), 0
+    if info.compress_type == zipfile.ZIP_LZMA:
+        # APPNOTE 5.8.8: a 4-byte header (version, properties size) and the LZMA1 properties, then the raw stream.
+        if len(raw) < 4:
+            raise ParseError(f"corrupt: zip member {info.filename} is truncated")
+        (size,) = struct.unpack("<H", raw[2:4])
+        props = bytes(raw[4 : 4 + size])
+        filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]
+        return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), 4 + size
+    raise ParseError(f"unsupported format: zip member {info.filename} uses compression method {info.compress_type}")
+
+
+def _inflated_size(data: bytes, info: zipfile.ZipInfo, limits: ArchiveLimits, budget: int) -> int:
+    """The bytes the member's compressed stream really inflates to; raises ParseError past `budget` or the ratio.
+    The stream is read from the member's local header to wherever it ends, whatever the headers declare."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size > budget:
+            raise _too_large(f"more than {limits.max_total_bytes} bytes")
+        return info.compress_size
+    header = data[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
+    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ParseError(f"corrupt: zip member {info.filename} has no local header")
+    fields = _LOCAL_HEADER.unpack(header)
+    start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]  # name and extra field lengths
+    raw = memoryview(data)[start:]
+    declared = min(info.compress_size, len(raw))
+    try:
+        decompressor, position = _decompressor(info, raw)
+        size = 0
+        while not decompressor.eof:
+            pending = getattr(decompressor, "unconsumed_tail", b"")  # zlib keeps input it had no room for
+            if pending:
+                chunk: bytes | memoryview = pending
+            elif getattr(decompressor, "needs_input", True) is False:  # bz2/lzma buffer it inside
+                chunk = b""
+            elif position < len(raw):
+                chunk, position = raw[position : position + _BLOCK], position + _BLOCK
+            else:
+                raise ParseError(f"corrupt: zip member {info.filename} is truncated")
+            size += len(decompressor.decompress(chunk, _BLOCK))
+            if size > budget:
+                raise _too_large(f"more than {limits.max_total_bytes} bytes")
+            consumed = min(position, len(raw)) - len(getattr(decompressor, "unconsumed_tail", b""))
+            _check_ratio(info.filename, size, max(declared, consumed), limits)
+    except ParseError:
+        raise
+    except (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        raise ParseError(f"corrupt: zip member {info.filename}: {exc}") from exc
+    # Against the stream's real length: a member that declares a long compressed size it does not have.
+    _check_ratio(info.filename, size, min(position, len(raw)) - len(decompressor.unused_data), limits)
+    return size
+
+
 def _check_ratio(name: str, size: int, compressed: int, limits: ArchiveLimits) -> None:
     if size >= limits.ratio_min_bytes and size > limits.max_ratio * max(compressed, 1):
         ratio = size / max(compressed, 1)
-        raise ParseError(f"decompression bomb: {name} expands {ratio:.0f}x (limit {limits.max_ratio:.0f}x)")
+        raise _too_large(f"{name} expands {ratio:.0f}x (limit {limits.max_ratio:.0f}x)")

@@ -6,22 +6,27 @@ import email
 import email.message
 import email.policy
 import io
+import itertools
 import logging
 import os
 import re
 import subprocess
 import tempfile
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from ingest.formats import (
+    DEFAULT_LIMITS,
     EMPTY,
     EXTENSIONS,
     TEXT_TYPES,
+    TOO_LARGE,
     ZIP,
+    ArchiveLimits,
     ParseError,
+    check_zip_container,
     decode_text,
     detect_encoding,
     expand_zip,
@@ -92,6 +97,16 @@ _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _AS_PLAIN_TEXT = {"application/json", "application/x-ndjson", "application/yaml"}
 _SIGNATURES = {"application/pkcs7-signature", "application/x-pkcs7-signature", "application/pgp-signature"}
 MAX_NESTING = 1  # a zip (or e-mail) inside a zip (or e-mail) is opened; one level deeper is not
+# Text a document may hold: about IngestSettings.max_pages (5000) pages' worth. More would take its single worker
+# an hour or more to embed (12-23 chunks/s on 2 cores, bench/RESULTS.md), so it fails at once with this reason.
+MAX_TEXT_CHARS = 20_000_000
+# unstructured classifies each paragraph with spaCy, whose cost and memory grow faster than the paragraph: a 2 MB
+# line of words took 67 s and 2.8 GB to partition (cut into paragraphs of this length: 23 s, 0.5 GB). Longer lines
+# are cut into paragraphs of at most this length, at a space where there is one, before any partitioner sees them;
+# so is any longer text block a partitioner returns, for the chunker's sake.
+MAX_PARAGRAPH_CHARS = 10_000
+# Text formats whose paragraphs are blank-line separated, where a cut line is a paragraph break.
+_LINE_CUT_TYPES = {"text/plain", "text/markdown", "text/x-rst", "text/org"}
 
 
 def partition_file(path: Path, filename: str) -> list[Block]:
@@ -100,16 +115,23 @@ def partition_file(path: Path, filename: str) -> list[Block]:
     return partition_bytes(path.read_bytes(), filename)
 
 
-def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block]:
+def partition_bytes(
+    data: bytes, filename: str, *, depth: int = 0, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> list[Block]:
+    """`limits`: how far zip-based files may unpack; for an archive's members, what the archive left of the budget."""
     if not data.strip():
         raise ParseError("empty: the file has no content")
+    if data[:4] == b"PK\x03\x04":
+        # Every zip-based format (docx/xlsx/pptx, odt/ods/odp, epub, zip, whatever the name says) is measured before
+        # a partitioner or converter (python-docx, LibreOffice, pandoc) unpacks it: decompression bombs fail here.
+        check_zip_container(data, limits)
     mime = sniff_content_type(data, filename)
     if mime == EMPTY:
         raise ParseError("empty: the file has no content")
     if mime == "application/encrypted":
         raise ParseError("password protected")
     if mime == ZIP:
-        return _partition_zip(data, filename, depth)
+        return _partition_zip(data, filename, depth, limits)
     if mime not in EXTENSIONS and mime not in _AS_PLAIN_TEXT:
         raise ParseError(f"unsupported format: {mime}")
 
@@ -118,7 +140,11 @@ def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block
         text = decode_text(data)
         if not text.strip():
             raise ParseError("empty: the file has only whitespace")
-        if mime != "message/rfc822" or not _is_ascii_compatible(data):
+        _check_text_length(len(text))
+        if mime in _LINE_CUT_TYPES and _has_long_line(text):
+            text = cut_long_lines(text)
+            data, encoding = text.encode("utf-8"), "utf-8"
+        elif mime != "message/rfc822" or not _is_ascii_compatible(data):
             data, encoding = text.encode("utf-8"), "utf-8"
     elif data.startswith(_OLE) and _ole_encrypted(data):
         raise ParseError("password protected")
@@ -129,7 +155,7 @@ def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block
     if mime in _AS_PLAIN_TEXT:
         # Data, not prose: one text block; the chunker cuts it at line ends. unstructured would call every short
         # line a title, and its JSON partitioner reads only its own element schema.
-        return [Block("text", text.strip())]
+        return _bounded([Block("text", text.strip())])
     try:
         elements = _run_unstructured(data, mime, EXTENSIONS[mime], filename, encoding)
     except ParseError:
@@ -142,12 +168,65 @@ def partition_bytes(data: bytes, filename: str, *, depth: int = 0) -> list[Block
         # Nothing but short lines (XML leaves, a one-line file): headings alone would make no chunk at all.
         blocks = [Block("text", b.text, b.page) if b.kind == "heading" else b for b in blocks]
     if mime == "message/rfc822":
-        blocks += _email_attachments(data, depth)
+        blocks += _email_attachments(data, depth, limits)
     elif mime == "application/vnd.ms-outlook":
-        blocks += _msg_attachments(data, depth)
+        blocks += _msg_attachments(data, depth, limits)
     if not blocks:
         raise ParseError("empty: no text could be extracted")
-    return blocks
+    return _bounded(blocks)
+
+
+def _check_text_length(chars: int) -> None:
+    if chars > MAX_TEXT_CHARS:
+        raise ParseError(f"too long: {chars} characters of text (the limit is {MAX_TEXT_CHARS}, about 5000 pages)")
+
+
+def _has_long_line(text: str) -> bool:
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        if end - start > MAX_PARAGRAPH_CHARS:
+            return True
+        start = end + 1
+    return False
+
+
+def _cut_points(text: str, limit: int) -> list[int]:
+    """Where to cut `text` into pieces of at most `limit` characters: after the last space in each window, or at
+    the limit itself where a window has no space (a single 50 MB "word")."""
+    cuts, start = [], 0
+    while len(text) - start > limit:
+        space = text.rfind(" ", start + limit // 2, start + limit)
+        start = space + 1 if space > 0 else start + limit
+        cuts.append(start)
+    return cuts
+
+
+def cut_long_lines(text: str, limit: int = MAX_PARAGRAPH_CHARS) -> str:
+    """`text` with every line longer than `limit` cut into paragraphs (blank lines) of at most `limit` characters."""
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= limit:
+            lines.append(line)
+            continue
+        bounds = [0, *_cut_points(line, limit), len(line)]
+        lines.append("\n\n".join(line[a:b].strip() for a, b in itertools.pairwise(bounds)))
+    return "\n".join(lines)
+
+
+def _bounded(blocks: list[Block]) -> list[Block]:
+    """Text blocks longer than MAX_PARAGRAPH_CHARS cut into several; the document's whole text within MAX_TEXT_CHARS."""
+    _check_text_length(sum(len(b.text) for b in blocks))
+    out: list[Block] = []
+    for block in blocks:
+        if block.kind != "text" or len(block.text) <= MAX_PARAGRAPH_CHARS:
+            out.append(block)
+            continue
+        bounds = [0, *_cut_points(block.text, MAX_PARAGRAPH_CHARS), len(block.text)]
+        pieces = (block.text[a:b].strip() for a, b in itertools.pairwise(bounds))
+        out += [Block("text", piece, block.page) for piece in pieces if piece]
+    return out
 
 
 def _is_ascii_compatible(data: bytes) -> bool:
@@ -317,26 +396,29 @@ def _sectioned(name: str, blocks: list[Block]) -> list[Block]:
     return out
 
 
-def _embedded(name: str, data: bytes, depth: int) -> list[Block]:
-    """An attachment or archive member: partitioned like a file; unreadable ones are skipped, not fatal."""
+def _embedded(name: str, data: bytes, depth: int, limits: ArchiveLimits) -> list[Block]:
+    """An attachment or archive member: partitioned like a file; unreadable ones are skipped, not fatal, but a
+    member too large when unpacked fails the whole file."""
     try:
-        return _sectioned(name, partition_bytes(data, name, depth=depth + 1))
+        return _sectioned(name, partition_bytes(data, name, depth=depth + 1, limits=limits))
     except ParseError as exc:
-        if str(exc).startswith("decompression bomb"):
+        if str(exc).startswith(TOO_LARGE):
             raise
         logging.getLogger(__name__).info("skipping embedded %s: %s", name, exc)
         return []
 
 
-def _partition_zip(data: bytes, filename: str, depth: int) -> list[Block]:
+def _partition_zip(data: bytes, filename: str, depth: int, limits: ArchiveLimits) -> list[Block]:
     if depth > MAX_NESTING:
         raise ParseError(f"unsupported format: archive nested more than {MAX_NESTING} level deep")
-    members = expand_zip(data)
+    members = expand_zip(data, limits, checked=True)  # partition_bytes checked it
+    # One budget for the whole upload: what the members hold counts against what any of them may unpack to.
+    inner = replace(limits, max_total_bytes=max(limits.max_total_bytes - sum(len(m) for _, m in members), 0))
     blocks: list[Block] = []
     for name, member in members:
         if depth + 1 > MAX_NESTING and member[:4] == b"PK\x03\x04" and name.lower().endswith(".zip"):
             continue
-        blocks += _embedded(name, member, depth)
+        blocks += _embedded(name, member, depth, inner)
     if not blocks:
         raise ParseError("empty: the archive holds no readable documents")
     return blocks
@@ -377,7 +459,7 @@ def _check_email_encrypted(data: bytes, mime: str) -> None:
             raise ParseError("password protected: the message is encrypted")
 
 
-def _email_attachments(data: bytes, depth: int) -> list[Block]:
+def _email_attachments(data: bytes, depth: int, limits: ArchiveLimits) -> list[Block]:
     """Attachments and forwarded messages (message/rfc822 parts, digests) of an e-mail, each sectioned by name."""
     message = _parse_email(data)
     if message is None:
@@ -392,7 +474,7 @@ def _email_attachments(data: bytes, depth: int) -> list[Block]:
             inner = inner[0] if isinstance(inner, list) and inner else inner
             if isinstance(inner, email.message.Message):
                 name = part.get_filename() or str(inner.get("Subject") or f"message {index}")
-                blocks += _embedded(name, inner.as_bytes(), depth)
+                blocks += _embedded(name, inner.as_bytes(), depth, limits)
             return
         if part.is_multipart():
             for n, sub in enumerate(part.get_payload()):
@@ -409,14 +491,14 @@ def _email_attachments(data: bytes, depth: int) -> list[Block]:
         except Exception:
             return
         if payload:
-            blocks += _embedded(str(name or f"attachment {index}"), payload, depth)
+            blocks += _embedded(str(name or f"attachment {index}"), payload, depth, limits)
 
     if depth <= MAX_NESTING:
         visit(message, "")
     return blocks
 
 
-def _msg_attachments(data: bytes, depth: int) -> list[Block]:
+def _msg_attachments(data: bytes, depth: int, limits: ArchiveLimits) -> list[Block]:
     if depth > MAX_NESTING:
         return []
     try:
@@ -429,5 +511,5 @@ def _msg_attachments(data: bytes, depth: int) -> list[Block]:
     blocks: list[Block] = []
     for name, payload in attachments:
         if payload:
-            blocks += _embedded(name, payload, depth)
+            blocks += _embedded(name, payload, depth, limits)
     return blocks

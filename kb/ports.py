@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -203,5 +204,11 @@ class Registry(Protocol):
     def revoke_api_key(self, key_id: str) -> bool: ...
 
     def touch_api_key(self, key_id: str) -> None: ...
+
+    def revoke_session(self, nonce: str, expires_at: datetime) -> None:
+        """A signed-out web-page session token (by its nonce) is refused until its own expiry."""
+        ...
+
+    def session_revoked(self, nonce: str) -> bool: ...
 
     def close(self) -> None: ...

@@ -12,6 +12,7 @@ from typing import Any
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
@@ -19,7 +20,6 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import File
-from litestar.static_files import create_static_files_router
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 
@@ -42,7 +42,7 @@ from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
 from service.routes.openai_compat import chat_completions, models
 from service.routes.search import search
-from service.routes.session import SESSION_ROUTES, SessionTokens
+from service.routes.session import SESSION_COOKIE, SESSION_ROUTES, SessionRevocations, SessionTokens
 from service.state import Services
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,20 @@ def _services(state: State) -> Services:
 @get("/", include_in_schema=False)
 async def index_page() -> File:
     return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type="text/html")
+
+
+# The page's own assets, by name: no path from the request ever reaches the file system (a NUL byte or `..` in it
+# is simply an unknown name: 404).
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+STATIC_FILES = {p.name: p for p in (WEB_DIR / "static").iterdir() if p.suffix in STATIC_TYPES}
+
+
+@get("/static/{name:str}", include_in_schema=False, opt={"exclude_from_auth": True})
+async def static_file(name: str) -> File:
+    path = STATIC_FILES.get(name)
+    if path is None:
+        raise NotFoundException(f"no static file {name}")
+    return File(path, content_disposition_type="inline", media_type=STATIC_TYPES[path.suffix])
 
 
 # Scripts and styles only from kb's own files (service/web/static), no inline code, no frames, no plugins: an XSS in
@@ -113,6 +127,13 @@ def rate_limit_identifier(request: Request[Any, Any, Any]) -> str:
     keys: ApiKeyService | None = getattr(request.app.state, "api_keys", None)
     if secret and keys is not None and keys.enabled and keys.authenticate(secret) is not None:
         return f"key:{digest(secret)[:32]}"
+    if secret is None and SESSION_COOKIE in request.cookies:
+        # The web page: a genuine session counts against its key, like the key itself would; anonymous requests from
+        # the same address (every browser behind one proxy) cannot use up a signed-in user's allowance.
+        sessions: SessionTokens | None = getattr(request.app.state, "sessions", None)
+        verified = sessions.verify(request.cookies[SESSION_COOKIE]) if sessions is not None else None
+        if verified is not None:
+            return f"session-key:{verified[0]}"
     return f"addr:{get_remote_address(request)}"
 
 
@@ -141,6 +162,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             app.state.services = services
             app.state.api_keys = services.keys
             app.state.sessions = await asyncio.to_thread(SessionTokens.from_settings, settings)
+            app.state.session_revocations = SessionRevocations(container.registry)
             if settings.auth.enabled:
                 await asyncio.to_thread(services.keys.ensure_bootstrap_key, settings.admin_key_path)
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
@@ -178,10 +200,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
     return Litestar(
         route_handlers=[
             DocumentController, search, ask, conversation, chat_completions, models, KeyController,
-            healthz, readyz, index_page, MetricsController, *SESSION_ROUTES,
-            create_static_files_router(
-                "/static", [WEB_DIR / "static"], opt={"exclude_from_auth": True}, include_in_schema=False
-            ),
+            healthz, readyz, index_page, static_file, MetricsController, *SESSION_ROUTES,
         ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import secrets
 import threading
 import time
@@ -38,6 +39,11 @@ BOOTSTRAP_KEY_NAME = "local admin"
 # Paths anyone may reach: liveness/readiness for orchestrators, the web page shell (it brings its own key) and the
 # API description. None of them returns content.
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/$", "^/schema"]
+
+
+# A group is a word an upload can name in a comma-separated form field: no commas, spaces or invisible characters.
+_GROUP = re.compile(r"[\w.@:\-]{1,100}")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def digest(key: str) -> str:
@@ -153,7 +159,12 @@ class ApiKeyService:
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+        if len(name or "") > 200 or _UNPRINTABLE.search(name or ""):
+            raise ValueError("a key's name is at most 200 printable characters")
         groups = [g.strip() for g in groups or [] if g.strip()]
+        bad = [g for g in groups if g != ALL_GROUPS and not _GROUP.fullmatch(g)]
+        if bad:
+            raise ValueError(f"group names are 1 to 100 letters, digits, '.', '_', '-', '@' or ':' ; got {bad[0]!r}")
         if not groups:
             default = self._settings.default_groups
             groups = default_groups(by, default) if by is not None else list(default)

@@ -18,7 +18,11 @@ access_log = structlog.get_logger("kb.access")
 
 # Anything shaped like one of our API keys is masked wherever it appears in a log line (a key pasted into a
 # question, an exception message quoting a header...).
-_SECRET = re.compile(r"kb_[A-Za-z0-9_\-]{16,}")
+# kb_ keys, and web-page session tokens wherever they appear (a cookie header in an error's frame locals).
+_SECRET = re.compile(
+    r"kb_[A-Za-z0-9_\-]{16,}|(?<=kb_session=)[^;\s'\"]+"
+    r"|[0-9a-f]{16}\.\d{9,11}\.[A-Za-z0-9_\-]{16}\.[A-Za-z0-9_\-]{43}"  # a session token on its own (service.routes.session)
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 

@@ -119,6 +119,15 @@ class _ConversationRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class _RevokedSessionRow(_Base):
+    """A web-page session token signed out before its expiry (by its nonce): refused until then, then pruned."""
+
+    __tablename__ = "revoked_sessions"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class _ApiKeyRow(_Base):
     __tablename__ = "api_keys"
 
@@ -495,6 +504,17 @@ class SqlRegistry:
             if row.revoked_at is None:
                 row.revoked_at = _now()
             return True
+
+    def revoke_session(self, nonce: str, expires_at: datetime) -> None:
+        """Refuse the session token with this nonce from now until it would have expired anyway."""
+        with self._session() as s, s.begin():
+            s.execute(_RevokedSessionRow.__table__.delete().where(_RevokedSessionRow.expires_at < _now()))
+            if s.get(_RevokedSessionRow, nonce) is None:
+                s.add(_RevokedSessionRow(nonce=nonce, expires_at=expires_at))
+
+    def session_revoked(self, nonce: str) -> bool:
+        with self._session() as s:
+            return s.get(_RevokedSessionRow, nonce) is not None
 
     def touch_api_key(self, key_id: str) -> None:
         with self._session() as s, s.begin():

@@ -12,7 +12,7 @@ from litestar.exceptions import ClientException, NotFoundException, ServiceUnava
 from litestar.openapi.spec import Example
 from litestar.params import Body
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from kb.models import SearchFilter
 from kb.ports import Registry
@@ -23,15 +23,16 @@ from service.routes.search import SearchFilters, to_filter
 from service.schemas import EXAMPLES, AskResponse, ConversationOut, ok
 from service.state import Services
 
+MAX_QUESTION_CHARS = 8000  # a question, maybe with a pasted passage; documents go through uploads
+Question = Annotated[str, Meta(max_length=MAX_QUESTION_CHARS, description=f"at most {MAX_QUESTION_CHARS} characters")]
+
 
 class AskRequest(Struct):
-    question: str
+    question: Question
     stream: bool = False
     conversation_id: str | None = None
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None  # ask about these documents (whole, when they fit the window)
-    # Only validated (1 to 100, as for /v1/search) for clients that send search's parameters along: an answer's
-    # sources are as many as its context window holds (at least KB_RETRIEVAL__TOP_K).
 
 
 ASK_EXAMPLES = [

@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
-from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException, PermissionDeniedException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.response import Response
@@ -44,6 +44,22 @@ def visible_document(services: Services, principal: Principal, document_id: str)
     return document
 
 
+def writable_document(services: Services, principal: Principal, document_id: str) -> Document:
+    """The document if the caller may replace or delete it: it must belong to every group the document is shared
+    with (a key of one group must not rewrite what another group's readers see); 404 if it cannot see it at all."""
+    document = visible_document(services, principal, document_id)
+    foreign = sorted(set(document.groups) - set(principal.groups)) if not principal.unrestricted else []
+    if foreign:
+        raise PermissionDeniedException(
+            f"this key may not change a document shared with groups it does not belong to: {', '.join(foreign)}"
+        )
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (metadata values must be finite)")
+
+
 def _groups(values: list[str]) -> list[str]:
     groups: list[str] = []
     for value in values:
@@ -60,7 +76,11 @@ class DocumentController(Controller):
         description=UPLOAD_DESCRIPTION, guards=[requires("ingest")], responses=ok(UploadResponse, EXAMPLES["upload"]),
     )  # fmt: skip
     async def upload(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
-        form = await request.form()
+        try:
+            form = await request.form()
+        except UnicodeDecodeError as exc:
+            # A part without a file name is a text field to Litestar, which decodes it as UTF-8.
+            raise ClientException(f"a form field is not UTF-8 text (a file part needs a filename): {exc}") from exc
         files = [f for key in form for f in form.getall(key) if isinstance(f, UploadFile)]
         if not files:
             raise ClientException("no files in the upload: send them as multipart form field 'files'")
@@ -72,7 +92,7 @@ class DocumentController(Controller):
         metadata: dict[str, Any] = {}
         if "metadata" in form:
             try:
-                metadata = json.loads(form["metadata"])
+                metadata = json.loads(form["metadata"], parse_constant=_no_constant)
             except ValueError as exc:
                 raise ClientException(f"metadata must be a JSON object: {exc}") from exc
             if not isinstance(metadata, dict):
@@ -81,7 +101,7 @@ class DocumentController(Controller):
         if document_id and len(files) != 1:
             raise ClientException("a new version (document_id) takes exactly one file")
         if document_id:
-            visible_document(services, request.user, document_id)
+            writable_document(services, request.user, document_id)
         accepted, rejected = [], []
         too_large = False
         for upload in files:
@@ -125,7 +145,7 @@ class DocumentController(Controller):
         guards=[requires("ingest")],
     )  # fmt: skip
     async def delete_document(self, document_id: str, request: Request[Principal, Any, Any], services: Services) -> None:
-        visible_document(services, request.user, document_id)
+        writable_document(services, request.user, document_id)
         if not services.pipeline.delete(document_id):
             raise NotFoundException(f"no document {document_id}")
 

@@ -9,7 +9,7 @@ from litestar import Request, post
 from litestar.exceptions import ClientException
 from litestar.openapi.spec import Example
 from litestar.params import Body
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from kb.models import Passage, SearchFilter
 from service.auth import Principal, requires, scoped_filter
@@ -25,8 +25,13 @@ class SearchFilters(Struct):
     created_before: datetime | None = None
 
 
+# A question or a pasted paragraph, not a document: a multi-megabyte query would cost seconds of CPU per request.
+MAX_QUERY_CHARS = 4000
+Query = Annotated[str, Meta(max_length=MAX_QUERY_CHARS, description=f"at most {MAX_QUERY_CHARS} characters")]
+
+
 class SearchRequest(Struct):
-    query: str
+    query: Query
     top_k: TopK = field(default=5)
     filters: SearchFilters | None = None
     mode: Literal["dense", "sparse", "hybrid"] | None = None
@@ -44,13 +49,18 @@ SEARCH_EXAMPLES = [
 def to_filter(filters: SearchFilters | None) -> SearchFilter | None:
     if filters is None:
         return None
-    return SearchFilter(
+    result = SearchFilter(
         groups=filters.groups,
         document_ids=filters.document_ids,
         metadata=filters.metadata,
         created_after=filters.created_after,
         created_before=filters.created_before,
     )
+    try:
+        result.created_range()  # the UTC form the index reads: 9999-12-31T23:59:59-23:59 has none
+    except (OverflowError, ValueError) as exc:
+        raise ClientException(f"filters: created_after/created_before out of range ({exc})") from exc
+    return result
 
 
 def visible(passages: list[Passage], search_filter: SearchFilter) -> list[Passage]:

@@ -10,11 +10,13 @@ set a header, and SameSite=Strict keeps the cookie off cross-site requests as we
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +95,13 @@ class SessionTokens:
         return f"{payload}.{self._sign(payload)}", expiry
 
     def verify(self, token: str) -> tuple[str, int] | None:
-        """(key_id, expiry) of a genuine token that has not expired; None otherwise."""
+        """(key_id, expiry) of a genuine token that has not expired; None otherwise (signed out or not: see
+        `SessionRevocations`)."""
+        parsed = self.parse(token)
+        return (parsed[0], parsed[1]) if parsed is not None else None
+
+    def parse(self, token: str) -> tuple[str, int, str] | None:
+        """(key_id, expiry, nonce) of a genuine token that has not expired; None otherwise."""
         parts = token.split(".")
         if len(parts) != 4 or not all(parts):
             return None
@@ -102,14 +110,48 @@ class SessionTokens:
             return None
         if not expiry.isdigit() or int(expiry) <= time.time():
             return None
-        return key_id, int(expiry)
+        return key_id, int(expiry), nonce
+
+
+class SessionRevocations:
+    """Tokens signed out before their expiry, kept in the registry (every replica sees them). Checked on each
+    cookie-authorised request, with a few seconds' cache of "not revoked" answers; a sign-out takes effect at once on
+    the replica that handled it, within `cache_s` on the others."""
+
+    def __init__(self, registry: Any, cache_s: float = 5.0) -> None:
+        self._registry = registry
+        self._cache_s = cache_s
+        self._checked: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def revoke(self, nonce: str, expiry: int) -> None:
+        self._registry.revoke_session(nonce, datetime.fromtimestamp(expiry, UTC))
+        with self._lock:
+            self._checked.pop(nonce, None)
+
+    def revoked(self, nonce: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            checked = self._checked.get(nonce)
+        if checked is not None and now - checked < self._cache_s:
+            return False
+        if self._registry.session_revoked(nonce):
+            return True
+        with self._lock:
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            self._checked[nonce] = now
+        return False
 
 
 def session_principal(connection: ASGIConnection[Any, Any, Any, Any], keys: ApiKeyService) -> AuthenticationResult:
     """The caller named by the session cookie (a request without a key header). 401: no valid session (forged,
     tampered, expired, or its key revoked); 403: an unsafe method without `X-KB-Request: 1`."""
     sessions: SessionTokens | None = getattr(connection.app.state, "sessions", None)
-    verified = sessions.verify(connection.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
+    revocations: SessionRevocations | None = getattr(connection.app.state, "session_revocations", None)
+    verified = sessions.parse(connection.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
+    if verified is not None and revocations is not None and revocations.revoked(verified[2]):
+        verified = None  # signed out: a copy of the token is worth nothing
     principal = keys.authenticate_id(verified[0]) if verified is not None else None
     if principal is None:
         raise NotAuthorizedException(
@@ -190,6 +232,13 @@ async def end_session(request: Request[Any, Any, Any]) -> Response[None]:
     has_key = bool(request.headers.get("authorization") or request.headers.get("x-api-key"))
     if not has_key and request.headers.get(CSRF_HEADER) != "1":
         raise PermissionDeniedException("sign-out through the cookie must send the header 'X-KB-Request: 1'")
+    sessions: SessionTokens | None = getattr(request.app.state, "sessions", None)
+    revocations: SessionRevocations | None = getattr(request.app.state, "session_revocations", None)
+    parsed = sessions.parse(request.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
+    if parsed is not None and revocations is not None:
+        # The token itself is refused from now on (a copy kept by anyone, a log, a shared machine), not only the
+        # browser's cookie cleared.
+        await asyncio.to_thread(revocations.revoke, parsed[2], parsed[1])
     response: Response[None] = Response(None, status_code=204)
     response.set_cookie(
         SESSION_COOKIE, "", max_age=0, expires=0, path="/", httponly=True, samesite="strict",

@@ -11,9 +11,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from kb.adapters.vllm_engine import PromptTokenCache, VllmEngineGenerator
+from kb.models import Passage
 from kb.settings import GeneratorSettings
 from service.answering import AnswerService
-from kb.models import Passage
 
 pytestmark = pytest.mark.integration
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
+import os
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from ingest.formats import (
     ArchiveLimits,
     ParseError,
+    check_zip_container,
     decode_text,
     detect_encoding,
     expand_zip,
@@ -133,16 +139,16 @@ def test_binary_is_not_text() -> None:
 def test_zip_bomb_by_compression_ratio() -> None:
     bomb = make_zip({"zeros.txt": b"\0" * (5 * 1024 * 1024)})
     assert len(bomb) < 50_000
-    with pytest.raises(ParseError, match="^decompression bomb"):
+    with pytest.raises(ParseError, match="^too large when unpacked"):
         expand_zip(bomb)
 
 
 def test_zip_bomb_by_total_size_and_member_count() -> None:
     text = b"plain text that compresses a little. " * 1000
     archive = make_zip({f"part{i}.txt": text for i in range(5)})
-    with pytest.raises(ParseError, match="^decompression bomb"):
+    with pytest.raises(ParseError, match="^too large when unpacked"):
         expand_zip(archive, ArchiveLimits(max_total_bytes=100_000))
-    with pytest.raises(ParseError, match="^decompression bomb"):
+    with pytest.raises(ParseError, match="^too large when unpacked"):
         expand_zip(archive, ArchiveLimits(max_members=3))
     assert len(expand_zip(archive)) == 5
 
@@ -153,7 +159,7 @@ def test_understated_sizes_are_enforced_while_reading() -> None:
     real = (3 * 1024 * 1024).to_bytes(4, "little")
     assert archive.count(real) == 2
     archive = archive.replace(real, (100).to_bytes(4, "little"))
-    with pytest.raises(ParseError, match="^(decompression bomb|corrupt)"):
+    with pytest.raises(ParseError, match="^too large when unpacked"):
         expand_zip(bytes(archive))
 
 
@@ -179,3 +185,98 @@ def test_gb2312_markdown_and_csv_keep_their_format() -> None:
     markdown = f"# 标题\n\n{CHINESE}\n".encode("gb2312")
     assert sniff_content_type(markdown, "说明.md") == "text/markdown"
     assert sniff_content_type(f"列,值\n{CHINESE},1\n".encode("gb2312") * 3, "表.csv") == "text/csv"
+
+
+# --- zip-based documents (OOXML, ODF, EPUB): check_zip_container ----------------------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "docs"
+DOCX_PARTS = {"[Content_Types].xml": b"<Types/>", "_rels/.rels": b"<Relationships/>"}
+
+
+def understate_sizes(archive: bytes, real_size: int, claimed: int = 100) -> bytes:
+    """The archive with the member's declared uncompressed size (local header and central directory) rewritten."""
+    real = real_size.to_bytes(4, "little")
+    assert archive.count(real) == 2
+    return archive.replace(real, claimed.to_bytes(4, "little"))
+
+
+def test_a_docx_that_expands_too_far_is_refused_from_its_central_directory() -> None:
+    bomb = make_zip({**DOCX_PARTS, "word/document.xml": b"<w:p/>" * 3_000_000})  # 18 MB of markup
+    assert len(bomb) < 100_000
+    with pytest.raises(ParseError, match=r"^too large when unpacked: word/document.xml expands \d+x"):
+        check_zip_container(bomb)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_lying_sizes_are_caught_by_inflating_with_a_budget(method: int) -> None:
+    size = 30 * 1024 * 1024
+    honest = make_zip({**DOCX_PARTS, "word/document.xml": b"\0" * size}, method)
+    liar = understate_sizes(honest, size)
+    with pytest.raises(ParseError, match="^too large when unpacked: word/document.xml expands"):
+        check_zip_container(liar)
+
+
+def test_the_total_budget_counts_real_bytes_not_declared_ones() -> None:
+    size = 3 * 1024 * 1024
+    members = {f"xl/worksheets/sheet{i}.xml": os.urandom(size) for i in range(3)}  # incompressible: ratio 1
+    archive = make_zip(members)
+    assert check_zip_container(archive) == 3 * size
+    lying = archive
+    for data in members.values():  # every declared size says 100 bytes; the real 9 MB still counts
+        lying = lying.replace(len(data).to_bytes(4, "little"), (100).to_bytes(4, "little"))
+    with pytest.raises(ParseError, match="^too large when unpacked: more than"):
+        check_zip_container(lying, ArchiveLimits(max_total_bytes=8 * 1024 * 1024))
+
+
+def test_too_many_members_and_corrupt_containers() -> None:
+    with pytest.raises(ParseError, match=r"^too large when unpacked: 1001 members \(limit 1000\)"):
+        check_zip_container(make_zip({f"OEBPS/p{i}.xhtml": b"<p/>" for i in range(1001)}))
+    docx = make_zip({**DOCX_PARTS, "word/document.xml": os.urandom(50_000)})
+    with pytest.raises(ParseError, match="^corrupt: "):
+        check_zip_container(docx[: len(docx) // 2])
+
+
+def test_stored_members_cannot_expand() -> None:
+    archive = make_zip({"mimetype": b"application/epub+zip", "big.bin": b"\0" * (2 * 1024 * 1024)}, zipfile.ZIP_STORED)
+    assert check_zip_container(archive) == 2 * 1024 * 1024 + 20
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_stream_compressed_files_are_not_a_supported_format(compress) -> None:  # type: ignore[no-untyped-def]
+    # gzip/bz2/xz files are never unpacked: the partitioners get no such input (partition_bytes says unsupported).
+    mime = sniff_content_type(compress(b"\0" * 1_000_000), "notes.txt")
+    assert mime.startswith("application/") and mime != "application/zip"
+
+
+def test_every_zip_based_corpus_file_passes_the_check() -> None:
+    """Real documents unpack to at most ~23x their size; no member of 1 MB or more expands beyond ~14x (limit 100x)."""
+    checked = 0
+    for path in sorted(CORPUS.rglob("*")):
+        data = path.read_bytes() if path.is_file() else b""
+        if data[:4] == b"PK\x03\x04":
+            assert check_zip_container(data) >= len(data) // 2, path
+            checked += 1
+    assert checked >= 40  # docx, xlsx, pptx, odt, epub, zip (and a .doc/.ppt that are really OOXML)
+
+
+# --- long lines and long texts (ingest.partition: the parts that need no partitioner) ------------------------------
+
+
+def test_long_lines_are_cut_into_paragraphs_at_spaces() -> None:
+    from ingest.partition import MAX_PARAGRAPH_CHARS, cut_long_lines
+
+    line = "word " * (3 * MAX_PARAGRAPH_CHARS // 5)
+    text = cut_long_lines(f"Title\n{line}\nshort line")
+    paragraphs = text.split("\n\n")
+    assert text.startswith("Title\n") and text.endswith("\nshort line")
+    assert len(paragraphs) >= 3 and all(len(p) <= MAX_PARAGRAPH_CHARS for p in paragraphs[1:-1])
+    assert text.replace("\n", " ").split() == f"Title {line} short line".split()  # nothing lost
+    unbroken = "x" * (MAX_PARAGRAPH_CHARS * 2 + 5)  # no space at all: cut at the limit
+    assert [len(p) for p in cut_long_lines(unbroken).split("\n\n")] == [MAX_PARAGRAPH_CHARS] * 2 + [5]
+
+
+def test_a_text_past_the_character_limit_fails_before_any_partitioner() -> None:
+    from ingest.partition import MAX_TEXT_CHARS, partition_bytes
+
+    with pytest.raises(ParseError, match=r"^too long: \d+ characters of text \(the limit is"):
+        partition_bytes(b"a" * (MAX_TEXT_CHARS + 1), "one-line.txt")

@@ -69,6 +69,16 @@ async function takeKeyFromLink() {
   const key = new URLSearchParams(location.hash.slice(1)).get("key");
   if (!key) return false;
   history.replaceState(null, "", location.pathname);  // out of the address bar and the history
+  // A link someone sent must not silently swap the session of a signed-in reader for the sender's key (their
+  // uploads would then land in the sender's groups): replacing a session takes the reader's consent.
+  const current = await api("/v1/session");
+  if (current.ok) {
+    const name = (await current.json()).name;
+    if (!window.confirm(`This link signs this page in with another API key, replacing your session ("${name}"). Continue?`)) {
+      showSession("signed-in", `Signed in: ${name}`);
+      return true;
+    }
+  }
   await signIn(key);
   return true;
 }
