@@ -16,7 +16,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,10 +322,15 @@ def corpus_files() -> list[Path]:
 @dataclass
 class MemorySampler:
     """Samples the RSS of a process (the server) and of each of its child process trees (the parser, with the
-    LibreOffice/tesseract/pandoc processes it starts) every `interval` seconds, in a thread."""
+    LibreOffice/tesseract/pandoc processes it starts) every `interval` seconds, in a thread. `child_pids`: only these
+    children (asked at each sample: the parser may be restarted), e.g. when the server runs inside a test process
+    that has other children (a vLLM server of another test). `server_start`: the server's RSS when sampling began,
+    so a test in a long-lived process can bound the growth rather than what earlier tests loaded."""
 
     pid: int = field(default_factory=os.getpid)
     interval: float = 0.1
+    child_pids: Callable[[], Iterable[int]] | None = None
+    server_start: int = 0
     server_peak: int = 0
     child_peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -342,7 +347,11 @@ class MemorySampler:
         try:
             process = psutil.Process(self.pid)
             self.server_peak = max(self.server_peak, process.memory_info().rss)
-            for child in process.children():
+            children = process.children()
+            if self.child_pids is not None:
+                wanted = set(self.child_pids())
+                children = [c for c in children if c.pid in wanted]
+            for child in children:
                 tree = [child]
                 try:
                     tree += child.children(recursive=True)
@@ -359,6 +368,13 @@ class MemorySampler:
             pass
 
     def __enter__(self) -> Self:
+        import psutil
+
+        try:
+            self.server_start = psutil.Process(self.pid).memory_info().rss
+        except psutil.Error:
+            pass
+
         def run() -> None:
             while not self._stop.wait(self.interval):
                 self.sample()
