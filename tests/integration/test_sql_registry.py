@@ -162,3 +162,18 @@ def test_an_old_sqlite_jobs_table_is_rebuilt_so_ids_are_not_reused(tmp_path: Pat
     registry.enqueue_job("d2")
     assert registry.claim_next_job("w", 60).job_id > first.job_id
     registry.close()
+
+
+def test_signed_out_sessions_are_refused_until_their_expiry_then_pruned(registry: SqlRegistry) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    soon, later = datetime.now(UTC) + timedelta(seconds=1), datetime.now(UTC) + timedelta(hours=12)
+    registry.revoke_session("nonce-a", soon)
+    registry.revoke_session("nonce-b", later)
+    registry.revoke_session("nonce-b", later)  # signing out twice is one revocation
+    assert registry.session_revoked("nonce-a") and registry.session_revoked("nonce-b")
+    assert not registry.session_revoked("nonce-c")
+    time.sleep(1.1)
+    registry.revoke_session("nonce-c", later)  # each revocation prunes the ones past their expiry
+    assert not registry.session_revoked("nonce-a")
+    assert registry.session_revoked("nonce-b") and registry.session_revoked("nonce-c")
