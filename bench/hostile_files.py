@@ -355,16 +355,16 @@ class MemorySampler:
                 tree = [child]
                 try:
                     tree += child.children(recursive=True)
-                except psutil.Error:
+                except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
                     pass
                 rss = 0
                 for p in tree:
                     try:
                         rss += p.memory_info().rss
-                    except psutil.Error:
+                    except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
                         pass
                 self.child_peak = max(self.child_peak, rss)
-        except psutil.Error:
+        except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
             pass
 
     def __enter__(self) -> Self:
@@ -372,7 +372,7 @@ class MemorySampler:
 
         try:
             self.server_start = psutil.Process(self.pid).memory_info().rss
-        except psutil.Error:
+        except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
             pass
 
         def run() -> None:

@@ -75,9 +75,9 @@ def tree_rss_mib(pid: int) -> dict[str, float]:
             try:
                 name = child.name()  # e.g. VLLM::EngineCore, python (the parser, the resource tracker)
                 sizes[name] = sizes.get(name, 0.0) + child.memory_info().rss / 1024 / 1024
-            except psutil.Error:
+            except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
                 pass
-    except psutil.Error:
+    except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
         pass
     return sizes
 

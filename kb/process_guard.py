@@ -54,13 +54,13 @@ for pid, started in watched.items():
     if same(process, started):
         try:
             victims += process.children(recursive=True)
-        except psutil.Error:
+        except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
             pass
         victims.append(process)
 for process in victims:
     try:
         process.kill()
-    except psutil.Error:
+    except psutil.Error:  # the process ended meanwhile: nothing to measure or kill
         pass
 psutil.wait_procs(victims, timeout=5)
 """

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,17 +221,7 @@ class ApiKeyService:
             return None, refused
         key_digest = digest(secret)
         now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(key_digest)
-        if cached is not None and now - cached[0] < self._cache_s:
-            principal = cached[1]
-        else:
-            key = self._registry.api_key_by_digest(key_digest)
-            principal = Principal.from_key(key) if key is not None and key.revoked_at is None else None
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[key_digest] = (now, principal)
+        principal = self._cached(key_digest, lambda: self._registry.api_key_by_digest(key_digest))
         if principal is not None and principal.expires_at is not None and principal.expired:
             # Checked on every request (not only when the cache is refreshed): an expiry is exact.
             return None, f"the API key expired at {principal.expires_at.isoformat()}"
@@ -246,20 +236,23 @@ class ApiKeyService:
     def authenticate_id(self, key_id: str) -> Principal | None:
         """The caller a web-page session names by its key's id: None if that key is unknown, revoked or expired.
         Cached like `verify`, so revoking a key ends its sessions within `cache_s` as well."""
-        cache_key = f"id:{key_id}"
+        principal = self._cached(f"id:{key_id}", lambda: self._registry.api_key_by_id(key_id))
+        return None if principal is None or principal.expired else principal
+
+    def _cached(self, cache_key: str, load: Callable[[], ApiKey | None]) -> Principal | None:
+        """The unrevoked key's Principal, from the registry at most once per `cache_s` per `cache_key`."""
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(cache_key)
         if cached is not None and now - cached[0] < self._cache_s:
-            principal = cached[1]
-        else:
-            key = self._registry.api_key_by_id(key_id)
-            principal = Principal.from_key(key) if key is not None and key.revoked_at is None else None
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[cache_key] = (now, principal)
-        return None if principal is None or principal.expired else principal
+            return cached[1]
+        key = load()
+        principal = Principal.from_key(key) if key is not None and key.revoked_at is None else None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[cache_key] = (now, principal)
+        return principal
 
     def ensure_bootstrap_key(self, path: Path) -> str | None:
         """The local admin key in `path` (created on first start); None if switched off. A key file whose key was

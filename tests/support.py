@@ -93,3 +93,14 @@ async def serve_in_process(app: Any, timeout: float = 300) -> AsyncIterator[str]
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=120)
+
+
+async def access_lines(logs: list[dict[str, Any]], request_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+    """The access-log lines of one request among structlog's captured `logs`, once at least one is there (the line
+    of a request whose client left is written when the server notices)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
+        if lines or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.1)

@@ -53,7 +53,7 @@ def _secret_from_file(path: Path) -> bytes:
         existing = path.read_text().strip()
         if len(existing) >= 32:
             return existing.encode()
-    except FileNotFoundError:
+    except FileNotFoundError:  # first start: created below
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

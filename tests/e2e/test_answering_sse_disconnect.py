@@ -20,7 +20,7 @@ import structlog
 
 from kb.settings import AuthSettings, GeneratorSettings, Settings
 from service.app import create_app
-from tests.support import serve_in_process
+from tests.support import access_lines, serve_in_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -96,11 +96,7 @@ async def test_a_client_that_disconnects_aborts_its_generation(
             await asyncio.sleep(0.1)
         assert engine.get_num_unfinished_requests() == 0
         assert aborted, "the request left the engine without an abort: it ran to its end"
-        for _ in range(100):
-            lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
-            if lines:
-                break
-            await asyncio.sleep(0.1)
+        lines = await access_lines(logs, request_id)
     # The dropped stream still leaves its one access line, marked as such, with the status that was sent.
     assert len(lines) == 1, logs
     assert lines[0]["disconnected"] is True and lines[0]["status"] == 200 and lines[0]["path"] == "/v1/ask"

@@ -36,7 +36,7 @@ from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
 from service.auth import KEY_PREFIX, digest
 from service.cli import app as cli_app
-from tests.support import serve_in_process
+from tests.support import access_lines, serve_in_process
 
 pytestmark = [pytest.mark.integration]
 module_loop = pytest.mark.asyncio(loop_scope="module")  # the async tests share the served app's event loop
@@ -325,10 +325,6 @@ async def test_a_client_gone_while_its_body_is_read_is_logged_499_not_500(served
         await writer.drain()
         await asyncio.sleep(0.5)
         writer.close()  # 11 of the 100,000 announced bytes sent
-        for _ in range(100):
-            lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
-            if lines:
-                break
-            await asyncio.sleep(0.1)
+        lines = await access_lines(logs, request_id)
     assert len(lines) == 1, logs
     assert lines[0]["status"] == 499, lines
