@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from kb.ports import SearchMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kb: answers from your documents, with citations.")
-console = Console(stderr=True)
-out = Console()
+# Piped or redirected, rich would cut tables to 80 columns (file names, key columns): give them room instead.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
+out = Console(width=None if sys.stdout.isatty() else 400)
 
 _SKIP_NAMES = {".DS_Store", "Thumbs.db"}
 
