@@ -102,8 +102,8 @@ async def run(question_count: int, budgets: list[int], seed: int, max_answer_tok
     from kb.container import build_embedder, build_generator
     from kb.models import Chunk
     from kb.settings import Settings
-    from service.answering import AnswerService
-    from service.retrieval import RetrievalService
+    from service.ask.pipeline import AskPipeline
+    from service.search.service import RetrievalService
 
     paragraphs, all_questions = load(DATASET)
     sample = random.Random(seed).sample(all_questions, min(question_count, len(all_questions)))
@@ -138,7 +138,7 @@ async def run(question_count: int, budgets: list[int], seed: int, max_answer_tok
                 retrieval = RetrievalService(
                     embedder, index, retrieval_settings, languages=settings.embedder.languages
                 )
-                answers = AnswerService(
+                answers = AskPipeline(
                     retrieval, recording, retrieval_settings, settings.generator  # type: ignore[arg-type]
                 )
                 reports.append(await ask_all(answers, recording, sample, text_of, budget))

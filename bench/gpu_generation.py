@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from service.ask.prompt import messages as prompt_messages
+
 QWEN_7B_CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
@@ -142,10 +144,10 @@ class Bench:
 
     def service(self, context_tokens: int) -> Any:
         from kb.settings import RetrievalSettings
-        from service.answering import AnswerService
+        from service.ask.packing import Packer
 
         # Retrieval is not measured here (no index on the GPU machine): the packer is given the passages.
-        return AnswerService(None, self.generator, RetrievalSettings(context_tokens=context_tokens), self.settings)  # type: ignore[arg-type]
+        return Packer(self.generator, RetrievalSettings(context_tokens=context_tokens), self.settings)
 
     def plain_ids(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -157,10 +159,9 @@ class Bench:
     ) -> dict[str, Any]:  # fmt: skip
         gc_before = len(self.gc_pauses)
         started = time.perf_counter()
-        reserved = sum(self.generator.count_tokens(m["content"][:600]) + 4 for m in history)
-        sources = service.pack(passages, question, keep_first, reserved)
+        sources = service.pack(passages, service.budget(question, history), keep_first)
         packed = time.perf_counter()
-        messages = service.messages(question, sources, history)
+        messages = prompt_messages(question, sources, history)
         first = None
         deltas: list[str] = []
         async for delta in self.generator.stream(messages, max_tokens):
@@ -300,7 +301,7 @@ async def run(model_dir: Path, words: list[str], smoke: bool = False, only_follo
                                           first["sources"])  # fmt: skip
             follow_service.append(out)
             bench.check(out)
-            raw_messages = service.messages(f"And for spreadsheets, case {i}?", out["sources"], history)
+            raw_messages = prompt_messages(f"And for spreadsheets, case {i}?", out["sources"], history)
             follow_raw.append(await bench.raw(bench.plain_ids(raw_messages), 32))
         result["follow_up"] = {
             "prompt_tokens": follow_service[0]["prompt_tokens"],

@@ -3,8 +3,6 @@ Litestar's PrometheusController exposes at /metrics. Defined once per process: s
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
 
 INGEST_QUEUE_DEPTH = Gauge("kb_ingest_queue_depth", "Ingestion jobs queued or running")
@@ -31,12 +29,11 @@ GENERATED_TOKENS = Counter("kb_generated_tokens_total", "Answer tokens generated
 ANSWERS = Counter("kb_answers_total", "Answers given, by door and whether sources grounded them", ["door", "grounded"])
 
 
-def record_answer(door: str, done: dict[str, Any], tokens: int) -> None:
-    """`done`: the data of an AnswerService "done" event (timings in ms)."""
-    timings = done.get("timings_ms") or {}
+def record_answer(door: str, timings: dict[str, float], grounded: bool, tokens: int) -> None:
+    """`timings`: those of an answer's Done event (ms)."""
     if "first_token" in timings:
         TIME_TO_FIRST_TOKEN.labels(door).observe(timings["first_token"] / 1000)
     if "total" in timings:
         ANSWER_DURATION.labels(door).observe(timings["total"] / 1000)
     GENERATED_TOKENS.labels(door).inc(tokens)
-    ANSWERS.labels(door, str(bool(done.get("grounded"))).lower()).inc()
+    ANSWERS.labels(door, str(grounded).lower()).inc()

@@ -25,6 +25,8 @@ from litestar.stores.memory import MemoryStore
 
 from kb.container import Container
 from kb.settings import Settings
+from service.ask.openai import chat_completions, models
+from service.ask.routes import ask, conversation
 from service.auth import (
     PUBLIC_PATHS,
     ApiKeyAuthMiddleware,
@@ -34,15 +36,13 @@ from service.auth import (
     digest,
     requires,
 )
+from service.documents.routes import DocumentController
 from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
 from service.problems import EXCEPTION_HANDLERS
-from service.routes.ask import ask, conversation
-from service.routes.documents import DocumentController
 from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
-from service.routes.openai_compat import chat_completions, models
-from service.routes.search import search
 from service.routes.session import SESSION_COOKIE, SESSION_ROUTES, SessionRevocations, SessionTokens
+from service.search.routes import search
 from service.state import Services
 
 log = logging.getLogger(__name__)

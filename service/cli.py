@@ -95,12 +95,10 @@ def _announce(settings: Any, url: str) -> None:
 
 
 def _keys(settings: Any):  # noqa: ANN202
-    from kb.adapters.sql_registry import SqlRegistry
+    from kb.container import build_registry
     from service.auth import ApiKeyService
 
-    if not settings.registry_url:
-        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    return ApiKeyService(SqlRegistry(settings.resolved_registry_url), settings.auth)
+    return ApiKeyService(build_registry(settings), settings.auth)
 
 
 @app.command()
@@ -338,7 +336,8 @@ def eval_retrieval(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and search latency of retrieval on a QA set, in a scratch index."""
-    from service.evaluation import RetrievalEvaluation, detect_format
+    from evaluation.datasets import detect_format
+    from evaluation.run import RetrievalEvaluation
 
     if not dataset.exists():
         raise typer.BadParameter(f"{dataset}: no such file or directory", param_hint="--dataset")

@@ -80,10 +80,9 @@ class DependencyFailure:
     def detail(self) -> str:
         return f"the {self.dependency} {_FAILED[self.status]}: {self.reason}"
 
-    def body(self) -> dict[str, Any]:
-        """The problem's fields, for an SSE `error` event once a stream has started."""
-        return {"status": self.status, "title": HTTPStatus(self.status).phrase, "detail": self.detail,
-                "dependency": self.dependency}  # fmt: skip
+    @property
+    def title(self) -> str:
+        return HTTPStatus(self.status).phrase
 
 
 def _reason(exc: BaseException) -> str:

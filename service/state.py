@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from ingest.pipeline import IngestionPipeline
 from ingest.worker import IngestWorker
 from kb.container import Container, build_reranker
-from service.answering import AnswerService
+from service.ask.pipeline import AskPipeline
 from service.auth import ApiKeyService
-from service.retrieval import RetrievalService
+from service.search.service import RetrievalService
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class Services:
     pipeline: IngestionPipeline
     worker: IngestWorker
     retrieval: RetrievalService
-    answers: AnswerService | None  # None until the generator is up
+    answers: AskPipeline | None  # None until the generator is up
     keys: ApiKeyService
 
     @classmethod
@@ -54,6 +54,7 @@ class Services:
     async def start_generator(self) -> None:
         settings = self.container.settings
         generator = await self.container.start_generator()
-        self.answers = AnswerService(
-            self.retrieval, generator, settings.retrieval, settings.generator, self.container.registry
+        registry = self.container.registry
+        self.answers = AskPipeline(
+            self.retrieval, generator, settings.retrieval, settings.generator, conversations=registry, documents=registry
         )

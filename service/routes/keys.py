@@ -9,19 +9,59 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi.spec import Example
 from litestar.params import Body
 from msgspec import Meta, Struct
 
-from kb.models import SCOPES
+from kb.models import SCOPES, ApiKey
 from service.auth import Principal, requires
-from service.schemas import EXAMPLES, CreatedKey, KeyList, ok
+from service.openapi import ok
 from service.state import Services
 
 MAX_EXPIRES_IN_S = 10 * 365 * 86400
 
+
+class KeyOut(Struct):
+    key_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    groups: list[str]
+    created_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+    expires_at: str | None  # None: never
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyOut":
+        return msgspec.convert(key.to_dict(), cls)
+
+
+class CreatedKey(KeyOut):
+    key: str  # shown once
+
+    @classmethod
+    def created(cls, key: ApiKey, secret: str) -> "CreatedKey":
+        return msgspec.convert({**key.to_dict(), "key": secret}, cls)
+
+
+class KeyList(Struct):
+    keys: list[KeyOut]
+
+
+_KEY = {
+    "key_id": "5e1f0c9a7b3d2e4f", "name": "support bot", "prefix": "kb_Zx81fQ2", "scopes": ["search", "ask"],
+    "groups": ["staff"], "created_at": "2026-11-26T09:00:00+00:00", "revoked_at": None, "last_used_at": None,
+    "expires_at": None,
+}  # fmt: skip
+
+
+KEY_EXAMPLE = _KEY
+CREATED_KEY_EXAMPLE = {**_KEY, "key": "kb_Zx81fQ2…(shown once)"}
+KEYS_EXAMPLE = {"keys": [_KEY]}
 
 class CreateKeyRequest(Struct):
     name: str
@@ -44,7 +84,7 @@ class KeyController(Controller):
           description="A key grants only what it holds: its own scopes and groups, and no later expiry than its "
                       "own (403 otherwise). `expires_in_s` or `expires_at` makes the key expire; an expired key is "
                       "refused with 401 like a revoked one.",
-          responses=ok(CreatedKey, EXAMPLES["created_key"]))  # fmt: skip
+          responses=ok(CreatedKey, CREATED_KEY_EXAMPLE, status=201))  # fmt: skip
     async def create_key(
         self,
         data: Annotated[CreateKeyRequest, Body(examples=[
@@ -55,7 +95,7 @@ class KeyController(Controller):
         ])],  # fmt: skip
         request: Request[Principal, Any, Any],
         services: Services,
-    ) -> dict[str, Any]:
+    ) -> CreatedKey:
         if data.expires_in_s is not None and data.expires_at is not None:
             raise ClientException("give expires_in_s or expires_at, not both")
         expires_at = data.expires_at
@@ -66,12 +106,12 @@ class KeyController(Controller):
                                                by=request.user)  # fmt: skip
         except ValueError as exc:
             raise ClientException(str(exc)) from exc
-        return {**key.to_dict(), "key": secret}
+        return CreatedKey.created(key, secret)
 
     @get(summary="The keys within the caller's groups (every key for an unrestricted admin; never the keys themselves)",
-         responses=ok(KeyList, EXAMPLES["keys"]))  # fmt: skip
-    async def list_keys(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
-        return {"keys": [k.to_dict() for k in services.keys.list(by=request.user)]}
+         responses=ok(KeyList, KEYS_EXAMPLE))  # fmt: skip
+    async def list_keys(self, request: Request[Principal, Any, Any], services: Services) -> KeyList:
+        return KeyList([KeyOut.of(k) for k in services.keys.list(by=request.user)])
 
     @delete("/{key_id:str}", summary="Revoke a key within the caller's groups (effective within seconds on every "
                                      "replica); any other key: 404")  # fmt: skip

@@ -18,8 +18,11 @@ from kb.adapters.vllm_engine import VllmEngineGenerator
 from kb.container import build_embedder
 from kb.models import Chunk, SearchFilter
 from kb.settings import GeneratorSettings, RetrievalSettings, Settings
-from service.answering import AnswerService, documents_of_previous_turn, no_information_answer
-from service.retrieval import RetrievalService
+from service.ask.events import Citations, Done, payload
+from service.ask.pipeline import AskPipeline, Question
+from service.ask.prompt import no_information_answer
+from service.ask.scope import documents_of_previous_turn
+from service.search.service import RetrievalService
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -49,9 +52,9 @@ class Stack:
     def __init__(self, retrieval: RetrievalService, generator: VllmEngineGenerator, registry: SqlRegistry) -> None:
         self.retrieval, self.generator, self.registry = retrieval, generator, registry
 
-    def answers(self, context_tokens: int = 3000) -> AnswerService:
+    def answers(self, context_tokens: int = 3000) -> AskPipeline:
         settings = RetrievalSettings(context_tokens=context_tokens)
-        return AnswerService(self.retrieval, self.generator, settings, GeneratorSettings(max_answer_tokens=48),
+        return AskPipeline(self.retrieval, self.generator, settings, GeneratorSettings(max_answer_tokens=48),
                              self.registry)  # fmt: skip
 
     def sources(self, conversation_id: str) -> list[dict[str, Any]]:
@@ -83,11 +86,11 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, generator_model_dir: P
 
 
 async def final(
-    answers: AnswerService, question: str, search_filter: SearchFilter | None, conversation_id: str | None = None
+    answers: AskPipeline, question: str, search_filter: SearchFilter | None, conversation_id: str | None = None
 ) -> dict[str, Any]:
-    events = [event async for event in answers.stream(question, search_filter, conversation_id)]
-    assert events[-1].event == "done"
-    return {**events[-1].data, "citations": events[-2].data["citations"]}
+    events = [event async for event in answers.stream(Question(question, search_filter, conversation_id))]
+    assert isinstance(events[-1], Done) and isinstance(events[-2], Citations)
+    return {**payload(events[-1]), "citations": payload(events[-2])["citations"]}
 
 
 async def test_a_named_document_that_fits_is_read_whole_and_in_order(stack: Stack) -> None:

@@ -3,6 +3,7 @@ whole prompt (real SmolLM2 tokenizer; no engine needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from kb.adapters.vllm_engine import PromptTokenCache, VllmEngineGenerator
+from kb.adapters.openai_http import OpenAIHttpGenerator
+from kb.adapters.vllm_engine import VllmEngineGenerator
 from kb.models import Passage
+from kb.prompt_tokens import PromptTokenCache
 from kb.settings import GeneratorSettings
-from service.answering import AnswerService
+from service.ask.prompt import messages as prompt_messages
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +87,12 @@ def spied_cache(tokenizer: Any, seed: int, sources: int) -> tuple[list[Passage],
 
 def test_follow_up_reuses_the_sources_tokens_and_matches_the_whole_prompt(tokenizer: Any) -> None:
     sources, spy, cache = spied_cache(tokenizer, 5, 120)
-    first = AnswerService.messages("What is the upload limit?", sources)
-    second = AnswerService.messages(
+    first = prompt_messages("What is the upload limit?", sources)
+    second = prompt_messages(
         "And for PDFs?", sources, [{"role": "user", "content": "What is the upload limit?"},
                                    {"role": "assistant", "content": "100 MB per file [1]."}]  # fmt: skip
     )
-    changed_middle = AnswerService.messages("What is the upload limit?", sources[:60] + sources[61:])
+    changed_middle = prompt_messages("What is the upload limit?", sources[:60] + sources[61:])
     for messages in (first, second, changed_middle, first):
         spy.chars = 0
         assert cache.encode(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)) == (
@@ -134,12 +137,24 @@ def test_counting_many_in_one_batch_equals_counting_each(generator_model_dir: Pa
     assert batched.count_tokens_many(renumbered) == [single.count_tokens(t) for t in renumbered]
 
 
+def test_both_generators_count_alike(generator_model_dir: Path) -> None:
+    texts = [f"[{n}] Source {n}:\n  indented, {'jumps ' * n}\n\nover 中文文本。" for n in range(1, 30)] + ["[2] ", ""]
+    engine = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
+    http = OpenAIHttpGenerator(GeneratorSettings(backend="openai"), generator_model_dir)
+    try:
+        # The packer picks the same sources whichever generator serves the answers.
+        assert http.count_tokens_many(texts, "\n\n") == engine.count_tokens_many(texts, "\n\n")
+        assert http.count_tokens_many(texts) == engine.count_tokens_many(texts)
+    finally:
+        asyncio.run(http.close())
+
+
 def test_sources_counted_by_the_packer_are_not_tokenized_again_and_their_counts_add_up(tokenizer: Any) -> None:
     sources, spy, cache = spied_cache(tokenizer, 11, 80)
     # The packer counts every candidate as source number 1; the prompt numbers them 1..n.
     counts = cache.count_between([f"[1] {p.text}" for p in sources], "\n\n")
     spy.chars = 0
-    messages = AnswerService.messages("What is the upload limit?", sources)
+    messages = prompt_messages("What is the upload limit?", sources)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert cache.encode(prompt) == whole(tokenizer, messages)
     # Only the chat template, the numbers and the question were tokenized.
@@ -148,7 +163,7 @@ def test_sources_counted_by_the_packer_are_not_tokenized_again_and_their_counts_
     # What the sources add to a prompt is what the packer counted, whatever the sources and their numbers.
     def rest(chosen: list[Passage]) -> int:
         numbered = cache.count_between([f"[{i + 1}] {p.text}" for i, p in enumerate(chosen)], "\n\n")
-        return len(whole(tokenizer, AnswerService.messages("What is the upload limit?", chosen))) - sum(numbered)
+        return len(whole(tokenizer, prompt_messages("What is the upload limit?", chosen))) - sum(numbered)
 
     assert counts[0] == cache.count_between([f"[1] {sources[0].text}"], "\n\n")[0]
     assert len({rest(sources), rest(sources[:1]), rest(sources[5:17]), rest(sources[::-3])}) == 1

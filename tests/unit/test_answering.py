@@ -1,4 +1,4 @@
-"""AnswerService with fakes: packing, the no-information path, events and citations."""
+"""The ask pipeline with fakes: packing, the no-information path, events and citations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 
 from kb.models import Passage
 from kb.settings import GeneratorSettings, RetrievalSettings
-from service.answering import AnswerService, no_information_answer
-from service.retrieval import RetrievalResult
+from service.ask.events import Citations, Done, Token
+from service.ask.packing import Budget
+from service.ask.pipeline import AskPipeline, Question
+from service.ask.prompt import no_information_answer
+from service.search.service import RetrievalResult
 
 pytestmark = pytest.mark.unit
 
@@ -42,43 +45,52 @@ class FakeGenerator:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
+        return [self.count_tokens(t) + (2 if separator is not None else 0) for t in texts]  # 2: the separator
+
     @property
     def max_model_len(self) -> int:
         return self._max
 
 
-def service(passages: list[Passage], answer: str, relevant: bool = True, context_tokens: int = 3000) -> tuple[AnswerService, FakeGenerator]:
+def service(passages: list[Passage], answer: str, relevant: bool = True, context_tokens: int = 3000) -> tuple[AskPipeline, FakeGenerator]:
     generator = FakeGenerator(answer)
     settings = RetrievalSettings(context_tokens=context_tokens)
-    return AnswerService(FakeRetrieval(passages, relevant), generator, settings, GeneratorSettings()), generator  # type: ignore[arg-type]
+    return AskPipeline(FakeRetrieval(passages, relevant), generator, settings, GeneratorSettings()), generator  # type: ignore[arg-type]
+
+
+def budget(pipeline: AskPipeline, conversation_tokens: int = 0) -> Budget:
+    """The budget of question "q" after a conversation of `conversation_tokens`."""
+    whole = pipeline.packer.budget("q")
+    return Budget(whole.context - conversation_tokens, whole.window - conversation_tokens)
 
 
 def test_sources_are_grouped_by_document_in_document_order() -> None:
     passages = [passage("b", 5, "b five"), passage("a", 2, "a two"), passage("b", 1, "b one"), passage("a", 0, "a zero")]
     packed, _ = service(passages, "x")
-    assert [p.chunk_id for p in packed.pack(passages, "q")] == ["b-1", "b-5", "a-0", "a-2"]
+    assert [p.chunk_id for p in packed.packer.pack(passages, budget(packed))] == ["b-1", "b-5", "a-0", "a-2"]
 
 
 def test_packing_stops_at_the_token_budget_and_drops_duplicates() -> None:
     long = passage("a", 0, "word " * 200)
     short = passage("b", 0, "short text")
     packed, _ = service([], "x", context_tokens=150)
-    assert [p.chunk_id for p in packed.pack([long, short, short], "q")] == ["b-0"]
+    assert [p.chunk_id for p in packed.packer.pack([long, short, short], budget(packed))] == ["b-0"]
 
 
 def test_a_follow_up_keeps_the_previous_sources_while_the_window_holds_them_and_adds_only_within_the_budget() -> None:
     previous = [passage("a", i, "word " * 40) for i in range(3)]  # 3 x 43 tokens, more than this budget holds
     new = passage("b", 0, "fresh passage")
     packed, _ = service([], "x", context_tokens=170)
-    assert [p.chunk_id for p in packed.pack([new], "q", previous)] == ["a-0", "a-1", "a-2"]
+    assert [p.chunk_id for p in packed.packer.pack([new], budget(packed), previous)] == ["a-0", "a-1", "a-2"]
     # The conversation (reserved) leaves the budget too small for all three: they stay, nothing new comes in.
-    assert [p.chunk_id for p in packed.pack([new], "q", previous, reserved_tokens=60)] == ["a-0", "a-1", "a-2"]
+    assert [p.chunk_id for p in packed.packer.pack([new], budget(packed, 60), previous)] == ["a-0", "a-1", "a-2"]
     # More room: the new passage after them.
     roomy, _ = service([], "x", context_tokens=300)
-    assert [p.chunk_id for p in roomy.pack([new], "q", previous, reserved_tokens=60)] == ["a-0", "a-1", "a-2", "b-0"]
+    assert [p.chunk_id for p in roomy.packer.pack([new], budget(roomy, 60), previous)] == ["a-0", "a-1", "a-2", "b-0"]
     # The window is the limit: the history takes all but room for two of them.
-    window = roomy.context_budget("q", 0, whole_window=True)
-    kept = roomy.pack([new], "q", previous, reserved_tokens=window - 2 * 43 - 5)
+    window = budget(roomy).window
+    kept = roomy.packer.pack([new], budget(roomy, window - 2 * 43 - 5), previous)
     assert [p.chunk_id for p in kept] == ["a-0", "a-1"]
 
 
@@ -92,11 +104,11 @@ async def test_irrelevant_retrieval_answers_no_information_without_the_model() -
 
 async def test_stream_events_and_the_final_answer_carry_citations() -> None:
     answers, generator = service([passage("a", 0, "Backups run nightly at 02:00.")], "Backups run nightly at 02:00.")
-    events = [event async for event in answers.stream("When do backups run?")]
-    kinds = [e.event for e in events]
-    assert kinds[-2:] == ["citations", "done"] and set(kinds[:-2]) == {"token"}
-    assert events[-1].data["answer"] == "Backups run nightly at 02:00 [1]."
-    assert events[-2].data["citations"][0]["document_id"] == "a"
+    events = [event async for event in answers.stream(Question("When do backups run?"))]
+    kinds = [type(e) for e in events]
+    assert kinds[-2:] == [Citations, Done] and set(kinds[:-2]) == {Token}
+    assert isinstance(events[-1], Done) and events[-1].answer == "Backups run nightly at 02:00 [1]."
+    assert isinstance(events[-2], Citations) and events[-2].citations[0].document_id == "a"
     assert "[1] Backups run nightly at 02:00." in generator.messages[1]["content"]
     assert generator.messages[0]["role"] == "system"
 
@@ -127,7 +139,7 @@ async def test_a_follow_up_keeps_the_previous_sources_first_and_retrieves_with_c
     retrieval = RecordingRetrieval([first, second])
     generator = FakeGenerator("Backups run nightly at 02:00.")
     conversations = MemoryConversations()
-    answers = AnswerService(retrieval, generator, RetrievalSettings(), GeneratorSettings(), conversations)  # type: ignore[arg-type]
+    answers = AskPipeline(retrieval, generator, RetrievalSettings(), GeneratorSettings(), conversations)  # type: ignore[arg-type]
 
     one = await answers.ask("When do backups run?")
     prompt_one = generator.messages[1]["content"]

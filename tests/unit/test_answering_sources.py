@@ -1,4 +1,4 @@
-"""AnswerService with fakes: whole documents, neighbour context, "this document", ACL of reused sources."""
+"""The ask pipeline with fakes: whole documents, neighbour context, "this document", ACL of reused sources."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from kb.models import Passage, SearchFilter
 from kb.settings import GeneratorSettings, RetrievalSettings
-from service.answering import AnswerService, documents_of_previous_turn, refers_to_previous_documents
-from service.retrieval import RetrievalResult
+from service.ask.pipeline import AskPipeline
+from service.ask.scope import documents_of_previous_turn, refers_to_previous_documents
+from service.search.service import RetrievalResult
 
 pytestmark = pytest.mark.unit
 
@@ -62,6 +63,9 @@ class FakeGenerator:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
+        return [self.count_tokens(t) + (2 if separator is not None else 0) for t in texts]  # 2: the separator
+
     @property
     def max_model_len(self) -> int:
         return self._max
@@ -85,11 +89,11 @@ class MemoryConversations:
 
 def build(
     retrieval: FakeIndexRetrieval, answer: str = "An answer.", context_tokens: int = 3000, **settings: Any
-) -> tuple[AnswerService, FakeGenerator, MemoryConversations]:
+) -> tuple[AskPipeline, FakeGenerator, MemoryConversations]:
     generator = FakeGenerator(answer)
     conversations = MemoryConversations()
     retrieval_settings = RetrievalSettings(context_tokens=context_tokens, **settings)
-    service = AnswerService(
+    service = AskPipeline(
         retrieval, generator, retrieval_settings, GeneratorSettings(), conversations  # type: ignore[arg-type]
     )
     return service, generator, conversations

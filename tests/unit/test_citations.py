@@ -1,8 +1,8 @@
 import pytest
 
 from kb.models import Passage
-from service.citations import annotate, parse_markers, strip_invalid_markers
-from service.lexical import content_terms, coverage
+from service.ask.citations import annotate, parse_markers, strip_invalid_markers
+from service.search.lexical import content_terms, coverage
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import pytest
 from kb.languages import query_language, search_mode_for
 from kb.models import Passage, SearchFilter
 from kb.settings import RetrievalSettings
-from service.retrieval import RetrievalService
+from service.search.service import RetrievalService
 
 pytestmark = pytest.mark.unit
 

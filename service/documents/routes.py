@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, HTTPException, NotFoundException, PermissionDeniedException
@@ -16,7 +17,17 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO
 from ingest.pipeline import UploadRejected, UploadTooLarge
 from kb.models import Document
 from service.auth import Principal, assignable_groups, requires
-from service.schemas import EXAMPLES, DocumentList, DocumentOut, UploadResponse, ok
+from service.documents.schemas import (
+    DOCUMENT_EXAMPLE,
+    DOCUMENTS_EXAMPLE,
+    UPLOAD_EXAMPLE,
+    DocumentList,
+    DocumentOut,
+    RejectedFile,
+    UploadedDocument,
+    UploadResponse,
+)
+from service.openapi import ok
 from service.state import Services
 
 # Reading documents (the list, a document) needs `search`, as the README's scope table says; a key that may only
@@ -73,9 +84,9 @@ class DocumentController(Controller):
 
     @post(
         status_code=HTTP_202_ACCEPTED, summary="Upload one or several files (multipart field `files`)",
-        description=UPLOAD_DESCRIPTION, guards=[requires("ingest")], responses=ok(UploadResponse, EXAMPLES["upload"]),
+        description=UPLOAD_DESCRIPTION, guards=[requires("ingest")], responses=ok(UploadResponse, UPLOAD_EXAMPLE, status=202),
     )  # fmt: skip
-    async def upload(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
+    async def upload(self, request: Request[Principal, Any, Any], services: Services) -> UploadResponse:
         try:
             form = await request.form()
         except UnicodeDecodeError as exc:
@@ -102,7 +113,8 @@ class DocumentController(Controller):
             raise ClientException("a new version (document_id) takes exactly one file")
         if document_id:
             writable_document(services, request.user, document_id)
-        accepted, rejected = [], []
+        accepted: list[UploadedDocument] = []
+        rejected: list[RejectedFile] = []
         too_large = False
         for upload in files:
             data = await upload.read()
@@ -112,33 +124,33 @@ class DocumentController(Controller):
                 )
             except UploadRejected as exc:
                 too_large |= isinstance(exc, UploadTooLarge)
-                rejected.append({"filename": upload.filename, "error": str(exc)})
+                rejected.append(RejectedFile(upload.filename, str(exc)))
                 continue
-            accepted.append({**submitted.document.to_dict(), "duplicate": submitted.duplicate})
+            accepted.append(UploadedDocument.of(submitted.document, duplicate=submitted.duplicate))
         if not accepted:
             if too_large and len(rejected) == 1:
-                raise HTTPException(rejected[0]["error"], status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-            raise ClientException("no file was accepted", extra={"rejected": rejected})
+                raise HTTPException(rejected[0].error, status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            raise ClientException("no file was accepted", extra={"rejected": [msgspec.to_builtins(r) for r in rejected]})
         services.worker.notify()
-        return {"documents": accepted, "rejected": rejected}
+        return UploadResponse(accepted, rejected)
 
     @get(
         summary="The documents the caller may see, with their status", guards=[READ],
-        responses=ok(DocumentList, EXAMPLES["documents"]),
+        responses=ok(DocumentList, DOCUMENTS_EXAMPLE),
     )  # fmt: skip
-    async def list_documents(self, request: Request[Principal, Any, Any], services: Services) -> dict[str, Any]:
+    async def list_documents(self, request: Request[Principal, Any, Any], services: Services) -> DocumentList:
         documents = services.container.registry.list_documents()
-        return {"documents": [d.to_dict() for d in documents if request.user.sees(d.groups)]}
+        return DocumentList([DocumentOut.of(d) for d in documents if request.user.sees(d.groups)])
 
     @get(
         "/{document_id:str}", summary="One document: status, error, pages, chunks (scope search or ingest)",
         guards=[STATUS],
-        responses=ok(DocumentOut, EXAMPLES["document"]),
+        responses=ok(DocumentOut, DOCUMENT_EXAMPLE),
     )  # fmt: skip
     async def get_document(
         self, document_id: str, request: Request[Principal, Any, Any], services: Services
-    ) -> dict[str, Any]:
-        return visible_document(services, request.user, document_id).to_dict()
+    ) -> DocumentOut:
+        return DocumentOut.of(visible_document(services, request.user, document_id))
 
     @delete(
         "/{document_id:str}", summary="Delete a document: chunks, registry row and original",

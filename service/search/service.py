@@ -1,4 +1,5 @@
-"""Retrieval: embed the query, search the index inside the caller's filter, decide whether anything is relevant."""
+"""Retrieval: embed the query, search the index inside the caller's filter (reranked, expanded with neighbours when
+configured), and judge whether anything is relevant (service.search.relevance)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kb.metrics import RETRIEVAL_LATENCY
 from kb.models import Passage, SearchFilter
 from kb.ports import Embedder, Reranker, SearchMode, VectorIndex
 from kb.settings import RetrievalSettings
-from service.lexical import coverage
+from service.search.relevance import judge
 
 
 @dataclass
@@ -24,10 +25,6 @@ class RetrievalResult:
 
 
 class RetrievalService:
-    # A query whose content terms mostly occur in a passage is on topic even when the dense model
-    # (English-only MiniLM by default) cannot tell, as with Chinese questions.
-    LEXICAL_RELEVANCE = 0.6
-
     def __init__(
         self,
         embedder: Embedder,
@@ -70,15 +67,12 @@ class RetrievalService:
                 passage.context = self._index.neighbours(passage, radius, filter)
         dense_best = self._index.search(vector, query, 1, filter, "dense")
         best_similarity = dense_best[0].score if dense_best else 0.0
-        best_coverage = max((coverage(query, p.text) for p in passages), default=0.0)
-        relevant = bool(passages) and (
-            best_similarity >= self._settings.min_relevance or best_coverage >= self.LEXICAL_RELEVANCE
-        )
+        relevance = judge(query, passages, best_similarity, self._settings.min_relevance)
         return RetrievalResult(
             passages=passages,
-            relevant=relevant,
-            best_similarity=best_similarity,
-            best_coverage=best_coverage,
+            relevant=relevance.relevant,
+            best_similarity=relevance.best_similarity,
+            best_coverage=relevance.best_coverage,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kb.models import Citation, Passage
-from service.lexical import content_terms
+from kb.ports import DocumentStore
+from service.search.lexical import content_terms
 
 # [1], [1, 2], [1][3], 【2】, [source 1]
 _MARKER = re.compile(r"[\[【]\s*(?:sources?\s*)?(\d+(?:\s*[,，、]\s*\d+)*)\s*[\]】]", re.IGNORECASE)
@@ -139,3 +140,30 @@ def _sentence_spans(text: str) -> list[tuple[int, int]]:
     if start < len(text):
         spans.append((start, len(text)))
     return spans
+
+
+def visible_citations(
+    citations: Sequence[Citation], groups: list[str] | None, documents: DocumentStore | None
+) -> list[Citation]:
+    """The check after retrieval's filter: a citation to a document the reader may not see (now: its groups may have
+    changed since it was indexed, or it was deleted) never leaves. `groups` None: a reader who sees everything."""
+    if groups is None or documents is None:
+        return list(citations)
+    allowed: dict[str, bool] = {}
+    kept = []
+    for citation in citations:
+        if citation.document_id not in allowed:
+            document = documents.get_document(citation.document_id)
+            allowed[citation.document_id] = document is not None and bool(set(document.groups) & set(groups))
+        if allowed[citation.document_id]:
+            kept.append(citation)
+    return kept
+
+
+def cite(
+    raw_answer: str, sources: Sequence[Passage], groups: list[str] | None, documents: DocumentStore | None
+) -> tuple[str, list[Citation], list[int]]:
+    """Cite stage: the final answer text, the citations this reader may see, and the numbers that named no source."""
+    annotated = annotate(raw_answer, sources)
+    invalid = parse_markers(raw_answer, len(sources)).invalid
+    return annotated.text, visible_citations(annotated.citations, groups, documents), invalid

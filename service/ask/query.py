@@ -1,0 +1,28 @@
+"""Query: what to retrieve with. A follow-up ("and for PDFs?") needs what it follows up on."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from kb.ports import Generator
+from service.ask.conversation import Conversation
+from service.ask.prompt import rewrite_messages
+
+REWRITE_MAX_TOKENS = 64
+
+
+class QueryStage:
+    def __init__(self, generator: Generator, mode: Literal["off", "concat", "llm"] | str) -> None:
+        self._generator = generator
+        self._mode = mode  # RetrievalSettings.followup_rewrite
+
+    async def standalone(self, question: str, conversation: Conversation) -> str:
+        previous = conversation.questions
+        if not previous or self._mode == "off":
+            return question
+        if self._mode == "llm":
+            messages = rewrite_messages(question, conversation.turns)
+            lines = "".join([d async for d in self._generator.stream(messages, REWRITE_MAX_TOKENS)]).strip().splitlines()
+            if lines and lines[0].strip():
+                return lines[0].strip()
+        return f"{previous[-1]} {question}"

@@ -1,0 +1,74 @@
+"""What /v1/ask and /v1/conversations take and return. A citation is kb.models.Citation itself: declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar.openapi.spec import Example
+from msgspec import Meta, Struct
+
+from kb.models import Citation
+from service.search.filters import SearchFilters
+from service.search.schemas import DOCUMENT_ID, PASSAGE_EXAMPLE
+
+MAX_QUESTION_CHARS = 8000  # a question, maybe with a pasted passage; documents go through uploads
+QuestionText = Annotated[str, Meta(max_length=MAX_QUESTION_CHARS, description=f"at most {MAX_QUESTION_CHARS} characters")]
+
+
+class AskRequest(Struct):
+    question: QuestionText
+    stream: bool = False
+    conversation_id: str | None = None
+    filters: SearchFilters | None = None
+    document_ids: list[str] | None = None  # ask about these documents (whole, when they fit the window)
+
+
+class AskResponse(Struct):
+    answer: str
+    citations: list[Citation]
+    grounded: bool
+    timings_ms: dict[str, float]
+    conversation_id: str | None
+
+
+class SourceRef(Struct):
+    document_id: str | None
+    filename: str | None
+    page: int | None
+    chunk_id: str | None
+
+
+class ConversationMessage(Struct):
+    role: str
+    content: str
+    sources: list[SourceRef]
+
+
+class ConversationOut(Struct):
+    conversation_id: str
+    messages: list[ConversationMessage]
+
+
+ASK_EXAMPLES = [
+    Example(summary="a question", value={"question": "How large may an upload be?"}),
+    Example(summary="streamed (Server-Sent Events: token, citations, done)",
+            value={"question": "工作日值班时间是什么时候？", "stream": True}),  # fmt: skip
+    Example(summary="a follow-up in a conversation",
+            value={"question": "And for PDFs?", "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5"}),  # fmt: skip
+    Example(summary="about one document", value={"question": "Summarise it.", "document_ids": [DOCUMENT_ID]}),
+]
+CITATION_EXAMPLE = {
+    "n": 1, "document_id": DOCUMENT_ID, "filename": "kb-administrator-guide.pdf", "page": 2,
+    "section": "Upload limits", "snippet": "Uploads are limited to 100 MB per file by default",
+    "chunk_id": PASSAGE_EXAMPLE["chunk_id"], "span": [0, 50], "supported": True, "inferred": False, "score": 0.83,
+}  # fmt: skip
+ANSWER_EXAMPLE: dict[str, Any] = {
+    "answer": "Each uploaded file may be at most 100 MB by default [1].", "citations": [CITATION_EXAMPLE],
+    "grounded": True, "timings_ms": {"retrieval": 18.2, "first_token": 212.0, "total": 1650.0},
+    "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5",
+}  # fmt: skip
+CONVERSATION_EXAMPLE = {"conversation_id": ANSWER_EXAMPLE["conversation_id"], "messages": [
+    {"role": "user", "content": "How large may an upload be?", "sources": []},
+    {"role": "assistant", "content": ANSWER_EXAMPLE["answer"], "sources": [
+        {"document_id": DOCUMENT_ID, "filename": "kb-administrator-guide.pdf", "page": 2,
+         "chunk_id": PASSAGE_EXAMPLE["chunk_id"]}]}]}  # fmt: skip
