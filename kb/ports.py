@@ -14,6 +14,9 @@ SearchMode = Literal["dense", "sparse", "hybrid"]
 
 @runtime_checkable
 class Embedder(Protocol):
+    """Texts to unit-length vectors of `dimension` floats (so a dot product is their cosine); the same text to the
+    same vector (up to float rounding) whatever else is in its batch; no texts, no vectors."""
+
     @property
     def dimension(self) -> int: ...
 
@@ -94,24 +97,44 @@ class Reranker(Protocol):
 class Generator(Protocol):
     """Streams the answer to a chat; cancelling the iterator aborts the request in the engine."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Load what answering needs (a second call does nothing)."""
+        ...
 
     def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncIterator[str]:
+        """The answer's text as it is generated, in non-empty pieces, at most `max_tokens` tokens (None: the
+        settings' max_answer_tokens)."""
+        ...
 
-    def count_tokens(self, text: str) -> int: ...
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's own tokenizer, special tokens not added (an estimate from its length
+        where the adapter has no tokenizer)."""
+        ...
+
+    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
+        """count_tokens of each text, in one call (the packer sizes every candidate source at once). With a
+        `separator`: the tokens each text adds to a prompt in which it stands between two `separator`s (sources
+        joined by it, and it after the last), so that a prompt's sources cost the sum of their counts, whichever
+        sources it holds and in whichever order."""
+        ...
 
     @property
     def max_model_len(self) -> int: ...
 
     async def ready(self) -> bool: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the engine or connection: then ready() is False and stream() raises RuntimeError."""
+        ...
 
 
 @runtime_checkable
 class BlobStore(Protocol):
+    """Each document's original bytes, by document id. An id that could name anything outside the store (`../x`,
+    `a/b`) is refused with ValueError; reading an id never stored raises FileNotFoundError; deleting one is a no-op."""
+
     def put(self, document_id: str, data: bytes) -> None: ...
 
     def path(self, document_id: str) -> Path: ...
@@ -122,8 +145,8 @@ class BlobStore(Protocol):
 
 
 @runtime_checkable
-class Registry(Protocol):
-    """Documents and their ingestion jobs (durable)."""
+class DocumentStore(Protocol):
+    """The documents: their metadata, versions, status and ingestion progress (durable)."""
 
     def add_document(self, document: Document, *, enqueue: bool = False) -> Document:
         """`enqueue`: with its ingestion job, in one transaction."""
@@ -162,6 +185,11 @@ class Registry(Protocol):
         """The document and its jobs: a worker still holding one of them loses its lease (its writes are refused)."""
         ...
 
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """The documents' ingestion jobs (durable), each taken by one worker at a time under a lease."""
+
     def enqueue_job(self, document_id: str) -> None: ...
 
     def claim_next_job(self, worker_id: str, lease_seconds: float) -> Job | None:
@@ -183,6 +211,11 @@ class Registry(Protocol):
 
     def pending_jobs(self) -> int: ...
 
+
+@runtime_checkable
+class ConversationStore(Protocol):
+    """The turns of each conversation and who it belongs to (durable)."""
+
     def add_message(
         self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
     ) -> None: ...
@@ -192,6 +225,11 @@ class Registry(Protocol):
     def claim_conversation(self, conversation_id: str, owner: str) -> bool: ...
 
     def conversation_owner(self, conversation_id: str) -> str | None: ...
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """API keys (by the digest of the secret, never the secret) and signed-out web-page sessions (durable)."""
 
     def add_api_key(self, key: ApiKey, digest: str) -> ApiKey: ...
 
@@ -210,5 +248,12 @@ class Registry(Protocol):
         ...
 
     def session_revoked(self, nonce: str) -> bool: ...
+
+
+@runtime_checkable
+class Registry(DocumentStore, JobQueue, ConversationStore, KeyStore, Protocol):
+    """All four stores in one: the jobs reference the documents (a document is added with its job, and deleting it
+    ends its jobs' leases, in one transaction), so one database holds them all (kb.adapters.sql_registry), and
+    the container opens it once. A consumer that needs one concern takes the smaller port."""
 
     def close(self) -> None: ...

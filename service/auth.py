@@ -30,7 +30,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from kb.models import ALL_GROUPS, SCOPES, ApiKey, SearchFilter
-from kb.ports import Registry
+from kb.ports import KeyStore
 from kb.settings import AuthSettings
 from service.routes.session import SESSION_COOKIE, session_principal
 
@@ -130,7 +130,7 @@ class ApiKeyService:
     """Creates, lists, revokes and verifies keys. Verification is cached for a few seconds (one registry query
     per key per `cache_s`, not per request), so a revocation takes effect within that time."""
 
-    def __init__(self, registry: Registry, settings: AuthSettings, *, cache_s: float = 5.0) -> None:
+    def __init__(self, registry: KeyStore, settings: AuthSettings, *, cache_s: float = 5.0) -> None:
         self._registry = registry
         self._settings = settings
         self._cache_s = cache_s

@@ -7,7 +7,9 @@ import re
 import tempfile
 from pathlib import Path
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A file name of its own under the store and nothing else: no separator, no dot (so no `..`), no control character.
+# Matched with fullmatch: `$` would accept a trailing newline.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class FileBlobStore:
@@ -16,7 +18,7 @@ class FileBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, document_id: str) -> Path:
-        if not _SAFE_ID.match(document_id):
+        if not _SAFE_ID.fullmatch(document_id):
             raise ValueError(f"invalid document id: {document_id!r}")
         return self._root / document_id[:2] / document_id
 

@@ -1,4 +1,9 @@
-"""Registry of documents and ingestion jobs on SQLAlchemy: SQLite for the embedded default, PostgreSQL in production."""
+"""The Registry on SQLAlchemy: SQLite for the embedded default, PostgreSQL in production.
+
+One class implements all four smaller ports of kb.ports (DocumentStore, JobQueue, ConversationStore, KeyStore) in one
+database: a job references its document, a document and its job are written in one transaction, and deleting a
+document ends its jobs' leases in the same one; conversations and keys share the connection pool and the schema's
+migrations rather than each opening a database of their own."""
 
 from __future__ import annotations
 

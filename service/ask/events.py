@@ -54,7 +54,7 @@ def event_name(event: AskEvent) -> str:
 
 def payload(event: AskEvent) -> dict[str, Any]:
     """The event's fields as JSON-ready builtins, without its tag (an SSE message carries that as its name)."""
-    data = msgspec.to_builtins(event)
+    data = msgspec.json.decode(msgspec.json.encode(event))  # JSON's own types: a span is a list, as the client sees it
     data.pop("event", None)
     return data
 

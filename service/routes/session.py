@@ -31,6 +31,7 @@ from litestar.openapi.spec import Example
 from litestar.response import Response
 from msgspec import Struct
 
+from kb.ports import KeyStore
 from kb.settings import Settings
 
 if TYPE_CHECKING:  # service.auth imports this module
@@ -118,7 +119,7 @@ class SessionRevocations:
     cookie-authorised request, with a few seconds' cache of "not revoked" answers; a sign-out takes effect at once on
     the replica that handled it, within `cache_s` on the others."""
 
-    def __init__(self, registry: Any, cache_s: float = 5.0) -> None:
+    def __init__(self, registry: KeyStore, cache_s: float = 5.0) -> None:
         self._registry = registry
         self._cache_s = cache_s
         self._checked: dict[str, float] = {}

@@ -3,8 +3,8 @@ failing; the registry (PostgreSQL, behind a TCP proxy the test stops) and the in
 answers) unreachable. Each request fails within its timeout with a 503/504 problem naming the dependency, /readyz
 names it, nothing is half-written, and the service recovers by itself when the dependency is back.
 
-The generator here is a small server speaking the OpenAI streaming protocol, so that it can be made to fail on
-cue; the real vLLM server path is covered by tests/e2e."""
+The generator here is a small server speaking the OpenAI streaming protocol (tests.fakes.FakeOpenAIServer), so
+that it can be made to fail on cue; the real vLLM server path is covered by tests/e2e."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from sqlalchemy import create_engine, text
 from kb.adapters import openai_http
 from kb.settings import GeneratorSettings, IndexSettings, RateLimitSettings, Settings
 from service.app import create_app
+from tests.fakes import FakeOpenAIServer
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -41,98 +41,6 @@ ANSWER = ["The default upload ", "size limit is ", "100 MB per file."]
 REQUEST_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 0.5
 CLIENT_TIMEOUT_S = 60.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A generator server speaking the OpenAI chat-completions protocol, told how to misbehave.
-
-
-class FakeGenerator:
-    """`mode`: "stream" (a real streamed answer), "hang" (accept the request, never answer), "slow" (answer 500
-    long after the timeout), "500"/"502" (answer that status), "half" (one delta, then drop the connection), "stall"
-    (one delta, then silence)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.mode = "stream"
-        self.requests = 0
-        self._release = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:  # noqa: N802 - the models list, which the generator's readiness probe reads
-                if fake.mode == "stream":
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "kb-generator"}]}).encode())
-                elif fake.mode in ("hang", "slow"):
-                    fake._release.wait(30)
-                elif fake.mode.isdigit():
-                    self._send(int(fake.mode), json.dumps({"error": f"status {fake.mode}"}).encode())
-                else:
-                    self._send(503, b'{"error": "down"}')
-
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers["content-length"]))
-                fake.requests += 1
-                mode = fake.mode
-                if mode == "hang":
-                    fake._release.wait(30)
-                    return
-                if mode == "slow":
-                    fake._release.wait(REQUEST_TIMEOUT_S * 4)
-                    self._send(500, b'{"error": {"message": "too late"}}')
-                    return
-                if mode.isdigit():
-                    self._send(int(mode), json.dumps({"error": {"message": f"status {mode}"}}).encode())
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("connection", "close")
-                self.end_headers()
-                for text_ in ANSWER[:1] if mode in ("half", "stall") else ANSWER:
-                    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text_}}]}
-                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                    self.wfile.flush()
-                if mode == "half":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if mode == "stall":
-                    fake._release.wait(30)
-                    return
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.close_connection = True
-
-        self._release.clear()
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,15 +190,15 @@ def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def fake_generator() -> Iterator[FakeGenerator]:
-    fake = FakeGenerator(free_port())
+def fake_generator() -> Iterator[FakeOpenAIServer]:
+    fake = FakeOpenAIServer(deltas=ANSWER, slow_s=REQUEST_TIMEOUT_S * 4)
     yield fake
     fake.stop()
 
 
 @pytest.fixture(scope="module")
 def generator_app(
-    fake_generator: FakeGenerator, generator_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    fake_generator: FakeOpenAIServer, generator_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[httpx.Client, Any]]:
     """kb with the HTTP generator pointed at the fake's port (nothing listens there yet) and one document."""
     settings = Settings(
@@ -339,7 +247,7 @@ def assert_answers(client: httpx.Client) -> None:
     [("refused", 503), ("hang", 504), ("slow", 504), ("500", 503), ("502", 503)],
 )
 def test_a_generator_down_or_slow_fails_each_door_with_its_reason_then_recovers_by_itself(
-    generator_app: tuple[httpx.Client, Any], fake_generator: FakeGenerator, fault: str, status: int
+    generator_app: tuple[httpx.Client, Any], fake_generator: FakeOpenAIServer, fault: str, status: int
 ) -> None:
     client, _ = generator_app
     fake_generator.stop()
@@ -373,7 +281,7 @@ def test_a_generator_down_or_slow_fails_each_door_with_its_reason_then_recovers_
 
 @pytest.mark.parametrize(("fault", "status"), [("half", 503), ("stall", 504)])
 def test_a_generator_failing_mid_answer_ends_the_stream_with_an_error_event(
-    generator_app: tuple[httpx.Client, Any], fake_generator: FakeGenerator, fault: str, status: int
+    generator_app: tuple[httpx.Client, Any], fake_generator: FakeOpenAIServer, fault: str, status: int
 ) -> None:
     client, _ = generator_app
     fake_generator.stop()
@@ -483,13 +391,13 @@ def test_registry_unreachable_answers_503_writes_nothing_half_and_recovers(
 
 @pytest.mark.parametrize("fault", ["refused", "502"])
 def test_index_unreachable_answers_503_naming_the_index(
-    fake_generator: FakeGenerator, generator_model_dir: Path, tmp_path: Path, fault: str
+    fake_generator: FakeOpenAIServer, generator_model_dir: Path, tmp_path: Path, fault: str
 ) -> None:
     fake_generator.stop()
     fake_generator.mode = "stream"
     fake_generator.start()
     # Nothing listening, or a gateway in front of a Qdrant that is down (502 to everything).
-    gateway = FakeGenerator(free_port())
+    gateway = FakeOpenAIServer()
     if fault == "502":
         gateway.mode = "502"
         gateway.start()
@@ -505,7 +413,7 @@ def test_index_unreachable_answers_503_naming_the_index(
     with running(settings) as (client, app), contextlib.ExitStack() as cleanup:  # it starts although the index is down
         cleanup.callback(gateway.stop)
         wait_until(lambda: app.state.services.answers is not None, "the generator client started")
-        asked_before = fake_generator.requests
+        asked_before = len(fake_generator.requests)
         for path, body in (
             ("/v1/search", {"query": QUESTION}),
             ("/v1/ask", ASK),
@@ -520,4 +428,4 @@ def test_index_unreachable_answers_503_naming_the_index(
         assert ready.status_code == 503, ready.text
         checks = ready.json()["checks"]
         assert checks["index"].startswith("error") and checks["registry"] == "ok" and checks["generator"] == "ok"
-        assert fake_generator.requests == asked_before  # no source: the generator was never asked
+        assert len(fake_generator.requests) == asked_before  # no source: the generator was never asked

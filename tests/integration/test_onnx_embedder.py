@@ -1,5 +1,6 @@
 """The ONNX Runtime embedder against sentence-transformers on the same model."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from kb.adapters.onnx_embedder import OnnxEmbedder
 from kb.adapters.st_embedder import SentenceTransformersEmbedder
 from kb.container import embedder_model_path
+from kb.ports import Embedder
 from kb.settings import EmbedderSettings, Settings
 
 pytestmark = pytest.mark.integration
@@ -21,8 +23,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def reference() -> np.ndarray:
-    embedder = SentenceTransformersEmbedder(EmbedderSettings(), embedder_model_path(Settings()))
+def reference(embedder_on: Callable[[str], Embedder]) -> np.ndarray:
+    embedder = embedder_on("torch")
+    assert isinstance(embedder, SentenceTransformersEmbedder)
     return np.array(embedder.embed_documents(TEXTS))
 
 

@@ -1,18 +1,10 @@
-import re
-
 import pytest
 
 from ingest.chunk import MAX_SENTENCES, Chunker, chunk_id_for, html_table_rows, sentences
 from ingest.partition import Block, looks_like_heading
+from tests.fakes import WordTokens
 
 pytestmark = pytest.mark.unit
-
-
-class WordTokens:
-    """One token per word or CJK character: enough to test sizing without a model."""
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in re.finditer(r"[\u4e00-\u9fff]|[^\s\u4e00-\u9fff]+", text)]
 
 
 def chunker(max_tokens: int = 40, overlap: int = 8) -> Chunker:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ingest.pipeline import embed_chunks
 from kb.models import Chunk
+from tests.fakes import FakeEmbedder
 
 
-class RecordingEmbedder:
-    """Each text's vector names the text, so the test can tell which vector went where."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        self.calls.append(list(texts))
-        return [[float(len(self.calls)), float(i)] for i in range(len(texts))]
+def recording_embedder() -> FakeEmbedder:
+    """Each text's vector names its batch and its place in it, so the test can tell which vector went where."""
+    return FakeEmbedder(vector=lambda call, position, _text: [float(call), float(position)])
 
 
 def _chunk(text: str, ordinal: int, embed_text: str | None = None) -> Chunk:
@@ -25,7 +18,7 @@ def _chunk(text: str, ordinal: int, embed_text: str | None = None) -> Chunk:
 
 
 def test_sentences_are_embedded_with_their_chunks_in_one_call() -> None:
-    embedder = RecordingEmbedder()
+    embedder = recording_embedder()
     chunks = [
         _chunk("The first point. The second point.", 0, embed_text="Intro\nThe first point. The second point."),
         _chunk("只有中文。第二句。", 1),
@@ -48,8 +41,8 @@ def test_sentences_are_embedded_with_their_chunks_in_one_call() -> None:
 def test_a_multilingual_embedder_gets_chinese_sentences_and_none_turns_them_off() -> None:
     chunks = [_chunk("只有中文。第二句。", 0)]
 
-    _, multilingual = embed_chunks(RecordingEmbedder(), chunks, ["*"])  # type: ignore[arg-type]
-    embedder = RecordingEmbedder()
+    _, multilingual = embed_chunks(recording_embedder(), chunks, ["*"])  # type: ignore[arg-type]
+    embedder = recording_embedder()
     _, off = embed_chunks(embedder, chunks, None)  # type: ignore[arg-type]
 
     assert len(multilingual[0]) == 2
