@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-
 import pytest
 
 from kb.models import Passage
@@ -12,7 +10,7 @@ from service.ask.events import Citations, Done, Token
 from service.ask.packing import Budget
 from service.ask.pipeline import AskPipeline, Question
 from service.ask.prompt import no_information_answer
-from service.search.service import RetrievalResult
+from tests.fakes import FakeConversations, FakeGenerator, FakeRetrieval
 
 pytestmark = pytest.mark.unit
 
@@ -22,41 +20,10 @@ def passage(doc: str, ordinal: int, text: str, score: float = 0.5) -> Passage:
                    page=ordinal + 1, ordinal=ordinal)
 
 
-class FakeRetrieval:
-    def __init__(self, passages: list[Passage], relevant: bool = True) -> None:
-        self.result = RetrievalResult(passages, relevant, 0.8 if relevant else 0.1, 1.0, 1.0)
-
-    async def search(self, *args: object, **kwargs: object) -> RetrievalResult:
-        return self.result
-
-
-class FakeGenerator:
-    """Counts one token per word; streams a canned answer and records the prompt it was given."""
-
-    def __init__(self, answer: str, max_model_len: int = 4096) -> None:
-        self.answer, self._max = answer, max_model_len
-        self.messages: list[dict[str, str]] = []
-
-    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
-        self.messages = list(messages)
-        for word in self.answer.split(" "):
-            yield word + " "
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
-        return [self.count_tokens(t) + (2 if separator is not None else 0) for t in texts]  # 2: the separator
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max
-
-
 def service(passages: list[Passage], answer: str, relevant: bool = True, context_tokens: int = 3000) -> tuple[AskPipeline, FakeGenerator]:
     generator = FakeGenerator(answer)
     settings = RetrievalSettings(context_tokens=context_tokens)
-    return AskPipeline(FakeRetrieval(passages, relevant), generator, settings, GeneratorSettings()), generator  # type: ignore[arg-type]
+    return AskPipeline(FakeRetrieval(passages, relevant=relevant), generator, settings, GeneratorSettings()), generator  # type: ignore[arg-type]
 
 
 def budget(pipeline: AskPipeline, conversation_tokens: int = 0) -> Budget:
@@ -113,32 +80,12 @@ async def test_stream_events_and_the_final_answer_carry_citations() -> None:
     assert generator.messages[0]["role"] == "system"
 
 
-class MemoryConversations:
-    def __init__(self) -> None:
-        self.messages: dict[str, list[dict]] = {}
-
-    def add_message(self, conversation_id: str, role: str, content: str, sources: list | None = None) -> None:
-        self.messages.setdefault(conversation_id, []).append({"role": role, "content": content, "sources": sources or []})
-
-    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict]:
-        return self.messages.get(conversation_id, [])[-limit:]
-
-
-class RecordingRetrieval(FakeRetrieval):
-    def __init__(self, results: list[list[Passage]]) -> None:
-        self.results, self.queries = results, []
-
-    async def search(self, query: str, *args: object, **kwargs: object) -> RetrievalResult:
-        self.queries.append(query)
-        return RetrievalResult(self.results.pop(0), True, 0.8, 1.0, 1.0)
-
-
 async def test_a_follow_up_keeps_the_previous_sources_first_and_retrieves_with_context() -> None:
     first = [passage("a", 0, "Backups run nightly at 02:00."), passage("a", 1, "A restore takes two hours.")]
     second = [passage("b", 0, "Restores are tested every quarter."), passage("a", 1, "A restore takes two hours.")]
-    retrieval = RecordingRetrieval([first, second])
+    retrieval = FakeRetrieval(rounds=[first, second])
     generator = FakeGenerator("Backups run nightly at 02:00.")
-    conversations = MemoryConversations()
+    conversations = FakeConversations()
     answers = AskPipeline(retrieval, generator, RetrievalSettings(), GeneratorSettings(), conversations)  # type: ignore[arg-type]
 
     one = await answers.ask("When do backups run?")

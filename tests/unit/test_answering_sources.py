@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ from kb.settings import GeneratorSettings, RetrievalSettings
 from service.ask.pipeline import AskPipeline
 from service.ask.scope import documents_of_previous_turn, refers_to_previous_documents
 from service.search.service import RetrievalResult
+from tests.fakes import FakeConversations, FakeGenerator, FakeRetrieval
 
 pytestmark = pytest.mark.unit
 
@@ -21,77 +22,11 @@ def passage(doc: str, ordinal: int, text: str, groups: Sequence[str] = ("staff",
                    page=ordinal + 1, ordinal=ordinal, groups=list(groups))  # fmt: skip
 
 
-class FakeIndexRetrieval:
-    """Documents as lists of chunks; search returns the canned hits inside the filter, as the index would."""
-
-    def __init__(self, documents: dict[str, list[Passage]], hits: list[Passage], relevant: bool = True) -> None:
-        self.documents, self.hits, self.relevant = documents, hits, relevant
-        self.searches: list[tuple[str, SearchFilter | None, int | None]] = []
-
-    @staticmethod
-    def _inside(p: Passage, search_filter: SearchFilter | None) -> bool:
-        if search_filter is None:
-            return True
-        if search_filter.document_ids is not None and p.document_id not in search_filter.document_ids:
-            return False
-        return p.visible_to(search_filter.groups)
-
-    async def search(
-        self, query: str, top_k: int | None = None, filter: SearchFilter | None = None, **_: Any
-    ) -> RetrievalResult:
-        self.searches.append((query, filter, top_k))
-        found = [p for p in self.hits if self._inside(p, filter)][: top_k or 5]
-        return RetrievalResult(found, self.relevant and bool(found), 0.8, 1.0, 1.0)
-
-    def document_chunks(self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000) -> list[Passage]:
-        chunks = [p for p in self.documents.get(document_id, []) if self._inside(p, filter)]
-        return chunks[:limit]
-
-
-class FakeGenerator:
-    """One token per word; streams a canned answer and records the prompt it was given."""
-
-    def __init__(self, answer: str, max_model_len: int = 4096) -> None:
-        self.answer, self._max = answer, max_model_len
-        self.messages: list[dict[str, str]] = []
-
-    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
-        self.messages = list(messages)
-        for word in self.answer.split(" "):
-            yield word + " "
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
-        return [self.count_tokens(t) + (2 if separator is not None else 0) for t in texts]  # 2: the separator
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max
-
-    @property
-    def prompt(self) -> str:
-        return self.messages[1]["content"] if self.messages else ""
-
-
-class MemoryConversations:
-    def __init__(self) -> None:
-        self.messages: dict[str, list[dict[str, Any]]] = {}
-
-    def add_message(self, conversation_id: str, role: str, content: str, sources: list | None = None) -> None:
-        message = {"role": role, "content": content, "sources": sources or []}
-        self.messages.setdefault(conversation_id, []).append(message)
-
-    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        return self.messages.get(conversation_id, [])[-limit:]
-
-
 def build(
-    retrieval: FakeIndexRetrieval, answer: str = "An answer.", context_tokens: int = 3000, **settings: Any
-) -> tuple[AskPipeline, FakeGenerator, MemoryConversations]:
+    retrieval: FakeRetrieval, answer: str = "An answer.", context_tokens: int = 3000, **settings: Any
+) -> tuple[AskPipeline, FakeGenerator, FakeConversations]:
     generator = FakeGenerator(answer)
-    conversations = MemoryConversations()
+    conversations = FakeConversations()
     retrieval_settings = RetrievalSettings(context_tokens=context_tokens, **settings)
     service = AskPipeline(
         retrieval, generator, retrieval_settings, GeneratorSettings(), conversations  # type: ignore[arg-type]
@@ -109,7 +44,7 @@ HANDBOOK = [passage("handbook", i, f"Handbook chapter {i} on topic {i}. " + "fil
 
 
 async def test_a_document_that_fits_goes_in_whole_and_in_order_without_retrieval() -> None:
-    retrieval = FakeIndexRetrieval({"manual": MANUAL, "policy": POLICY}, hits=[MANUAL[4]])
+    retrieval = FakeRetrieval([MANUAL[4]], documents={"manual": MANUAL, "policy": POLICY})
     answers, generator, _ = build(retrieval)
 
     answer = await answers.ask("What does it say?", SearchFilter(document_ids=["policy", "manual"]))
@@ -123,7 +58,7 @@ async def test_a_document_that_fits_goes_in_whole_and_in_order_without_retrieval
 
 async def test_a_document_too_long_for_the_budget_falls_back_to_retrieval_inside_it() -> None:
     hits = [HANDBOOK[30], HANDBOOK[2], MANUAL[1]]
-    retrieval = FakeIndexRetrieval({"manual": MANUAL, "handbook": HANDBOOK}, hits=hits)
+    retrieval = FakeRetrieval(hits, documents={"manual": MANUAL, "handbook": HANDBOOK})
     answers, generator, _ = build(retrieval, context_tokens=800)
 
     await answers.ask("Which topic?", SearchFilter(document_ids=["manual", "handbook"]))
@@ -138,7 +73,7 @@ async def test_a_document_too_long_for_the_budget_falls_back_to_retrieval_inside
 
 async def test_whole_documents_only_hold_chunks_the_caller_may_read() -> None:
     mixed = [passage("mixed", 0, "Public part of the plan."), passage("mixed", 1, "Secret salaries.", groups=["hr"])]
-    retrieval = FakeIndexRetrieval({"mixed": mixed}, hits=[])
+    retrieval = FakeRetrieval([], documents={"mixed": mixed})
     answers, generator, _ = build(retrieval)
 
     await answers.ask("Summarise", SearchFilter(groups=["staff"], document_ids=["mixed"]))
@@ -152,7 +87,7 @@ async def test_neighbours_are_packed_with_their_hit_once_each_in_document_order(
     hit_a.context = chunks[1:4]
     hit_b = passage("guide", 4, "Guide part 4.", score=0.8)
     hit_b.context = chunks[3:6]  # shares part 3 with the first hit
-    retrieval = FakeIndexRetrieval({}, hits=[hit_a, hit_b])
+    retrieval = FakeRetrieval([hit_a, hit_b])
     answers, generator, conversations = build(retrieval, expand_neighbours=1)
 
     answer = await answers.ask("What do parts 2 and 4 say?")
@@ -167,7 +102,7 @@ async def test_a_neighbourhood_that_does_not_fit_leaves_its_hit_alone() -> None:
     long_neighbour = passage("guide", 1, "word " * 500)
     hit = passage("guide", 2, "Guide part 2.")
     hit.context = [long_neighbour, hit]
-    answers, generator, _ = build(FakeIndexRetrieval({}, hits=[hit]), context_tokens=400, expand_neighbours=1)
+    answers, generator, _ = build(FakeRetrieval([hit]), context_tokens=400, expand_neighbours=1)
 
     await answers.ask("What does part 2 say?")
 
@@ -188,7 +123,7 @@ def test_documents_of_the_previous_turn_are_those_it_cited_else_all_it_used() ->
 
 
 async def test_this_document_in_a_conversation_means_the_documents_the_previous_answer_cited() -> None:
-    retrieval = FakeIndexRetrieval({"manual": MANUAL, "policy": POLICY}, hits=[MANUAL[3], POLICY[1]])
+    retrieval = FakeRetrieval([MANUAL[3], POLICY[1]], documents={"manual": MANUAL, "policy": POLICY})
     answers, generator, _ = build(retrieval, answer="Step 3 of the setup [1].")
     first = await answers.ask("What is step 3?")
 
@@ -201,7 +136,7 @@ async def test_this_document_in_a_conversation_means_the_documents_the_previous_
 async def test_reused_sources_of_a_conversation_are_checked_against_the_callers_groups() -> None:
     secret = passage("salaries", 0, "Salaries rise by 3 percent in May.", groups=["hr"])
     public = passage("calendar", 0, "The office closes in May for a week.", groups=["staff"])
-    retrieval = FakeIndexRetrieval({}, hits=[secret, public])
+    retrieval = FakeRetrieval([secret, public])
     answers, generator, _ = build(retrieval)
     first = await answers.ask("What happens in May?", SearchFilter(groups=["hr", "staff"]))
     assert "Salaries rise" in generator.prompt
@@ -215,12 +150,12 @@ async def test_reused_sources_of_a_conversation_are_checked_against_the_callers_
 
 
 async def test_a_source_the_caller_may_not_read_never_reaches_the_prompt() -> None:
-    class LeakyRetrieval(FakeIndexRetrieval):
+    class LeakyRetrieval(FakeRetrieval):
         async def search(self, query: str, *args: Any, **kwargs: Any) -> RetrievalResult:
             return RetrievalResult(self.hits, True, 0.8, 1.0, 1.0)  # ignores the filter, as a faulty index might
 
     secret = passage("salaries", 0, "Salaries rise by 3 percent in May.", groups=["hr"])
-    answers, generator, _ = build(LeakyRetrieval({}, hits=[secret]))
+    answers, generator, _ = build(LeakyRetrieval([secret]))
 
     answer = await answers.ask("What rises in May?", SearchFilter(groups=["staff"]))
 
@@ -229,7 +164,7 @@ async def test_a_source_the_caller_may_not_read_never_reaches_the_prompt() -> No
 
 
 async def test_retrieval_depth_follows_the_context_budget() -> None:
-    retrieval = FakeIndexRetrieval({}, hits=[MANUAL[0]])
+    retrieval = FakeRetrieval([MANUAL[0]])
     small, _, _ = build(retrieval, context_tokens=1000)
     large, _, _ = build(retrieval, context_tokens=100_000)
     await small.ask("What is step 0?")
