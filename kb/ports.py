@@ -93,6 +93,19 @@ class Reranker(Protocol):
         ...
 
 
+class GeneratorServerError(RuntimeError):
+    """A generator's server reported an error inside the stream, or answered something that is not a completion
+    stream. These errors are part of the Generator contract: the service maps them to 502/503/504 problems."""
+
+
+class GeneratorUnavailable(GeneratorServerError):
+    """The server answered 5xx (or 429): overloaded, starting or failing over; worth another attempt."""
+
+
+class GeneratorTimeout(GeneratorServerError):
+    """No first token within the request timeout, however many attempts that took."""
+
+
 @runtime_checkable
 class Generator(Protocol):
     """Streams the answer to a chat; cancelling the iterator aborts the request in the engine."""

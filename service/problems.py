@@ -94,7 +94,7 @@ def _classify(exc: BaseException) -> DependencyFailure | None:
     import httpx
     from sqlalchemy import exc as sql
 
-    from kb.adapters.openai_http import GeneratorServerError, GeneratorTimeout, GeneratorUnavailable
+    from kb.ports import GeneratorServerError, GeneratorTimeout, GeneratorUnavailable
 
     kind, module = type(exc).__name__, type(exc).__module__
     if isinstance(exc, sql.OperationalError | sql.TimeoutError) or (

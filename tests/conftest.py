@@ -1,4 +1,5 @@
-"""Shared fixtures: the converted default generator model and a vLLM OpenAI-compatible server."""
+"""Shared fixtures: the converted default generator model, the in-process engine and a vLLM OpenAI-compatible
+server (each started once for the session: a start of vLLM on a CPU takes a minute)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
+import pytest_asyncio  # noqa: E402
 
+from kb.adapters.vllm_engine import VllmEngineGenerator  # noqa: E402
 from kb.model_store import ensure_smollm2  # noqa: E402
-from kb.settings import GeneratorSettings  # noqa: E402
+from kb.ports import Embedder  # noqa: E402
+from kb.settings import EmbedderSettings, GeneratorSettings, Settings  # noqa: E402
 from tests.support import free_port, log_tail, stop_process_group  # noqa: E402
 
 SERVER_START_TIMEOUT_S = 300.0
@@ -31,6 +35,37 @@ SERVER_MAX_MODEL_LEN = 4096
 def generator_model_dir() -> Path:
     models_dir = Path(os.environ.get("KB_MODELS_DIR") or Path.home() / ".cache" / "kb" / "models")
     return ensure_smollm2(models_dir)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def vllm_engine(generator_model_dir: Path) -> AsyncIterator[VllmEngineGenerator]:
+    """The in-process engine with the default settings. Its requests run on the session's event loop: a test that
+    uses it runs there too (`@pytest.mark.asyncio(loop_scope="session")`)."""
+    generator = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
+    started = time.perf_counter()
+    await generator.start()
+    print(f"\nin-process engine start: {time.perf_counter() - started:.1f}s")
+    yield generator
+    await generator.close()
+    assert not await generator.ready()
+
+
+@pytest.fixture(scope="session")
+def embedder_on() -> Callable[[str], Embedder]:
+    """The default embedding model on a backend ("torch", "onnx" or "onnx-int8"), built through the container once
+    per session: loading it takes seconds, and the first ONNX export far longer (then it is kept in the models
+    directory, as in production)."""
+    from kb.container import build_embedder
+
+    built: dict[str, Embedder] = {}
+
+    def on(backend: str) -> Embedder:
+        if backend not in built:
+            settings = Settings(embedder=EmbedderSettings(backend=backend))  # type: ignore[arg-type]
+            built[backend] = build_embedder(settings)
+        return built[backend]
+
+    return on
 
 
 @pytest.fixture(scope="session")

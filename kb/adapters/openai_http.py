@@ -1,17 +1,26 @@
-"""Generator backed by a vLLM OpenAI-compatible server (production mode), streamed over HTTP with SSE."""
+"""Generator backed by a vLLM OpenAI-compatible server (production mode), streamed over HTTP with SSE.
+
+The stream is decoded by httpx-sse rather than the `openai` client because it keeps our httpx client as it is (its
+timeouts, the exceptions service/problems.py maps to 503/504, closing the response to abort the request) and lets
+us insist on `data: [DONE]`, whereas the `openai` client wraps every error in its own types and ends a stream that
+the server cut mid-answer as if it were complete."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 from tenacity import AsyncRetrying, RetryCallState, before_sleep_log, retry_if_exception, wait_exponential
 
+from kb.ports import GeneratorServerError, GeneratorTimeout, GeneratorUnavailable  # noqa: F401 - raised here, re-exported
+from kb.prompt_tokens import PromptTokenCache
 from kb.settings import GeneratorSettings
 
 logger = logging.getLogger(__name__)
@@ -25,18 +34,6 @@ BACKOFF_MAX_S = 8.0
 CHARS_PER_TOKEN_ESTIMATE = 4
 
 
-class GeneratorServerError(RuntimeError):
-    """The server reported an error inside the stream, or answered something that is not a completion stream."""
-
-
-class GeneratorUnavailable(GeneratorServerError):
-    """The server answered 5xx (or 429): overloaded, starting or failing over; worth another attempt."""
-
-
-class GeneratorTimeout(GeneratorServerError):
-    """No first token within the request timeout, however many attempts that took."""
-
-
 # A health probe of the server answers at once or not at all: /readyz never waits for the request timeout.
 READY_TIMEOUT_S = 3.0
 
@@ -45,14 +42,6 @@ def _retryable(exc: BaseException) -> bool:
     # Not a read timeout: the server is up and working on it (a long prefill, a queue); sending the request again
     # would only add to its load.
     return isinstance(exc, GeneratorUnavailable | httpx.ConnectError | httpx.ConnectTimeout | httpx.RemoteProtocolError)
-
-
-def parse_sse_data(line: str) -> str | None:
-    """The payload of an SSE `data:` line; None for comments, other fields and blank keep-alive lines."""
-    if not line.startswith("data:"):
-        return None
-    payload = line[len("data:") :]
-    return payload[1:] if payload.startswith(" ") else payload
 
 
 def delta_text(chunk: dict[str, Any]) -> str:
@@ -69,17 +58,18 @@ def delta_text(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def iter_sse_deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Text deltas from the lines of an OpenAI chat-completions SSE stream, up to `data: [DONE]`."""
-    async for line in lines:
-        data = parse_sse_data(line)
-        if data is None or not data.strip():
-            continue
-        if data.strip() == "[DONE]":
-            return
-        text = delta_text(json.loads(data))
-        if text:
-            yield text
+async def iter_sse_deltas(events: AsyncGenerator[ServerSentEvent, None]) -> AsyncIterator[str]:
+    """Text deltas from the events of an OpenAI chat-completions SSE stream, up to `data: [DONE]`."""
+    async with aclosing(events):
+        async for event in events:
+            data = event.data.strip()
+            if not data:
+                continue
+            if data == "[DONE]":
+                return
+            text = delta_text(json.loads(data))
+            if text:
+                yield text
     # A body delimited by the connection's end looks complete when the server died mid-answer: only [DONE] says
     # the answer is whole.
     raise GeneratorUnavailable("the generator server closed the stream before it finished")
@@ -96,6 +86,7 @@ class OpenAIHttpGenerator:
         self._settings = settings
         self._model_dir = Path(model_dir) if model_dir else None
         self._tokenizer: Any = None
+        self._prompt_tokens: PromptTokenCache | None = None
         self._client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {settings.api_key}"},
@@ -176,8 +167,13 @@ class OpenAIHttpGenerator:
                 retryable = response.status_code >= 500 or response.status_code == httpx.codes.TOO_MANY_REQUESTS
                 error = GeneratorUnavailable if retryable else GeneratorServerError
                 raise error(f"generator server answered {response.status_code}: {response.text[:500]}")
-            deltas = iter_sse_deltas(response.aiter_lines())
-            first = await anext(deltas, None)
+            deltas = iter_sse_deltas(EventSource(response).aiter_sse())
+            try:
+                first = await anext(deltas, None)
+            except SSEError as exc:
+                # Such a body (a proxy's page) read as a stream cut before [DONE] with the hand-written parser:
+                # the same status and retries as that.
+                raise GeneratorUnavailable(f"the generator server answered no event stream: {exc}") from exc
         except BaseException:
             await response.aclose()
             raise
@@ -190,7 +186,24 @@ class OpenAIHttpGenerator:
             return max(1, -(-len(text) // CHARS_PER_TOKEN_ESTIMATE)) if text else 0
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def count_tokens_many(self, texts: Sequence[str], separator: str | None = None) -> list[int]:
+        """As the in-process engine counts them (kb.prompt_tokens), so both generators pack the same sources; the
+        server tokenizes the prompt itself, so the pieces kept here only spare counting a source twice."""
+        if not texts:
+            return []
+        if self._tokenizer is None and self._model_dir is not None:
+            self._tokenizer = self._load_tokenizer()
+        if self._tokenizer is None:
+            return [self.count_tokens(text + (separator or "")) for text in texts]
+        if self._prompt_tokens is None:
+            self._prompt_tokens = PromptTokenCache(self._tokenizer)
+        if separator is not None:
+            return self._prompt_tokens.count_between(texts, separator)
+        return [len(ids) for ids in self._prompt_tokens.encode_many(list(texts))]
+
     async def ready(self) -> bool:
+        if self._client.is_closed:
+            return False
         try:
             response = await self._client.get("models", timeout=httpx.Timeout(
                 min(READY_TIMEOUT_S, self._settings.request_timeout_s), connect=self._settings.connect_timeout_s))

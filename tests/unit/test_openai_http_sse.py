@@ -1,4 +1,4 @@
-"""OpenAIHttpGenerator's SSE parsing, retry and close behaviour on canned HTTP responses (no server)."""
+"""OpenAIHttpGenerator's SSE reading, retry and close behaviour on canned HTTP responses (no server)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from kb.adapters import openai_http
-from kb.adapters.openai_http import GeneratorServerError, OpenAIHttpGenerator, parse_sse_data
-from kb.ports import Generator
+from kb.adapters.openai_http import OpenAIHttpGenerator
+from kb.ports import Generator, GeneratorServerError, GeneratorUnavailable
 from kb.settings import GeneratorSettings
 
 SETTINGS = GeneratorSettings(backend="openai", base_url="http://server.test/v1", api_key="secret")
 CHAT = [{"role": "user", "content": "Hi"}]
+EVENT_STREAM = {"content-type": "text/event-stream; charset=utf-8"}  # what vLLM's server sends
 
 
 def chunk(content: str | None, finish_reason: str | None = None) -> bytes:
@@ -40,13 +41,22 @@ async def collect(stream: AsyncIterator[str]) -> list[str]:
     return [delta async for delta in stream]
 
 
-def test_parse_sse_data() -> None:
-    assert parse_sse_data("data: {}") == "{}"
-    assert parse_sse_data("data:{}") == "{}"
-    assert parse_sse_data("data: [DONE]") == "[DONE]"
-    assert parse_sse_data(": comment") is None
-    assert parse_sse_data("event: message") is None
-    assert parse_sse_data("") is None
+@pytest.mark.asyncio
+async def test_reads_the_data_of_each_event_whatever_else_the_stream_holds() -> None:
+    # A data field with or without its space, comments, other fields, blank keep-alive events; [DONE] ends it.
+    content = (
+        b": comment\n\n"
+        + b'data:{"choices":[{"delta":{"content":"no space"}}]}\n\n'
+        + b'event: message\nid: 7\nretry: 100\ndata: {"choices":[{"delta":{"content":" named"}}]}\n\n'
+        + b"data:\n\ndata: \n\n"
+        + b"data: [DONE]\n\n"
+        + chunk(" after the end")
+    )
+    generator = OpenAIHttpGenerator(
+        SETTINGS, transport=httpx.MockTransport(lambda r: httpx.Response(200, headers=EVENT_STREAM, content=content))
+    )
+    assert await collect(generator.stream(CHAT)) == ["no space", " named"]
+    await generator.close()
 
 
 @pytest.mark.asyncio
@@ -60,7 +70,7 @@ async def test_streams_deltas_and_sends_an_openai_request() -> None:
             for i in range(0, len(CANNED_STREAM), 7):
                 yield CANNED_STREAM[i : i + 7]
 
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=parts())
+        return httpx.Response(200, headers=EVENT_STREAM, content=parts())
 
     generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(handler))
     assert isinstance(generator, Generator)
@@ -86,7 +96,8 @@ async def test_streams_deltas_and_sends_an_openai_request() -> None:
 @pytest.mark.asyncio
 async def test_error_event_in_the_stream_raises() -> None:
     content = chunk("Hel") + b'data: {"error": {"message": "engine died", "code": 500}}\n\n'
-    generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(lambda r: httpx.Response(200, content=content)))
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, headers=EVENT_STREAM, content=content))
+    generator = OpenAIHttpGenerator(SETTINGS, transport=transport)
     with pytest.raises(GeneratorServerError, match="engine died"):
         await collect(generator.stream(CHAT))
     await generator.close()
@@ -102,6 +113,30 @@ async def test_http_error_status_raises_with_the_body() -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_answer_that_is_no_event_stream_is_retried_as_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_http, "BACKOFF_BASE_S", 0.0)
+    attempts = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # a proxy's page in place of the server
+            return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>sign in</html>")
+        return httpx.Response(200, headers=EVENT_STREAM, content=CANNED_STREAM)
+
+    generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(handler))
+    assert "".join(await collect(generator.stream(CHAT))) == "Hello, world!"
+    assert attempts == 2
+    await generator.close()
+
+    always_html = httpx.MockTransport(lambda r: httpx.Response(200, headers={"content-type": "text/html"}))
+    generator = OpenAIHttpGenerator(SETTINGS, transport=always_html)
+    with pytest.raises(GeneratorUnavailable, match="no event stream"):
+        await collect(generator.stream(CHAT))
+    await generator.close()
+
+
+@pytest.mark.asyncio
 async def test_connection_errors_before_the_first_token_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(openai_http, "BACKOFF_BASE_S", 0.0)
     attempts = 0
@@ -111,7 +146,7 @@ async def test_connection_errors_before_the_first_token_are_retried(monkeypatch:
         attempts += 1
         if attempts < 3:
             raise httpx.ConnectError("connection refused", request=request)
-        return httpx.Response(200, content=CANNED_STREAM)
+        return httpx.Response(200, headers=EVENT_STREAM, content=CANNED_STREAM)
 
     generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(handler))
     assert "".join(await collect(generator.stream(CHAT))) == "Hello, world!"
@@ -144,7 +179,7 @@ async def test_errors_after_the_first_token_are_not_retried() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal attempts
         attempts += 1
-        return httpx.Response(200, stream=BrokenStream())
+        return httpx.Response(200, headers=EVENT_STREAM, stream=BrokenStream())
 
     generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(handler))
     received: list[str] = []
@@ -173,7 +208,8 @@ class EndlessStream(httpx.AsyncByteStream):
 @pytest.mark.asyncio
 async def test_closing_the_iterator_closes_the_response() -> None:
     body = EndlessStream()
-    generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(lambda r: httpx.Response(200, stream=body)))
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, headers=EVENT_STREAM, stream=body))
+    generator = OpenAIHttpGenerator(SETTINGS, transport=transport)
     stream = generator.stream(CHAT)
     async with aclosing(stream):
         assert await anext(stream) == "tok1 "
@@ -187,3 +223,18 @@ def test_count_tokens_estimates_without_a_tokenizer() -> None:
     assert generator.count_tokens("") == 0
     assert generator.count_tokens("abcd" * 10) == 10
     assert generator.max_model_len == SETTINGS.max_model_len
+    assert generator.count_tokens_many([]) == []
+    assert generator.count_tokens_many(["abcd" * 10, "", "abc"]) == [10, 0, 1]
+    # Between separators: what the text and its separator add.
+    assert generator.count_tokens_many(["abcd" * 10, "ab"], "\n\n") == [11, 1]
+
+
+@pytest.mark.asyncio
+async def test_closed_it_is_not_ready_and_streams_nothing() -> None:
+    generator = OpenAIHttpGenerator(SETTINGS, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    assert await generator.ready()
+    await generator.close()
+    await generator.close()
+    assert not await generator.ready()
+    with pytest.raises(RuntimeError):
+        await anext(generator.stream(CHAT))
