@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,7 +23,8 @@ from service.ask.prompt import no_information_answer
 from service.ask.scope import documents_of_previous_turn
 from service.search.service import RetrievalService
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+# On the session's loop: the shared in-process engine (tests/conftest.py vllm_engine) runs its requests there.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 HANDBOOK = [
     "Leave policy. Every employee accrues two days of paid leave per month.",
@@ -61,8 +61,8 @@ class Stack:
         return [m for m in self.registry.conversation(conversation_id, 100) if m["role"] == "assistant"][-1]["sources"]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory, generator_model_dir: Path) -> AsyncIterator[Stack]:
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory, vllm_engine: VllmEngineGenerator) -> AsyncIterator[Stack]:
     directory = tmp_path_factory.mktemp("documents")
     settings = Settings(data_dir=directory)
     embedder = build_embedder(settings)
@@ -74,13 +74,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, generator_model_dir: P
     ):
         index.upsert(document, embedder.embed_documents([c.text for c in document]))
     registry = SqlRegistry(f"sqlite:///{directory / 'registry.sqlite3'}")
-    generator = VllmEngineGenerator(GeneratorSettings(), generator_model_dir)
-    await generator.start()
     retrieval = RetrievalService(embedder, index, RetrievalSettings(), languages=settings.embedder.languages)
     try:
-        yield Stack(retrieval, generator, registry)
+        yield Stack(retrieval, vllm_engine, registry)
     finally:
-        await generator.close()
         registry.close()
         index.close()
 
