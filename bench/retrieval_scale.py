@@ -90,8 +90,8 @@ def run(
     import os
 
     from ingest.chunk import sentences
-    from kb.adapters.bm25 import HybridFusion
     from kb.adapters.edge_index import EdgeVectorIndex
+    from kb.index.fusion import HybridFusion
     from kb.models import SearchFilter
 
     rng = random.Random(seed)

@@ -15,11 +15,11 @@ from typing import Protocol
 
 from ingest.partition import Block
 from kb.models import Chunk
+from kb.text import HAN
 
 _CHUNK_NAMESPACE = uuid.UUID("6f1c1f8e-2f55-4a8e-9a57-3d1f0d6b2c11")
 # A sentence ends at Western or CJK terminal punctuation (followed by space for Western) or at a line break.
 _PARAGRAPH_END = re.compile(r"[。！？.!?:：;；)）\]】\"”]$")
-_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _SENTENCE_SPLIT = re.compile(r"(?<=[。！？；])|(?<=[.!?;])\s+|\n+")
 
 
@@ -258,7 +258,7 @@ def _joiner(before: str, after: str) -> str:
     """PDF text layers often give one element per line: continue the sentence unless the previous unit ended one."""
     if _PARAGRAPH_END.search(before) or after.startswith("|") or before.endswith("|"):
         return "\n"
-    return "" if _CJK_CHAR.match(before[-1]) and _CJK_CHAR.match(after[0]) else " "
+    return "" if HAN.match(before[-1]) and HAN.match(after[0]) else " "
 
 
 def _truncate_heading(section: str | None, limit: int = 120) -> str | None:

@@ -32,6 +32,7 @@ from ingest.formats import (
     expand_zip,
     sniff_content_type,
 )
+from kb.text import CJK_PUNCTUATION_RANGES, HAN, HAN_RANGES
 
 # unstructured phones home and prints a banner unless told not to; nothing may leave this machine.
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
@@ -51,9 +52,8 @@ BlockKind = Literal["heading", "text", "table"]
 
 # Layout noise that would only pollute retrieval.
 _SKIPPED_CATEGORIES = {"PageBreak", "Header", "Footer", "PageNumber", "Image", "Figure", "FigureCaption_"}
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _COMPAT_CHARS = re.compile(r"[\u2e80-\u2fdf\ufb00-\ufb06]")
-_CJK_OR_PUNCT = r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
+_CJK_OR_PUNCT = f"[{HAN_RANGES}{CJK_PUNCTUATION_RANGES}]"
 _CJK_GAP = re.compile(rf"(?<={_CJK_OR_PUNCT})[ \t]+(?={_CJK_OR_PUNCT})")
 _SENTENCE_END = re.compile(r"[。！？；.!?;:：]\s*$")
 
@@ -74,7 +74,7 @@ def _unwrap(text: str) -> str:
         lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
         joined = lines[0] if lines else ""
         for line in lines[1:]:
-            joined += ("" if _CJK.match(joined[-1]) and _CJK.match(line[0]) else " ") + line
+            joined += ("" if HAN.match(joined[-1]) and HAN.match(line[0]) else " ") + line
         if joined:
             paragraphs.append(joined)
     return "\n".join(paragraphs)
@@ -85,7 +85,7 @@ def looks_like_heading(text: str) -> bool:
     stripped = text.strip()
     if not stripped or "\n" in stripped:
         return False
-    limit = 40 if _CJK.search(stripped) else 120
+    limit = 40 if HAN.search(stripped) else 120
     return len(stripped) <= limit and not _SENTENCE_END.search(stripped)
 
 
@@ -328,7 +328,7 @@ def _ocr(path: Path, filename: str, mime: str) -> list:
     elements = _partition(path, filename, mime, "ocr_only", None)
     for element in elements:
         # Tesseract's chi_sim puts a space between every few characters: "新 鲜 甘 草 黄酮" -> "新鲜甘草黄酮".
-        if element.text and _CJK.search(element.text):
+        if element.text and HAN.search(element.text):
             element.text = _CJK_GAP.sub("", element.text)
     return elements
 

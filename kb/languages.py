@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 from kb.ports import SearchMode
+from kb.text import CJK, HANGUL, KANA
 
-# Han, Hiragana/Katakana, Hangul (and their punctuation and compatibility blocks).
-_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 _LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 MULTILINGUAL = "*"
 
@@ -16,12 +15,12 @@ def query_language(text: str) -> str:
     """A coarse script-level guess: "zh" / "ja" / "ko" when there are at least as many CJK characters (each about a
     word) as Latin-script words, else "en" (any Latin-script query; the default embedder is English-only, so finer
     detection would change nothing)."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK.findall(text))
     if cjk == 0 or cjk < len(_LATIN_WORD.findall(text)):
         return "en"
-    if re.search(r"[\u3040-\u30ff]", text):
+    if KANA.search(text):
         return "ja"
-    if re.search(r"[\uac00-\ud7af]", text):
+    if HANGUL.search(text):
         return "ko"
     return "zh"
 

@@ -41,12 +41,12 @@ class IndexSettings(BaseModel):
     fusion: Literal["rrf", "dbsf"] = "dbsf"
     candidates: int = 50
     # Whole-number weight of each list in the fusion (a list of weight n is prefetched n times): chunk vectors, BM25,
-    # and the candidates of both re-scored by their best sentence (kb.adapters.bm25.HybridFusion). BM25 counts most
+    # and the candidates of both re-scored by their best sentence (kb.index.fusion.HybridFusion). BM25 counts most
     # by default: the English-only MiniLM is the weaker model on specialised text (bench/RESULTS.md).
     dense_weight: int = Field(default=1, ge=0)
     sparse_weight: int = Field(default=3, ge=0)
     sentence_weight: int = Field(default=2, ge=0)
-    # Query weights of the BM25 vector's phrase terms beside its words (kb.adapters.bm25.Bm25Terms): adjacent word
+    # Query weights of the BM25 vector's phrase terms beside its words (kb.index.bm25.Bm25Terms): adjacent word
     # pairs, and adjacent Han characters for Chinese. Query-side only: 0 turns a kind off without re-indexing.
     # Chunks indexed before these terms existed match on words alone until they are ingested again.
     bm25_pair_weight: float = Field(default=0.25, ge=0)

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qdrant_edge import (
     CountRequest,
@@ -37,67 +37,82 @@ from qdrant_edge import (
     VectorStorageDatatype,
 )
 
-if TYPE_CHECKING:
-    from qdrant_edge import ConditionType
-
-from kb.adapters.bm25 import (
-    DENSE_VECTOR,
-    RRF_K,
-    SENTENCE_VECTOR,
-    SPARSE_VECTOR,
-    Bm25Encoder,
-    Bm25Terms,
-    HybridFusion,
-    sentence_multivector,
-    sentence_vectors_per_chunk,
-)
+from kb.index import plan
+from kb.index.bm25 import Bm25Encoder, Bm25Terms
+from kb.index.fusion import RRF_K, HybridFusion
+from kb.index.schema import DENSE_VECTOR, PAYLOAD_INDEXES, SENTENCE_VECTOR, SPARSE_VECTOR, PayloadIndex
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
 log = logging.getLogger(__name__)
 
-_PAYLOAD_INDEXES: dict[str, PayloadSchemaType | KeywordIndexParams] = {
-    "document_id": PayloadSchemaType.Keyword,
-    "groups": KeywordIndexParams(is_tenant=True),
-    "version": PayloadSchemaType.Integer,
-    "state": PayloadSchemaType.Keyword,
-    "ordinal": PayloadSchemaType.Integer,  # neighbouring chunks
-    "created_at": PayloadSchemaType.Datetime,
+_PAYLOAD_SCHEMA: dict[PayloadIndex, PayloadSchemaType | KeywordIndexParams] = {
+    "keyword": PayloadSchemaType.Keyword,
+    "tenant": KeywordIndexParams(is_tenant=True),
+    "integer": PayloadSchemaType.Integer,
+    "datetime": PayloadSchemaType.Datetime,
 }
 
 
-class _MatchesNothing(Exception):
-    """A filter with an empty list (e.g. a caller in no group) can match no chunk."""
+def _condition(condition: plan.Condition) -> FieldCondition:
+    match condition:
+        case plan.Match(key, value):
+            return FieldCondition(key=key, match=MatchValue(value))
+        case plan.MatchAny(key, values):
+            return FieldCondition(key=key, match=MatchAny(list(values)))
+        case plan.NumberRange(key, gte, lte, lt):
+            return FieldCondition(key=key, range=RangeFloat(gte=gte, lte=lte, lt=lt))
+        case plan.DatetimeRange(key, gte, lt):
+            return FieldCondition(key=key, range=RangeDateTime(gte=gte, lt=lt))
+    raise TypeError(f"unknown condition {condition!r}")
 
 
-# A new version's chunks are written "staged" and are invisible until `publish` swaps them in.
-_NOT_STAGED = FieldCondition(key="state", match=MatchValue("staged"))
+def _filter(conditions: plan.Conditions) -> Filter:
+    return Filter(
+        must=[_condition(c) for c in conditions.must] or None,
+        must_not=[_condition(c) for c in conditions.must_not] or None,
+    )
 
 
-def _document_filter(document_id: str, *conditions: ConditionType) -> Filter:
-    return Filter(must=[FieldCondition(key="document_id", match=MatchValue(document_id)), *conditions])
+def _search_request(search: plan.SearchPlan) -> QueryRequest:
+    edge_filter = _filter(search.conditions)
 
+    def query(using: str) -> Query:
+        if using == DENSE_VECTOR:
+            return Query.Nearest(search.dense, using=DENSE_VECTOR)
+        if using == SPARSE_VECTOR:
+            return Query.Nearest(search.sparse, using=SPARSE_VECTOR)  # type: ignore[arg-type]
+        return Query.Nearest([search.dense], using=SENTENCE_VECTOR)
 
-def _edge_filter(search_filter: SearchFilter | None, *extra: ConditionType) -> Filter:
-    conditions: list[ConditionType] = list(extra)
-    for key, values in (
-        ("groups", search_filter.groups if search_filter else None),
-        ("document_id", search_filter.document_ids if search_filter else None),
-    ):
-        if values is None:
-            continue
-        if not values:
-            raise _MatchesNothing
-        conditions.append(FieldCondition(key=key, match=MatchAny(list(values))))
-    if search_filter is not None:
-        for key, values in search_filter.metadata_conditions():
-            if not values:
-                raise _MatchesNothing
-            conditions.append(FieldCondition(key=key, match=MatchAny(values)))
-        gte, lt = search_filter.created_range()
-        if gte or lt:
-            conditions.append(FieldCondition(key="created_at", range=RangeDateTime(gte=gte, lt=lt)))
-    return Filter(must=conditions or None, must_not=[_NOT_STAGED])
+    if search.using is not None:
+        return QueryRequest(
+            limit=search.limit, query=query(search.using), filter=edge_filter, with_payload=True, with_vector=False
+        )
+    translated: dict[plan.Side, Prefetch] = {}
+
+    def prefetch(side: plan.Side) -> Prefetch:
+        # Each side once: a side fused n times (its weight) and re-scored by the sentence side is one Prefetch.
+        if side not in translated:
+            if side.rescores:
+                translated[side] = Prefetch(
+                    limit=side.limit,
+                    query=query(side.using),
+                    prefetches=[prefetch(s) for s in side.rescores],
+                    filter=edge_filter,
+                )
+            else:
+                translated[side] = Prefetch(limit=side.limit, query=query(side.using), filter=edge_filter)
+        return translated[side]
+
+    return QueryRequest(
+        limit=search.limit,
+        prefetches=[prefetch(side) for side in search.sides],
+        # The stubs omit Fusion's variants.
+        query=Fusion.Rrf(k=RRF_K) if search.fusion == "rrf" else Fusion.Dbsf(),  # type: ignore[arg-type]
+        filter=edge_filter,
+        with_payload=True,
+        with_vector=False,
+    )
 
 
 def _config(dimension: int, *, sentences: bool) -> EdgeConfig:
@@ -161,9 +176,9 @@ class EdgeVectorIndex:
 
     def _ensure_payload_indexes(self) -> None:
         existing = self._shard.info().payload_schema
-        for field, schema in _PAYLOAD_INDEXES.items():
+        for field, kind in PAYLOAD_INDEXES.items():
             if field not in existing:
-                self._shard.update(UpdateOperation.create_field_index(field, schema))
+                self._shard.update(UpdateOperation.create_field_index(field, _PAYLOAD_SCHEMA[kind]))
         self._shard.flush()
 
     def _check_open(self) -> None:
@@ -176,19 +191,15 @@ class EdgeVectorIndex:
         vectors: Sequence[Sequence[float]],
         sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
-        per_chunk = sentence_vectors_per_chunk(chunks, vectors, sentence_vectors)
-        if not chunks:
+        planned = plan.points(chunks, vectors, sentence_vectors, self._bm25, with_sentences=self.sentence_vectors)
+        if not planned:
             return
         points = []
-        for chunk, vector, sentences in zip(chunks, vectors, per_chunk, strict=True):
-            dense = [float(x) for x in vector]
-            named: dict[str, Any] = {
-                DENSE_VECTOR: dense,
-                SPARSE_VECTOR: self._bm25.document(chunk.embed_text or chunk.text),
-            }
-            if self.sentence_vectors:
-                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentences)
-            points.append(Point(chunk.chunk_id, named, chunk.payload()))
+        for point in planned:
+            named: dict[str, Any] = {DENSE_VECTOR: point.dense, SPARSE_VECTOR: point.sparse}
+            if point.sentences is not None:
+                named[SENTENCE_VECTOR] = point.sentences
+            points.append(Point(point.id, named, point.payload))
         with self._write_lock:
             self._check_open()
             # The WAL makes this survive a killed process. Flushing (for a power cut) waits for `publish`, the one
@@ -198,25 +209,21 @@ class EdgeVectorIndex:
     def delete_document(self, document_id: str) -> None:
         with self._write_lock:
             self._check_open()
-            self._shard.update(UpdateOperation.delete_points_by_filter(_document_filter(document_id)))
+            self._shard.update(UpdateOperation.delete_points_by_filter(_filter(plan.whole_document(document_id))))
             self._shard.flush()
 
     def discard_staged(self, document_id: str) -> None:
-        staged = _document_filter(document_id, FieldCondition(key="state", match=MatchValue("staged")))
+        staged = _filter(plan.staged_chunks(document_id))
         with self._write_lock:
             self._check_open()
             self._shard.update(UpdateOperation.delete_points_by_filter(staged))
 
     def publish(self, document_id: str, version: int) -> None:
-        older = Filter(
-            must=[FieldCondition(key="document_id", match=MatchValue(document_id))],
-            must_not=[FieldCondition(key="version", match=MatchValue(version))],
-        )
-        new = _document_filter(document_id, FieldCondition(key="version", match=MatchValue(version)))
+        swap = plan.publish(document_id, version)
         with self._write_lock:
             self._check_open()
-            self._shard.update(UpdateOperation.delete_points_by_filter(older))
-            self._shard.update(UpdateOperation.set_payload_by_filter(new, {"state": "live"}))
+            self._shard.update(UpdateOperation.delete_points_by_filter(_filter(swap.older)))
+            self._shard.update(UpdateOperation.set_payload_by_filter(_filter(swap.new), dict(plan.LIVE_PAYLOAD)))
             self._shard.flush()
 
     def search(
@@ -227,118 +234,58 @@ class EdgeVectorIndex:
         filter: SearchFilter | None = None,
         mode: SearchMode = "hybrid",
     ) -> list[Passage]:
-        if limit <= 0:
+        search = plan.search(
+            vector,
+            text,
+            limit,
+            filter,
+            mode,
+            fusion=self._fusion,
+            encoder=self._bm25,
+            sentence_vectors=self.sentence_vectors,
+        )
+        if search is None:
             return []
-        try:
-            edge_filter = _edge_filter(filter)
-        except _MatchesNothing:
-            return []
-        query_vector = [float(x) for x in vector]
-        dense = Query.Nearest(query_vector, using=DENSE_VECTOR)
-        sparse_vector = self._bm25.query(text)
-        # A query of stopwords only has no terms: nothing can match it on the sparse side.
-        sparse = Query.Nearest(sparse_vector, using=SPARSE_VECTOR) if sparse_vector.indices else None
-
-        if mode == "dense":
-            request = QueryRequest(limit=limit, query=dense, filter=edge_filter, with_payload=True, with_vector=False)
-        elif mode == "sparse":
-            if sparse is None:
-                return []
-            request = QueryRequest(limit=limit, query=sparse, filter=edge_filter, with_payload=True, with_vector=False)
-        elif mode == "hybrid":
-            fusion = self._fusion
-            depth = max(limit, fusion.candidates)
-            dense_candidates = Prefetch(limit=depth, query=dense, filter=edge_filter)
-            sparse_candidates = Prefetch(limit=depth, query=sparse, filter=edge_filter) if sparse is not None else None
-            pool = [p for p in (dense_candidates, sparse_candidates) if p is not None]
-            by_side = {
-                DENSE_VECTOR: dense_candidates,
-                SPARSE_VECTOR: sparse_candidates,
-                # The dense and BM25 candidates, re-scored by their best sentence.
-                SENTENCE_VECTOR: Prefetch(
-                    limit=depth,
-                    query=Query.Nearest([query_vector], using=SENTENCE_VECTOR),
-                    prefetches=pool,
-                    filter=edge_filter,
-                ),
-            }
-            prefetches = [
-                by_side[side]
-                for side in fusion.prefetch_sides(has_sparse=sparse is not None, has_sentences=self.sentence_vectors)
-            ]
-            if not prefetches:
-                return []
-            request = QueryRequest(
-                limit=limit,
-                prefetches=prefetches,
-                # The stubs omit Fusion's variants.
-                query=Fusion.Rrf(k=RRF_K) if fusion.method == "rrf" else Fusion.Dbsf(),  # type: ignore[arg-type]
-                filter=edge_filter,
-                with_payload=True,
-                with_vector=False,
-            )
-        else:
-            raise ValueError(f"unknown search mode {mode!r}")
+        request = _search_request(search)
         with self._write_lock:
             self._check_open()
             points = self._shard.query(request)
         return [Passage.from_payload(point.payload or {}, point.score) for point in points]
 
     def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
-        if radius < 0:
-            raise ValueError("radius must be >= 0")
-        try:
-            edge_filter = _edge_filter(
-                filter,
-                FieldCondition(key="document_id", match=MatchValue(passage.document_id)),
-                FieldCondition(
-                    key="ordinal", range=RangeFloat(gte=passage.ordinal - radius, lte=passage.ordinal + radius)
-                ),
-            )
-        except _MatchesNothing:
-            return []
-        request = ScrollRequest(limit=2 * radius + 1, filter=edge_filter, with_payload=True, with_vector=False)
-        with self._write_lock:
-            self._check_open()
-            records, _next = self._shard.scroll(request)
-        found = [Passage.from_payload(record.payload or {}, passage.score) for record in records]
-        return sorted(found, key=lambda p: p.ordinal)
+        return self._scroll(plan.neighbours(passage, radius, filter))
 
     def document_chunks(
         self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000
     ) -> list[Passage]:
-        if limit <= 0:
+        return self._scroll(plan.document_chunks(document_id, filter, limit))
+
+    def _scroll(self, scroll: plan.ScrollPlan | None) -> list[Passage]:
+        if scroll is None:
             return []
-        try:
-            # Ordinals run 0..n-1 within a version: the range keeps the first `limit` without sorting the document.
-            edge_filter = _edge_filter(
-                filter,
-                FieldCondition(key="document_id", match=MatchValue(document_id)),
-                FieldCondition(key="ordinal", range=RangeFloat(lt=limit)),
-            )
-        except _MatchesNothing:
-            return []
-        request = ScrollRequest(limit=limit, filter=edge_filter, with_payload=True, with_vector=False)
+        request = ScrollRequest(
+            limit=scroll.limit, filter=_filter(scroll.conditions), with_payload=True, with_vector=False
+        )
         with self._write_lock:
             self._check_open()
             records, _next = self._shard.scroll(request)
-        return sorted((Passage.from_payload(r.payload or {}, 0.0) for r in records), key=lambda p: p.ordinal)
+        return plan.in_document_order(plan.passages(records, scroll.score))
 
     def count(self, filter: SearchFilter | None = None) -> int:
-        try:
-            edge_filter = _edge_filter(filter)
-        except _MatchesNothing:
+        conditions = plan.visible(filter)
+        if conditions is None:
             return 0
         with self._write_lock:
             self._check_open()
-            return self._shard.count(CountRequest(exact=True, filter=edge_filter))
+            return self._shard.count(CountRequest(exact=True, filter=_filter(conditions)))
 
     def optimize(self) -> bool:
         """Build HNSW and payload indexes; Edge runs no optimizer in the background.
 
         Edge calls keep the GIL: this blocks every thread of the process, an event loop included, for
-        as long as it runs (~8-14 s for 20k 384-d points on 2 cores). Run it outside serving, e.g. after
-        a bulk ingest. Unoptimised search is a linear scan, still ~1.5 ms at 20k points.
+        as long as it runs (seconds on a large shard: bench/RESULTS.md, "Retrieval latency at scale", column
+        "optimize s"). Run it outside serving, e.g. after a bulk ingest. Unoptimised search is a linear scan,
+        still fast at tens of thousands of points.
         """
         with self._write_lock:
             self._check_open()

@@ -11,17 +11,10 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from kb.adapters.bm25 import (
-    DENSE_VECTOR,
-    RRF_K,
-    SENTENCE_VECTOR,
-    SPARSE_VECTOR,
-    Bm25Encoder,
-    Bm25Terms,
-    HybridFusion,
-    sentence_multivector,
-    sentence_vectors_per_chunk,
-)
+from kb.index import plan
+from kb.index.bm25 import Bm25Encoder, Bm25Terms
+from kb.index.fusion import RRF_K, HybridFusion
+from kb.index.schema import DENSE_VECTOR, PAYLOAD_INDEXES, SENTENCE_VECTOR, SPARSE_VECTOR, PayloadIndex
 from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
@@ -29,54 +22,63 @@ log = logging.getLogger(__name__)
 
 _UPSERT_BATCH = 256
 
-
-class _MatchesNothing(Exception):
-    """A filter with an empty list (e.g. a caller in no group) can match no chunk."""
-
-
-# A new version's chunks are written "staged" and are invisible until `publish` swaps them in.
-_STAGED = models.FieldCondition(key="state", match=models.MatchValue(value="staged"))
-
-
-def _document_condition(document_id: str) -> models.FieldCondition:
-    return models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
+_PAYLOAD_SCHEMA: dict[PayloadIndex, models.PayloadSchemaType | models.KeywordIndexParams] = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+    "integer": models.PayloadSchemaType.INTEGER,
+    "datetime": models.PayloadSchemaType.DATETIME,
+}
 
 
-def _client_filter(search_filter: SearchFilter | None, *extra: models.Condition) -> models.Filter:
-    conditions: list[models.Condition] = list(extra)
-    for key, values in (
-        ("groups", search_filter.groups if search_filter else None),
-        ("document_id", search_filter.document_ids if search_filter else None),
-    ):
-        if values is None:
-            continue
-        if not values:
-            raise _MatchesNothing
-        conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
-    if search_filter is not None:
-        for key, values in search_filter.metadata_conditions():
-            if not values:
-                raise _MatchesNothing
-            conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=values)))
-        gte, lt = search_filter.created_range()
-        if gte or lt:
-            conditions.append(models.FieldCondition(key="created_at", range=models.DatetimeRange(gte=gte, lt=lt)))
-    return models.Filter(must=conditions or None, must_not=[_STAGED])
+def _condition(condition: plan.Condition) -> models.FieldCondition:
+    match condition:
+        case plan.Match(key, value):
+            return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        case plan.MatchAny(key, values):
+            return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+        case plan.NumberRange(key, gte, lte, lt):
+            return models.FieldCondition(key=key, range=models.Range(gte=gte, lte=lte, lt=lt))
+        case plan.DatetimeRange(key, gte, lt):
+            return models.FieldCondition(key=key, range=models.DatetimeRange(gte=gte, lt=lt))
+    raise TypeError(f"unknown condition {condition!r}")
 
 
-def _latest_versions_only(points: Sequence[Any]) -> list[Passage]:
-    """`publish` is two requests on a server; a search landing between them could see a document's old and new
-    chunks together. Keeping only each document's newest version in the results makes the swap atomic to readers."""
-    newest: dict[str, int] = {}
-    for point in points:
-        payload = point.payload or {}
-        document_id, version = payload.get("document_id"), int(payload.get("version") or 1)
-        newest[document_id] = max(version, newest.get(document_id, version))
-    return [
-        Passage.from_payload(point.payload or {}, getattr(point, "score", 0.0))  # scroll records have no score
-        for point in points
-        if int((point.payload or {}).get("version") or 1) == newest[(point.payload or {}).get("document_id")]
-    ]
+def _filter(conditions: plan.Conditions) -> models.Filter:
+    return models.Filter(
+        must=[_condition(c) for c in conditions.must] or None,
+        must_not=[_condition(c) for c in conditions.must_not] or None,
+    )
+
+
+def _sparse(terms: plan.SparseTerms) -> models.SparseVector:
+    return models.SparseVector(indices=terms.indices, values=terms.values)
+
+
+def _query(search: plan.SearchPlan, using: str) -> list[float] | list[list[float]] | models.SparseVector:
+    if using == DENSE_VECTOR:
+        return search.dense
+    if using == SPARSE_VECTOR:
+        assert search.sparse is not None  # the plan has no BM25 side without terms
+        return _sparse(search.sparse)
+    return [search.dense]
+
+
+def _prefetches(search: plan.SearchPlan, query_filter: models.Filter) -> list[models.Prefetch]:
+    translated: dict[plan.Side, models.Prefetch] = {}
+
+    def prefetch(side: plan.Side) -> models.Prefetch:
+        # Each side once: a side fused n times (its weight) and re-scored by the sentence side is one Prefetch.
+        if side not in translated:
+            translated[side] = models.Prefetch(
+                prefetch=[prefetch(s) for s in side.rescores] or None,
+                query=_query(search, side.using),
+                using=side.using,
+                limit=side.limit,
+                filter=query_filter,
+            )
+        return translated[side]
+
+    return [prefetch(side) for side in search.sides]
 
 
 def _is_local_mode(client: QdrantClient) -> bool:
@@ -180,24 +182,8 @@ class QdrantServerIndex:
                     sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 )
             if not self._local:  # local mode ignores payload indexes and warns about them
-                self._client.create_payload_index(
-                    self._collection, "document_id", field_schema=models.PayloadSchemaType.KEYWORD
-                )
-                self._client.create_payload_index(
-                    self._collection,
-                    "groups",
-                    field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-                )
-                self._client.create_payload_index(
-                    self._collection, "version", field_schema=models.PayloadSchemaType.INTEGER
-                )
-                self._client.create_payload_index(self._collection, "state", field_schema=models.PayloadSchemaType.KEYWORD)
-                self._client.create_payload_index(
-                    self._collection, "ordinal", field_schema=models.PayloadSchemaType.INTEGER
-                )
-                self._client.create_payload_index(
-                    self._collection, "created_at", field_schema=models.PayloadSchemaType.DATETIME
-                )
+                for field, kind in PAYLOAD_INDEXES.items():
+                    self._client.create_payload_index(self._collection, field, field_schema=_PAYLOAD_SCHEMA[kind])
             self._set_up = True
 
     def _check_dimension(self) -> None:
@@ -222,18 +208,12 @@ class QdrantServerIndex:
         vectors: Sequence[Sequence[float]],
         sentence_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
-        per_chunk = sentence_vectors_per_chunk(chunks, vectors, sentence_vectors)
         points = []
-        for chunk, vector, sentences in zip(chunks, vectors, per_chunk, strict=True):
-            sparse = self._bm25.document(chunk.embed_text or chunk.text)
-            dense = [float(x) for x in vector]
-            named: dict[str, Any] = {
-                DENSE_VECTOR: dense,
-                SPARSE_VECTOR: models.SparseVector(indices=sparse.indices, values=sparse.values),
-            }
-            if self.sentence_vectors:
-                named[SENTENCE_VECTOR] = sentence_multivector(dense, sentences)
-            points.append(models.PointStruct(id=chunk.chunk_id, vector=named, payload=chunk.payload()))
+        for point in plan.points(chunks, vectors, sentence_vectors, self._bm25, with_sentences=self.sentence_vectors):
+            named: dict[str, Any] = {DENSE_VECTOR: point.dense, SPARSE_VECTOR: _sparse(point.sparse)}
+            if point.sentences is not None:
+                named[SENTENCE_VECTOR] = point.sentences
+            points.append(models.PointStruct(id=point.id, vector=named, payload=point.payload))
         for start in range(0, len(points), _UPSERT_BATCH):
             with self._guard():
                 self._client.upsert(self._collection, points=points[start : start + _UPSERT_BATCH], wait=True)
@@ -243,21 +223,20 @@ class QdrantServerIndex:
             self._client.delete(self._collection, points_selector=models.FilterSelector(filter=selector), wait=True)
 
     def delete_document(self, document_id: str) -> None:
-        self._delete(models.Filter(must=[_document_condition(document_id)]))
+        self._delete(_filter(plan.whole_document(document_id)))
 
     def discard_staged(self, document_id: str) -> None:
-        self._delete(models.Filter(must=[_document_condition(document_id), _STAGED]))
+        self._delete(_filter(plan.staged_chunks(document_id)))
 
     def publish(self, document_id: str, version: int) -> None:
         # On a server these are two requests: new version live first, then the old one deleted, so a search in
-        # between never sees neither; `_latest_versions_only` keeps it from showing both. Local mode also holds
+        # between never sees neither; `latest_versions_only` keeps it from showing both. Local mode also holds
         # the lock across both, as Edge does.
-        this_version = models.FieldCondition(key="version", match=models.MatchValue(value=version))
-        older = models.Filter(must=[_document_condition(document_id)], must_not=[this_version])
-        new = models.Filter(must=[_document_condition(document_id), this_version])
+        swap = plan.publish(document_id, version)
+        new, older = models.FilterSelector(filter=_filter(swap.new)), models.FilterSelector(filter=_filter(swap.older))
         with self._guard():
-            self._client.set_payload(self._collection, payload={"state": "live"}, points=models.FilterSelector(filter=new), wait=True)
-            self._client.delete(self._collection, points_selector=models.FilterSelector(filter=older), wait=True)
+            self._client.set_payload(self._collection, payload=dict(plan.LIVE_PAYLOAD), points=new, wait=True)
+            self._client.delete(self._collection, points_selector=older, wait=True)
 
     def search(
         self,
@@ -267,120 +246,72 @@ class QdrantServerIndex:
         filter: SearchFilter | None = None,
         mode: SearchMode = "hybrid",
     ) -> list[Passage]:
-        if limit <= 0:
+        search = plan.search(
+            vector,
+            text,
+            limit,
+            filter,
+            mode,
+            fusion=self._fusion,
+            encoder=self._bm25,
+            sentence_vectors=self.sentence_vectors,
+        )
+        if search is None:
             return []
-        try:
-            query_filter = _client_filter(filter)
-        except _MatchesNothing:
-            return []
-        dense = [float(x) for x in vector]
-        encoded = self._bm25.query(text)
-        # A query of stopwords only has no terms: nothing can match it on the sparse side.
-        sparse = models.SparseVector(indices=encoded.indices, values=encoded.values) if encoded.indices else None
-
-        prefetch: list[models.Prefetch] | None = None
-        query: models.Query | list[float] | models.SparseVector
-        using: str | None = None
-        if mode == "dense":
-            query, using = dense, DENSE_VECTOR
-        elif mode == "sparse":
-            if sparse is None:
-                return []
-            query, using = sparse, SPARSE_VECTOR
-        elif mode == "hybrid":
-            fusion = self._fusion
-            depth = max(limit, fusion.candidates)
-            dense_candidates = models.Prefetch(query=dense, using=DENSE_VECTOR, limit=depth, filter=query_filter)
-            sparse_candidates = (
-                models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=depth, filter=query_filter)
-                if sparse is not None
-                else None
-            )
-            by_side = {
-                DENSE_VECTOR: dense_candidates,
-                SPARSE_VECTOR: sparse_candidates,
-                # The dense and BM25 candidates, re-scored by their best sentence.
-                SENTENCE_VECTOR: models.Prefetch(
-                    prefetch=[p for p in (dense_candidates, sparse_candidates) if p is not None],
-                    query=[dense],
-                    using=SENTENCE_VECTOR,
-                    limit=depth,
-                    filter=query_filter,
-                ),
-            }
-            prefetch = [
-                p
-                for side in fusion.prefetch_sides(has_sparse=sparse is not None, has_sentences=self.sentence_vectors)
-                if (p := by_side[side]) is not None
-            ]
-            if not prefetch:
-                return []
-            if fusion.method == "dbsf":
+        query_filter = _filter(search.conditions)
+        query: models.Query | list[float] | list[list[float]] | models.SparseVector
+        if search.using is not None:
+            query, prefetch = _query(search, search.using), None
+        else:
+            prefetch = _prefetches(search, query_filter)
+            if search.fusion == "dbsf":
                 query = models.FusionQuery(fusion=models.Fusion.DBSF)
             else:
                 query = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
-        else:
-            raise ValueError(f"unknown search mode {mode!r}")
-
         with self._guard():
             response = self._client.query_points(
                 self._collection,
                 query=query,
-                using=using,
+                using=search.using,
                 prefetch=prefetch,
                 query_filter=query_filter,
-                limit=limit,
+                limit=search.limit,
                 with_payload=True,
                 with_vectors=False,
             )
-        return _latest_versions_only(response.points)
+        return plan.latest_versions_only(response.points)
 
     def neighbours(self, passage: Passage, radius: int, filter: SearchFilter | None = None) -> list[Passage]:
-        if radius < 0:
-            raise ValueError("radius must be >= 0")
-        try:
-            scroll_filter = _client_filter(
-                filter,
-                _document_condition(passage.document_id),
-                models.FieldCondition(
-                    key="ordinal", range=models.Range(gte=passage.ordinal - radius, lte=passage.ordinal + radius)
-                ),
-            )
-        except _MatchesNothing:
+        scroll = plan.neighbours(passage, radius, filter)
+        if scroll is None:
             return []
         with self._guard():
             records, _next = self._client.scroll(
-                self._collection, scroll_filter=scroll_filter, limit=2 * radius + 1, with_payload=True,
+                self._collection, scroll_filter=_filter(scroll.conditions), limit=scroll.limit, with_payload=True,
                 with_vectors=False,
             )
-        found = [Passage.from_payload(record.payload or {}, passage.score) for record in records]
-        return sorted(found, key=lambda p: p.ordinal)
+        return plan.in_document_order(plan.passages(records, scroll.score))
 
     def document_chunks(
         self, document_id: str, filter: SearchFilter | None = None, limit: int = 1000
     ) -> list[Passage]:
-        if limit <= 0:
-            return []
-        try:
-            # Ordinals run 0..n-1 within a version: the range keeps the first `limit` without sorting the document.
-            first_chunks = models.FieldCondition(key="ordinal", range=models.Range(lt=limit))
-            scroll_filter = _client_filter(filter, _document_condition(document_id), first_chunks)
-        except _MatchesNothing:
+        scroll = plan.document_chunks(document_id, filter, limit)
+        if scroll is None:
             return []
         with self._guard():
             # Twice the limit: between the two requests of `publish` both versions are visible for a moment.
             records, _next = self._client.scroll(
-                self._collection, scroll_filter=scroll_filter, limit=2 * limit, with_payload=True, with_vectors=False
+                self._collection, scroll_filter=_filter(scroll.conditions), limit=2 * scroll.limit,
+                with_payload=True, with_vectors=False,
             )
-        return sorted(_latest_versions_only(records), key=lambda p: p.ordinal)
+        return plan.in_document_order(plan.latest_versions_only(records))
 
     def count(self, filter: SearchFilter | None = None) -> int:
-        try:
-            count_filter = _client_filter(filter)
-        except _MatchesNothing:
+        conditions = plan.visible(filter)
+        if conditions is None:
             return 0
         with self._guard():
-            return self._client.count(self._collection, count_filter=count_filter, exact=True).count
+            return self._client.count(self._collection, count_filter=_filter(conditions), exact=True).count
 
     def close(self) -> None:
         with self._locked():

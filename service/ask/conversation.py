@@ -4,6 +4,7 @@ sources checked again for this reader; and the question and its answer kept for 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ class ConversationStage:
         every request), instead of the one stored under `conversation_id`."""
         turns: list[dict[str, Any]] = []
         if self._store is not None:
-            conversation_id = conversation_id or _new_id()
+            conversation_id = conversation_id or uuid.uuid4().hex
             if history is None:
                 turns = self._store.conversation(conversation_id, self._max_messages)
         if history is not None:
@@ -74,9 +75,3 @@ class ConversationStage:
         self._store.add_message(conversation.conversation_id, "user", question)
         stored = [dataclasses.asdict(dataclasses.replace(p, context=[])) for p in sources]
         self._store.add_message(conversation.conversation_id, "assistant", answer, stored)
-
-
-def _new_id() -> str:
-    import uuid
-
-    return uuid.uuid4().hex

@@ -3,13 +3,11 @@ the service answers with itself."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from kb.models import Passage
-
-_HAN = re.compile(r"[\u3400-\u9fff]")  # TODO(lead): the one CJK class of kb.languages
+from kb.text import HAN
 
 # Fixed first so that vLLM's prefix cache reuses it across every question. Kept short and plain: the default
 # 135M-parameter model follows it; larger models need no more.
@@ -34,7 +32,7 @@ PROMPT_OVERHEAD_TOKENS = 64
 
 
 def no_information_answer(question: str) -> str:
-    return NO_INFORMATION["zh" if _HAN.search(question) else "en"]
+    return NO_INFORMATION["zh" if HAN.search(question) else "en"]
 
 
 def format_source(n: int, passage: Passage) -> str:

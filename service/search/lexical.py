@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*|[\u3400-\u9fff\uf900-\ufaff]+")
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+from kb.text import HAN, HAN_RANGES
+
+_WORD = re.compile(rf"[A-Za-z0-9][A-Za-z0-9'\-]*|[{HAN_RANGES}]+")
 _STOPWORDS = frozenset(
     """a an and are as at be been but by can could did do does for from had has have how i if in into is it its
     of on or our that the their them then there these they this to was we were what when where which who whom why
@@ -17,7 +18,7 @@ _CJK_STOP = frozenset("的了是在和有我你他她它们这那个吗呢吧啊
 def content_terms(text: str) -> set[str]:
     terms: set[str] = set()
     for token in _WORD.findall(text.lower()):
-        if _CJK.match(token):
+        if HAN.match(token):
             chars = [c for c in token if c not in _CJK_STOP]
             if len(chars) == 1:
                 terms.add(chars[0])

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kb.adapters.bm25 import SPARSE_VECTOR, Bm25Encoder, Bm25Terms, HybridFusion, han_bigrams, word_pairs
 from kb.adapters.edge_index import EdgeVectorIndex, _config
 from kb.adapters.qdrant_server_index import QdrantServerIndex
+from kb.index.bm25 import Bm25Encoder, Bm25Terms, han_bigrams, word_pairs
+from kb.index.fusion import HybridFusion
+from kb.index.schema import SPARSE_VECTOR
 from kb.models import Chunk, SearchFilter
 from kb.ports import VectorIndex
 

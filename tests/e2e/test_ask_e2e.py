@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from httpx_sse import connect_sse
 
 from tests.support import start_kb_serve, stop_process_group
 
@@ -115,18 +116,12 @@ def test_question_outside_the_knowledge_base_says_so_and_cites_nothing(server: S
 
 def test_streamed_answer_arrives_as_tokens_then_citations_then_done(server: Server, paper_id: str) -> None:
     events: list[tuple[str, dict]] = []
-    with httpx.stream(
-        "POST", f"{server.url}/v1/ask", json={"question": PAPER_QUESTION, "stream": True}, timeout=300,
-        headers=server.headers,
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line.split(":", 1)[1])))
+    with httpx.Client(timeout=300, headers=server.headers) as client, connect_sse(
+        client, "POST", f"{server.url}/v1/ask", json={"question": PAPER_QUESTION, "stream": True}
+    ) as source:
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        events.extend((event.event, json.loads(event.data)) for event in source.iter_sse())
     kinds = [name for name, _ in events]
     assert kinds.count("token") >= 2
     assert kinds[-2:] == ["citations", "done"]

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from httpx_sse import EventSource
 from sqlalchemy import create_engine, text
 
 from kb.adapters import openai_http
@@ -169,20 +170,8 @@ def assert_dependency_problem(response: httpx.Response, dependency: str, statuse
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
-    """(event, data) of each event of a text/event-stream body."""
-    events, event, data = [], "message", []
-    for line in response.text.splitlines():
-        if not line:
-            if data:
-                events.append((event, "\n".join(data)))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[len("event:"):].strip()
-        elif line.startswith("data:"):
-            data.append(line[len("data:"):].strip())
-    if data:
-        events.append((event, "\n".join(data)))
-    return events
+    """(event, data) of each event of a text/event-stream body, read by httpx-sse as a client would."""
+    return [(event.event, event.data) for event in EventSource(response).iter_sse()]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,20 +1,13 @@
-"""The shared BM25 encoder: Chinese word segmentation and fusion weights (both adapters use these)."""
+"""The shared BM25 encoder, Chinese word segmentation and fusion weights (both adapters use these)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kb.adapters.bm25 import (
-    DENSE_VECTOR,
-    SENTENCE_VECTOR,
-    SPARSE_VECTOR,
-    Bm25Encoder,
-    Bm25Terms,
-    HybridFusion,
-    han_bigrams,
-    segment_chinese,
-    word_pairs,
-)
+from kb.index.bm25 import Bm25Encoder, Bm25Terms, han_bigrams, word_pairs
+from kb.index.fusion import HybridFusion
+from kb.index.schema import DENSE_VECTOR, SENTENCE_VECTOR, SPARSE_VECTOR
+from kb.index.segment import segment_chinese
 
 
 def test_chinese_runs_are_cut_into_words_and_other_text_is_left_alone() -> None:

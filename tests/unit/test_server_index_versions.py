@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kb.adapters.qdrant_server_index import _latest_versions_only
+from kb.index.plan import latest_versions_only
 
 pytestmark = pytest.mark.unit
 
@@ -15,4 +15,4 @@ def point(document_id: str, version: int, chunk: str, score: float) -> SimpleNam
 def test_a_search_between_the_two_publish_requests_shows_one_version_per_document() -> None:
     points = [point("d", 1, "old-a", 0.9), point("d", 2, "new-a", 0.8), point("e", 1, "other", 0.7),
               point("d", 2, "new-b", 0.6), point("d", 1, "old-b", 0.5)]
-    assert [p.chunk_id for p in _latest_versions_only(points)] == ["new-a", "other", "new-b"]
+    assert [p.chunk_id for p in latest_versions_only(points)] == ["new-a", "other", "new-b"]
