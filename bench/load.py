@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import operator
 import os
 import re
 import subprocess
@@ -23,10 +24,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import psutil
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from bench.machine import describe
 
@@ -53,10 +55,17 @@ def prepare(url: str, data_dir: Path, users: int) -> list[str]:
         response = client.post("/v1/documents", files=files)
         response.raise_for_status()
         ids = [d["document_id"] for d in response.json()["documents"]]
-        deadline = time.monotonic() + 600
-        while any(client.get(f"/v1/documents/{i}").json()["status"] != "ready" for i in ids):
-            assert time.monotonic() < deadline, "samples not ingested in 10 minutes"
-            time.sleep(1)
+
+        def ingested() -> bool:
+            return all(client.get(f"/v1/documents/{i}").json()["status"] == "ready" for i in ids)
+
+        def too_slow(_: RetryCallState) -> NoReturn:
+            raise AssertionError("samples not ingested in 10 minutes")
+
+        Retrying(
+            retry=retry_if_result(operator.not_), stop=stop_after_delay(600), wait=wait_fixed(1),
+            retry_error_callback=too_slow,
+        )(ingested)
         keys = []
         for n in range(users):
             created = client.post("/v1/keys", json={"name": f"load-{n}", "scopes": ["search", "ask", "ingest"]})

@@ -139,8 +139,10 @@ def main() -> None:
         print(json.dumps(scale_summary, ensure_ascii=False))
         return
 
+    from evaluation.datasets import dataset_name
+    from evaluation.metrics import TOP_K
+    from evaluation.run import RetrievalEvaluation
     from kb.settings import Settings
-    from service.evaluation import TOP_K, RetrievalEvaluation, dataset_name
 
     started = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)

@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
 from ingest.parser_process import ParseCancelled, ParserProcess, ParserRestarted
 from ingest.partition import ParseError
 from ingest.pipeline import IngestionPipeline, LeaseLost, blob_key
@@ -141,12 +143,18 @@ class IngestWorker:
         parse is stopped at once). A document that was still queued when the parser had to be restarted (the one
         before it overran its limit or was cancelled) is submitted again, without counting an attempt."""
         job = current.job
-        for _ in range(3):
-            try:
-                return self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
-            except ParserRestarted:
-                current.request_id = self._parser.submit(current.path, current.filename)
-        return self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
+
+        def resubmit(_: RetryCallState) -> None:
+            current.request_id = self._parser.submit(current.path, current.filename)
+
+        # Three resubmissions at most; then ParserRestarted fails this attempt like any error (the job backs off).
+        resubmitting = Retrying(
+            retry=retry_if_exception_type(ParserRestarted), stop=stop_after_attempt(4), before_sleep=resubmit,
+            reraise=True,
+        )
+        return resubmitting(
+            lambda: self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
+        )
 
     def drain(self, on_done: OnDone | None = None) -> int:
         """Run jobs until the queue is empty (jobs waiting out a retry backoff included)."""

@@ -63,7 +63,8 @@ def build_reranker(settings: Settings) -> Reranker | None:
 
 
 def build_index(settings: Settings, dimension: int) -> VectorIndex:
-    from kb.adapters.bm25 import Bm25Terms, HybridFusion
+    from kb.index.bm25 import Bm25Terms
+    from kb.index.fusion import HybridFusion
 
     fusion = HybridFusion.from_settings(settings.index)
     terms = Bm25Terms.from_settings(settings.index)
@@ -76,6 +77,18 @@ def build_index(settings: Settings, dimension: int) -> VectorIndex:
     return QdrantServerIndex.from_url(
         settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion, terms=terms
     )
+
+
+def build_scratch_index(settings: Settings, dimension: int, path: Path) -> VectorIndex:
+    """A Qdrant Edge index at `path` searching with the fusion and BM25 settings of `settings.index`, whichever
+    backend those name: a throwaway index (retrieval evaluation) that must not touch the knowledge base's own."""
+    from kb.adapters.edge_index import EdgeVectorIndex
+    from kb.index.bm25 import Bm25Terms
+    from kb.index.fusion import HybridFusion
+
+    fusion = HybridFusion.from_settings(settings.index)
+    terms = Bm25Terms.from_settings(settings.index)
+    return EdgeVectorIndex(path, dimension, fusion=fusion, terms=terms)
 
 
 def build_generator(settings: Settings) -> Generator:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from tenacity import RetryError, Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from kb.settings import Settings
 from service.datadir import DataDirLock
@@ -91,16 +91,14 @@ class HttpBackend:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 300.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if self._client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server at {base_url} owns the data directory but is not ready")
-            time.sleep(0.5)
+        until_ready = Retrying(
+            retry=retry_if_exception_type(httpx.TransportError) | retry_if_result(lambda ready: not ready),
+            stop=stop_after_delay(180), wait=wait_fixed(0.5),
+        )
+        try:
+            until_ready(lambda: self._client.get("/readyz").status_code == 200)
+        except RetryError:
+            raise RuntimeError(f"the server at {base_url} owns the data directory but is not ready") from None
 
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -118,7 +116,8 @@ class HttpBackend:
 
     def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
-        while True:
+
+        def finished() -> bool:
             for document_id in document_ids:
                 if latest.get(document_id, {}).get("status") in TERMINAL:
                     continue
@@ -126,9 +125,11 @@ class HttpBackend:
                 if latest.get(document_id) != document:
                     on_update(document)
                 latest[document_id] = document
-            if all(d.get("status") in TERMINAL for d in latest.values()) and len(latest) == len(document_ids):
-                return [latest[i] for i in document_ids]
-            time.sleep(0.5)
+            return all(d.get("status") in TERMINAL for d in latest.values()) and len(latest) == len(document_ids)
+
+        # No deadline: ingestion takes as long as its documents need, and the progress shows it is moving.
+        Retrying(retry=retry_if_result(lambda done: not done), wait=wait_fixed(0.5))(finished)
+        return [latest[i] for i in document_ids]
 
     def documents(self) -> list[dict[str, Any]]:
         return self._json(self._client.get("/v1/documents"))["documents"]

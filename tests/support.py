@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import uvicorn
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 
 def free_port() -> int:
@@ -50,12 +51,21 @@ def start_kb_serve(env: dict[str, str], log_path: Path, timeout: float = 300) ->
         process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
+
+    def ready() -> bool:
+        if _ready(f"{url}/readyz"):
+            return True
+        assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
+        return False
+
+    def too_slow(_: RetryCallState) -> NoReturn:
+        raise AssertionError(f"kb serve not ready after {timeout:.0f} s:\n{log_tail(log_path)}")
+
     try:
-        while not _ready(f"{url}/readyz"):
-            assert process.poll() is None, f"kb serve exited:\n{log_tail(log_path)}"
-            assert time.monotonic() < deadline, f"kb serve not ready after {timeout:.0f} s:\n{log_tail(log_path)}"
-            time.sleep(0.3)
+        Retrying(
+            retry=retry_if_result(operator.not_), stop=stop_after_delay(timeout), wait=wait_fixed(0.3),
+            retry_error_callback=too_slow,
+        )(ready)
     except BaseException:
         stop_process_group(process)
         raise
@@ -77,18 +87,23 @@ async def serve_in_process(app: Any, timeout: float = 300) -> AsyncIterator[str]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
     task = asyncio.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
+    def too_slow(_: RetryCallState) -> NoReturn:
+        raise AssertionError(f"not ready after {timeout:.0f} s")
+
     try:
-        deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            while True:
+
+            async def ready() -> bool:
                 assert not task.done(), "the server stopped"
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
+                    return (await client.get("/readyz")).status_code == 200
                 except httpx.HTTPError:  # not listening yet
-                    pass
-                assert time.monotonic() < deadline, f"not ready after {timeout:.0f} s"
-                await asyncio.sleep(0.5)
+                    return False
+
+            await AsyncRetrying(
+                retry=retry_if_result(operator.not_), stop=stop_after_delay(timeout), wait=wait_fixed(0.5),
+                retry_error_callback=too_slow,
+            )(ready)
         yield url
     finally:
         server.should_exit = True
@@ -98,9 +113,12 @@ async def serve_in_process(app: Any, timeout: float = 300) -> AsyncIterator[str]
 async def access_lines(logs: list[dict[str, Any]], request_id: str, timeout: float = 10) -> list[dict[str, Any]]:
     """The access-log lines of one request among structlog's captured `logs`, once at least one is there (the line
     of a request whose client left is written when the server notices)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
-        if lines or time.monotonic() > deadline:
-            return lines
-        await asyncio.sleep(0.1)
+
+    async def lines() -> list[dict[str, Any]]:
+        return [e for e in logs if e.get("event") == "request" and e.get("request_id") == request_id]
+
+    # On timeout: the last (empty) look, for the caller's assertion to report.
+    return await AsyncRetrying(
+        retry=retry_if_result(operator.not_), stop=stop_after_delay(timeout), wait=wait_fixed(0.1),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(lines)

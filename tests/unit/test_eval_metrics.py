@@ -6,20 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.evaluation import (
-    detect_format,
-    hit_at,
-    load_beir,
-    load_squad,
-    load_tatqa,
-    locate,
-    markdown_table,
-    ndcg,
-    percentile,
-    reciprocal_rank,
-    sample,
-    summarize,
-)
+from evaluation.datasets import detect_format, load_beir, load_squad, load_tatqa, locate, markdown_table, sample
+from evaluation.metrics import hit_at, ndcg, percentile, reciprocal_rank, summarize
 
 pytestmark = pytest.mark.unit
 
@@ -153,9 +141,11 @@ class _WordTokens:
 
 
 def test_long_units_are_indexed_as_chunks_with_the_title_and_ranked_once_at_their_best_chunk() -> None:
+    from evaluation.datasets import QASet, Question, Unit
+    from evaluation.entries import index_entries
+    from evaluation.run import run_questions
     from ingest.chunk import Chunker
     from kb.models import Passage
-    from service.evaluation import QASet, Question, Unit, index_entries, run_questions
 
     body = " ".join(f"word{i}." for i in range(60))
     units = [Unit("u-long", "d1", "A Title\n" + body), Unit("u-short", "d2", "short text")]
