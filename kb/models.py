@@ -146,18 +146,6 @@ class Passage:
             groups=list(payload.get("groups") or []),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "chunk_id": self.chunk_id,
-            "document_id": self.document_id,
-            "filename": self.filename,
-            "page": self.page,
-            "page_end": self.page_end,
-            "section": self.section,
-            "text": self.text,
-            "score": self.score,
-        }
-
 
 @dataclass
 class Citation:
@@ -175,21 +163,6 @@ class Citation:
     # Whether the sentences citing this source share enough content with it; False flags a doubtful citation.
     supported: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "inferred": self.inferred,
-            "supported": self.supported,
-            "span": list(self.span) if self.span else None,
-            "document_id": self.document_id,
-            "filename": self.filename,
-            "page": self.page,
-            "section": self.section,
-            "snippet": self.snippet,
-            "chunk_id": self.chunk_id,
-            "score": self.score,
-        }
-
 
 @dataclass
 class Answer:
@@ -198,15 +171,6 @@ class Answer:
     grounded: bool  # False when retrieval found nothing relevant enough and the model was not asked
     timings_ms: dict[str, float] = field(default_factory=dict)
     conversation_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "citations": [c.to_dict() for c in self.citations],
-            "grounded": self.grounded,
-            "timings_ms": dict(self.timings_ms),
-            "conversation_id": self.conversation_id,
-        }
 
 
 @dataclass

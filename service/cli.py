@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
 ) -> None:
     """Run the API, the web page and the ingest worker on the data directory."""
+    # vLLM's loggers then go through kb's own handler: one format (JSON lines by default), one stream, one level.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     import uvicorn
 
     from service.app import create_app
@@ -196,6 +199,9 @@ def ask(
 ) -> None:
     """Answer a question from the documents, with citations."""
     from service.cli_backends import open_backend
+
+    # One question: the engine's start-up chatter is for operators of a server (`kb serve` keeps it), not here.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     backend = open_backend(_settings(), with_generator=True)
     try:

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import msgspec
 from tenacity import RetryError, Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from kb.settings import Settings
+from service.ask.schemas import AskResponse
 from service.datadir import DataDirLock
+from service.documents.schemas import DocumentOut, UploadedDocument
+from service.search.schemas import PassageOut, SearchResponse
 
 TERMINAL = {"ready", "failed"}
 OnUpdate = Callable[[dict[str, Any]], None]
@@ -33,8 +37,13 @@ class CliBackend(Protocol):
     def close(self) -> None: ...
 
 
+def wire(value: Any) -> Any:
+    """A response Struct as the JSON the HTTP API sends: `kb --json` prints the same shapes in either mode."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
 class LocalBackend:
-    """Opens the data directory in this process, which holds its lock."""
+    """Opens the data directory in this process, which holds its lock. Answers in the HTTP API's response types."""
 
     def __init__(self, settings: Settings, lock: DataDirLock, *, with_generator: bool) -> None:
         from kb.container import Container
@@ -50,7 +59,7 @@ class LocalBackend:
     def submit(self, path: Path, groups: list[str]) -> dict[str, Any]:
         groups = groups or self._container.settings.auth.default_groups
         submitted = self._services.pipeline.submit(path.name, path.read_bytes(), groups=groups)
-        return {**submitted.document.to_dict(), "duplicate": submitted.duplicate}
+        return wire(UploadedDocument.of(submitted.document, duplicate=submitted.duplicate))
 
     def wait(self, document_ids: list[str], on_update: OnUpdate) -> list[dict[str, Any]]:
         registry = self._container.registry
@@ -58,23 +67,26 @@ class LocalBackend:
         def done(document_id: str) -> None:
             document = registry.get_document(document_id)
             if document is not None:
-                on_update(document.to_dict())
+                on_update(wire(DocumentOut.of(document)))
 
         # Jobs left unfinished by an earlier run are taken too: the queue is shared and durable.
         self._services.worker.drain(done)
-        return [d.to_dict() for d in (registry.get_document(i) for i in document_ids) if d is not None]
+        return [wire(DocumentOut.of(d)) for d in (registry.get_document(i) for i in document_ids) if d is not None]
 
     def documents(self) -> list[dict[str, Any]]:
-        return [d.to_dict() for d in self._container.registry.list_documents()]
+        return [wire(DocumentOut.of(d)) for d in self._container.registry.list_documents()]
 
     def search(self, query: str, top_k: int) -> dict[str, Any]:
         result = self._services.retrieval.search_sync(query, top_k)
-        return {"passages": [p.to_dict() for p in result.passages], "relevant": result.relevant}
+        return wire(SearchResponse([PassageOut.of(p) for p in result.passages], result.relevant,
+                                   round(result.latency_ms, 2)))  # fmt: skip
 
     def ask(self, question: str) -> dict[str, Any]:
         if self._services.answers is None:
             raise RuntimeError("opened without a generator")
-        return self._loop.run_until_complete(self._services.answers.ask(question)).to_dict()
+        answer = self._loop.run_until_complete(self._services.answers.ask(question))
+        return wire(AskResponse(answer.answer, answer.citations, answer.grounded, answer.timings_ms,
+                                answer.conversation_id))  # fmt: skip
 
     def close(self) -> None:
         try:

@@ -29,6 +29,9 @@ def apply_cpu_env_defaults(settings: GeneratorSettings) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # Spinning OpenMP threads would steal the cores that ingestion shares with generation.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Diagnostics go to stderr, as kb's own do: stdout carries results (`kb ask --json > answer.json`). vLLM reads
+    # this when it is first imported, which is after this call.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 class VllmEngineGenerator:

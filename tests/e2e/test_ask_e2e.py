@@ -29,6 +29,7 @@ PAPER = CORPUS / "pdf" / "layout-parser-paper-fast.pdf"
 PAPER_QUESTION = "What is in the LayoutParser Model Zoo?"
 UNKNOWN_QUESTION = "What is the recipe for the chocolate cake served at the Mars colony canteen?"
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLE_QUESTION = "What is the default upload size limit, and what happens to a larger file?"  # the Makefile's
 
 
 @dataclass
@@ -60,6 +61,15 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         [sys.executable, "-m", "service.cli", "ingest", str(SAMPLES)], env=env, capture_output=True, text=True, timeout=600
     )
     assert ingest.returncode == 0, ingest.stderr[-3000:]
+    if request.param == "vllm":
+        # Then one question, as `make run` asks it, with its output redirected as a script would: stdout must be the
+        # JSON alone (the engine's log lines go to stderr).
+        asked = subprocess.run([sys.executable, "-m", "service.cli", "ask", SAMPLE_QUESTION, "--json"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)  # fmt: skip
+        assert asked.returncode == 0, asked.stderr[-3000:]
+        answer = json.loads(asked.stdout)
+        assert answer["grounded"] is True and answer["citations"], answer
+        assert {c["filename"] for c in answer["citations"]} & {p.name for p in SAMPLES.iterdir()}, answer
     log_path = data_dir.parent / f"serve-{request.param}.log"
     process, url = start_kb_serve(env, log_path)
     try:
