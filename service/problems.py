@@ -1,4 +1,8 @@
-"""Errors as RFC 9457 problem details (application/problem+json): status, title, detail, instance, request id."""
+"""Errors as RFC 9457 problem details (application/problem+json): status, title, detail, instance, request id.
+
+Hand-written rather than Litestar's ProblemDetailsPlugin (2.25): the plugin puts an HTTPException's detail into
+`title` (RFC 9457 wants the status phrase there), and its conversion hook sees only the exception, so it cannot add
+the request id, the instance path, Retry-After for a dependency that is down, or 499 for a client that left."""
 
 from __future__ import annotations
 
