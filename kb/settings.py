@@ -176,6 +176,19 @@ class LoggingSettings(BaseModel):
     level: str = "INFO"
 
 
+class AnswerSettings(BaseModel):
+    # How an answer is made: "generate" (the model writes it, with citations), "extract" (the sentences of the sources
+    # that best answer the question, quoted with their [n]; no model), or "auto": the model writes, and where its
+    # answer fails the citation check, or the question is in a language the model does not write
+    # (generator_languages), the quoted evidence answers instead.
+    mode: Literal["generate", "extract", "auto"] = "auto"
+    # Languages the generator writes well (query_language codes: "en", "zh", ...; "*": any). The default 135M model
+    # writes English only; a production model (Qwen2.5-7B-Instruct) sets ["*"].
+    generator_languages: list[str] = ["en"]
+    # Quoted evidence: at most this many sentences.
+    extract_sentences: int = 3
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_", env_nested_delimiter="__", extra="ignore")
 
@@ -187,6 +200,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     generator: GeneratorSettings = GeneratorSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    answers: AnswerSettings = AnswerSettings()
     ingest: IngestSettings = IngestSettings()
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
