@@ -168,9 +168,11 @@ class Citation:
 class Answer:
     answer: str
     citations: list[Citation]
-    grounded: bool  # False when retrieval found nothing relevant enough and the model was not asked
+    grounded: bool  # True only when the sources support the answer's claims
     timings_ms: dict[str, float] = field(default_factory=dict)
     conversation_id: str | None = None
+    mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
+    unsupported: list[str] = field(default_factory=list)  # sentences no cited source supports
 
 
 @dataclass

@@ -81,6 +81,10 @@ class GeneratorSettings(BaseModel):
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    # OpenAI's penalties (vLLM applies them before greedy choice): on the answer's own tokens only, so that, unlike
+    # repetition_penalty, copying the sources' words is not penalised.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     # Small models go on with an invented next question or a copy of the source list; stopping there costs
     # good models nothing (they do not start a paragraph with "[n]").
     stop: list[str] = ["\nQuestion:", "Question:", "\n\n["]

@@ -212,6 +212,10 @@ def ask(
         print(json.dumps(answer, ensure_ascii=False))
         return
     out.print(answer["answer"], markup=False)
+    if answer.get("mode") == "extract":
+        out.print("(quoted from the sources)", style="dim")
+    for sentence in answer.get("unsupported") or []:
+        out.print(f"not supported by the cited sources: {sentence}", markup=False, style="yellow")
     if answer["citations"]:
         out.print()
         for c in answer["citations"]:

@@ -85,8 +85,7 @@ class LocalBackend:
         if self._services.answers is None:
             raise RuntimeError("opened without a generator")
         answer = self._loop.run_until_complete(self._services.answers.ask(question))
-        return wire(AskResponse(answer.answer, answer.citations, answer.grounded, answer.timings_ms,
-                                answer.conversation_id))  # fmt: skip
+        return wire(AskResponse.of(answer))
 
     def close(self) -> None:
         try:

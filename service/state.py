@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ingest.pipeline import IngestionPipeline
 from ingest.worker import IngestWorker
 from kb.container import Container, build_reranker
+from service.ask.extract import Extractor
 from service.ask.pipeline import AskPipeline
 from service.auth import ApiKeyService
 from service.search.service import RetrievalService
@@ -56,5 +57,7 @@ class Services:
         generator = await self.container.start_generator()
         registry = self.container.registry
         self.answers = AskPipeline(
-            self.retrieval, generator, settings.retrieval, settings.generator, conversations=registry, documents=registry
-        )
+            self.retrieval, generator, settings.retrieval, settings.generator, conversations=registry,
+            documents=registry, answer_settings=settings.answers,
+            extractor=Extractor(self.container.embedder, settings.embedder.languages),
+        )  # fmt: skip

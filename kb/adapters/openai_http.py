@@ -119,6 +119,8 @@ class OpenAIHttpGenerator:
             "top_p": self._settings.top_p,
             "stop": list(self._settings.stop) or None,
             "repetition_penalty": self._settings.repetition_penalty,  # vLLM's extension of the OpenAI API
+            "frequency_penalty": self._settings.frequency_penalty,
+            "presence_penalty": self._settings.presence_penalty,
             "stream": True,
         }
         budget = self._settings.request_timeout_s

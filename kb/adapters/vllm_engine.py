@@ -131,6 +131,8 @@ class VllmEngineGenerator:
                 "max_tokens": max_tokens or self._settings.max_answer_tokens,
                 "stop": list(self._settings.stop) or None,
                 "repetition_penalty": self._settings.repetition_penalty,
+                "frequency_penalty": self._settings.frequency_penalty,
+                "presence_penalty": self._settings.presence_penalty,
                 **self._sampling_args,
                 "output_kind": RequestOutputKind.DELTA,
             }

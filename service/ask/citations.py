@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kb.models import Citation, Passage
 from kb.ports import DocumentStore
+from service.ask.verify import MARKER as _MARKER
+from service.ask.verify import MIN_SUPPORT_MARKED, ClaimCheck, check_claim, makes_claim
 from service.search.lexical import content_terms
 
-# [1], [1, 2], [1][3], 【2】, [source 1]
-_MARKER = re.compile(r"[\[【]\s*(?:sources?\s*)?(\d+(?:\s*[,，、]\s*\d+)*)\s*[\]】]", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^。！？.!?\n]+[。！？.!?]?")
 # The end of an answer sentence, with any markers right after it ("... stored. [1]").
 _SENTENCE_END = re.compile(r"(?:[.!?]+(?=\s|$)|[。！？]+|\n)(?:[ \t]*[\[【][^\]】\n]{0,20}[\]】])*")
 SNIPPET_CHARS = 300
-# Share of a sentence's content terms that must occur in a source for the service to cite that source itself ...
+# Share of a sentence's content terms that must occur in a source for the service to cite that source itself; for a
+# citation to count as supported, MIN_SUPPORT_MARKED (service/ask/verify.py) and every fact of the sentence.
 MIN_SUPPORT = 0.5
-# ... and for a citation the model made to count as supported (paraphrase shares fewer terms than a copy).
-MIN_SUPPORT_MARKED = 0.34
 
 
 @dataclass
@@ -73,19 +72,26 @@ def _support(sentence_terms: set[str], passage: Passage) -> float:
 class AnnotatedAnswer:
     text: str  # the answer with a [n] after every sentence that a source supports
     citations: list[Citation]
+    claims: list[ClaimCheck] = field(default_factory=list)  # one per sentence that states something, spans in `text`
+    # Every claim supported by the sources it cites (and at least one claim): nothing in the answer is unchecked.
+    grounded: bool = False
 
 
 def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_SUPPORT) -> AnnotatedAnswer:
-    """Cite per sentence: the model's own valid markers, or else the source that evidently supports the sentence.
+    """Cite per sentence: the model's own valid markers, or else the source that evidently supports the sentence;
+    then check each sentence against the sources it cites (service/ask/verify.py).
 
     Small models often answer from the sources without citing them; a sentence whose content terms mostly occur
-    in one source gets that source's number, so that every statement a reader sees can be checked.
+    in one source gets that source's number, so that every statement a reader sees can be checked. They also copy
+    a source's words around a number or name of their own and cite it: such a sentence is unsupported, and so is
+    every citation it makes. A sentence that states something and cites nothing is an unsupported claim.
     """
     pieces: list[str] = []
     support_text: dict[int, list[str]] = {}
     support_score: dict[int, float] = {}
     order: list[int] = []
     inferred: set[int] = set()
+    checks: list[tuple[int, ClaimCheck]] = []  # (piece index, check)
     for start, end in _sentence_spans(answer):
         sentence = answer[start:end]
         numbers = parse_markers(sentence, len(passages)).cited
@@ -108,8 +114,12 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
                 support_text[n] = []
             support_text[n].append(plain)
             support_score[n] = max(support_score.get(n, 0.0), _support(sentence_terms, passages[n - 1]))
+        if makes_claim(plain):
+            supported, missing = check_claim(plain, [passages[n - 1].text for n in numbers])
+            checks.append((len(pieces), ClaimCheck(0, 0, list(numbers), supported, missing)))
         pieces.append(sentence)
     explicit = set(parse_markers(answer, len(passages)).cited)
+    unsupported = {n for _, check in checks if not check.supported for n in check.cited}
     citations = []
     for n in order:
         passage = passages[n - 1]
@@ -126,10 +136,36 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
                 score=passage.score,
                 inferred=n in inferred and n not in explicit,
                 span=(offset, offset + len(snippet)),
-                supported=support_score.get(n, 0.0) >= MIN_SUPPORT_MARKED,
+                supported=support_score.get(n, 0.0) >= MIN_SUPPORT_MARKED and n not in unsupported,
             )
         )
-    return AnnotatedAnswer(strip_invalid_markers("".join(pieces), len(passages)), citations)
+    text = strip_invalid_markers("".join(pieces), len(passages))
+    spans = _spans_in(text, pieces, len(passages))
+    claims = []
+    for index, check in checks:
+        check.start, check.end = spans[index]
+        claims.append(check)
+    grounded = bool(claims) and all(check.supported for check in claims)
+    return AnnotatedAnswer(text, citations, claims, grounded)
+
+
+def _spans_in(text: str, pieces: Sequence[str], source_count: int) -> list[tuple[int, int]]:
+    """Where each sentence of the answer stands in its final text (markers to no source gone, whitespace trimmed),
+    for a page to mark the unsupported ones."""
+    spans, at = [], 0
+    for piece in pieces:
+        cleaned = strip_invalid_markers(piece, source_count)
+        found = text.find(cleaned, at) if cleaned else -1
+        if found < 0:  # the cleanup changed this sentence's edges: as many characters from where the last one ended
+            found = at
+            while found < len(text) and text[found].isspace():
+                found += 1
+            end = min(len(text), found + len(cleaned))
+        else:
+            end = found + len(cleaned)
+        spans.append((found, end))
+        at = end
+    return spans
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:

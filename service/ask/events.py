@@ -28,12 +28,19 @@ class Citations(_Event, tag="citations"):
 
 
 class Done(_Event, tag="done"):
-    answer: str  # the final text: invalid markers dropped, sentences the model left uncited marked with their source
-    grounded: bool  # False: nothing relevant was found and the model was not asked
+    """The final answer. Its text replaces what the tokens spelled: invalid markers dropped, sentences the model left
+    uncited marked with their source, or, where the model's answer failed the citation check, the quoted evidence."""
+
+    answer: str
+    grounded: bool  # True only when the sources support the answer's claims
     timings_ms: dict[str, float]
     conversation_id: str | None = None
     sources: int = 0  # sources in the prompt
     whole_documents: int = 0  # documents given whole
+    # How the answer was made: "generate" (the model wrote it), "extract" (quoted from the sources: configured, the
+    # question's language, or the model's answer failed the check), "none" (the no-information text).
+    mode: str = "generate"
+    unsupported: list[str] = msgspec.field(default_factory=list)  # sentences of `answer` no cited source supports
 
 
 class Failed(_Event, tag="error", omit_defaults=True):
@@ -79,4 +86,5 @@ async def collect(events: AsyncIterator[AskEvent]) -> Answer:
                 raise AnswerFailed(event)
     if done is None:
         raise RuntimeError("the answer stream ended without its done event")
-    return Answer(done.answer, citations, done.grounded, done.timings_ms, done.conversation_id)
+    return Answer(done.answer, citations, done.grounded, done.timings_ms, done.conversation_id, done.mode,
+                  done.unsupported)  # fmt: skip

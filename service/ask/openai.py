@@ -96,6 +96,13 @@ def sources_text(citations: Sequence[Citation]) -> str:
     return "\n\nSources:\n" + "\n".join(lines)
 
 
+def unsupported_text(sentences: Sequence[str]) -> str:
+    """The sentences no cited source supports, said as such for chat front ends that show only the text."""
+    if not sentences:
+        return ""
+    return "\n\nNot supported by the cited sources:\n" + "\n".join(f"- {s}" for s in sentences)
+
+
 def _chunk(completion_id: str, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
     return json.dumps({
         "id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": MODEL,
@@ -131,7 +138,8 @@ async def models() -> ModelList:
     "/v1/chat/completions", tags=["openai"], status_code=200, guards=[requires("ask")],
     summary="OpenAI-compatible chat completion answered from the knowledge base",
     description="The last user message is the question; earlier messages are the conversation. With `stream: true`, "
-    "`chat.completion.chunk` events then `data: [DONE]`; the last content chunk carries `citations`.",
+    "`chat.completion.chunk` events then `data: [DONE]`; the last content chunk carries `citations` (and lists any "
+    "sentence no cited source supports).",
     responses=ok(ChatCompletion, COMPLETION_EXAMPLE),
 )  # fmt: skip
 async def chat_completions(
@@ -154,12 +162,13 @@ async def chat_completions(
     if not data.stream:
         answer = await collect(answers.stream(question))
         count_answer("openai", answer, generator)
-        message = AssistantMessage(answer.answer + sources_text(answer.citations))
+        message = AssistantMessage(answer.answer + unsupported_text(answer.unsupported) + sources_text(answer.citations))
         return Response(ChatCompletion(completion_id, int(time.time()), [Choice(message)], answer.citations))
 
     events = await opened(answers.stream(question))  # a dependency down is a 503/504 problem, not a broken 200
 
     async def chunks() -> AsyncIterator[ServerSentEventMessage]:
+        cited: list[Citation] = []
         try:
             yield ServerSentEventMessage(data=_chunk(completion_id, {"role": "assistant", "content": ""}))
             async for event in events:
@@ -167,9 +176,11 @@ async def chat_completions(
                     case Token(text=text):
                         yield ServerSentEventMessage(data=_chunk(completion_id, {"content": text}))
                     case Citations(citations=citations):
-                        yield ServerSentEventMessage(data=_chunk(completion_id, {"content": sources_text(citations)},
-                                                                 citations=msgspec.to_builtins(citations)))  # fmt: skip
+                        cited = citations
                     case Done():
+                        content = unsupported_text(event.unsupported) + sources_text(cited)
+                        yield ServerSentEventMessage(data=_chunk(completion_id, {"content": content},
+                                                                 citations=msgspec.to_builtins(cited)))  # fmt: skip
                         count_answer("openai", event, generator)
                     case Failed():  # as OpenAI and vLLM report an error once streaming has begun
                         error = {"message": event.detail, "type": event.title, "code": event.status}

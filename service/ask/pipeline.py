@@ -1,25 +1,33 @@
 """Ask: one question through the named stages, emitting typed events (service.ask.events) that every door maps.
 
-    conversation -> scope -> budget -> query + retrieve -> pack -> generate -> cite -> remember
+    conversation -> scope -> budget -> query + retrieve -> pack -> generate -> cite (check) -> remember
+                                                               `-> extract (quoted evidence) -´
 
-Each stage is a small unit in its own module; this function only passes their results along."""
+Each stage is a small unit in its own module; `stream` only passes their results along. How the answer is made
+(service.ask.answerability): the model writes it, unless the settings or the question's language say the quoted
+evidence answers; in "auto" mode a written answer that fails the citation check (service.ask.verify) gives way to
+the quoted evidence, and where that is too weak too, to the no-information text."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kb.languages import MULTILINGUAL
 from kb.models import Answer, Passage, SearchFilter
 from kb.ports import ConversationStore, DocumentStore, Generator
-from kb.settings import GeneratorSettings, RetrievalSettings
-from service.ask.citations import cite
+from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
+from service.ask.answerability import first_mode, says_no_information
+from service.ask.citations import AnnotatedAnswer, annotate, parse_markers, visible_citations
 from service.ask.conversation import Conversation, ConversationStage
 from service.ask.events import AskEvent, Citations, Done, Token, collect
+from service.ask.extract import Extractor
 from service.ask.generate import Generation
 from service.ask.packing import Budget, Packer
-from service.ask.prompt import messages, no_information_answer
+from service.ask.prompt import REPLACED_NOTE, messages, no_information_answer
 from service.ask.query import QueryStage
 from service.ask.retrieve import Evidence, RetrieveStage
 from service.ask.scope import resolve_scope
@@ -46,14 +54,18 @@ class AskPipeline:
         generator_settings: GeneratorSettings,
         conversations: ConversationStore | None = None,
         documents: DocumentStore | None = None,
+        answer_settings: AnswerSettings | None = None,
+        extractor: Extractor | None = None,
     ) -> None:
         self.packer = Packer(generator, retrieval_settings, generator_settings)
         self.conversation = ConversationStage(conversations, retrieval_settings.max_history_turns)
         self.query = QueryStage(generator, retrieval_settings.followup_rewrite)
         self.retrieve = RetrieveStage(retrieval, self.packer)
+        self.extractor = extractor or Extractor(None, [MULTILINGUAL])
         self._generator = generator
         self._max_answer_tokens = generator_settings.max_answer_tokens
         self._documents = documents
+        self._answers = answer_settings or AnswerSettings()
 
     async def stream(self, question: Question) -> AsyncIterator[AskEvent]:
         started = time.perf_counter()
@@ -62,24 +74,44 @@ class AskPipeline:
         budget = self.packer.budget(question.text, conversation.dialogue)
         evidence = await self.retrieve.gather(scope, budget, lambda: self.query.standalone(question.text, conversation))
         sources = self._sources(evidence, conversation, budget, question.filter)
-        if not sources:
-            async for event in self._no_information(question, conversation, evidence, started):
-                yield event
-            return
-
-        generation = Generation(self._generator, messages(question.text, sources, conversation.dialogue),
-                                self._max_answer_tokens)  # fmt: skip
-        async for delta in generation.deltas():
-            yield Token(text=delta)
-        answer, citations, invalid = cite(generation.text, sources, question.reader_groups, self._documents)
-        yield Citations(citations=citations, invalid_markers=invalid)
-        self.conversation.remember(conversation, question.text, answer, sources)
         timings = evidence.timings_ms
-        if generation.first_token_at is not None:
-            timings["first_token"] = (generation.first_token_at - started) * 1000
+        mode = first_mode(question.text, self._answers) if sources else "none"
+
+        text, text_written = "", False
+        if mode == "generate":
+            generation = Generation(self._generator, messages(question.text, sources, conversation.dialogue),
+                                    self._max_answer_tokens)  # fmt: skip
+            async for delta in generation.deltas():
+                yield Token(text=delta)
+            if generation.first_token_at is not None:
+                timings["first_token"] = (generation.first_token_at - started) * 1000
+            text = generation.text
+            text_written = bool(text)
+            checked = annotate(text, sources)
+            if self._answers.mode == "auto" and (says_no_information(text) or not checked.grounded):
+                mode = "extract"  # the model fell short: the sources speak for themselves, if they answer at all
+        if mode == "extract":
+            extraction = await asyncio.to_thread(self.extractor.extract, question.text, sources,
+                                                 self._answers.extract_sentences)  # fmt: skip
+            text = extraction.text if self.extractor.answerable(extraction) else ""
+            checked = annotate(text, sources)
+            mode = "extract" if text else "none"
+        if mode == "none":
+            text, checked = no_information_answer(question.text), annotate("", [])
+        if mode != "generate":
+            # The whole answer at once. After a written answer that failed the check it follows a note, so that a
+            # client that only appends tokens still reads which answer stands (Done's text replaces both).
+            yield Token(text=(REPLACED_NOTE if text_written else "") + text)
+
+        citations = visible_citations(checked.citations, question.reader_groups, self._documents)
+        yield Citations(citations=citations, invalid_markers=parse_markers(text, len(sources)).invalid)
+        self.conversation.remember(conversation, question.text, checked.text if mode != "none" else text,
+                                   sources if mode != "none" else [])  # fmt: skip
         timings["total"] = (time.perf_counter() - started) * 1000
-        yield Done(answer=answer, grounded=True, timings_ms=timings, conversation_id=conversation.conversation_id,
-                   sources=len(sources), whole_documents=len({p.document_id for p in evidence.whole}))  # fmt: skip
+        yield Done(answer=checked.text if mode != "none" else text, grounded=mode != "none" and checked.grounded,
+                   timings_ms=timings, conversation_id=conversation.conversation_id, sources=len(sources),
+                   whole_documents=len({p.document_id for p in evidence.whole}), mode=mode,
+                   unsupported=unsupported_sentences(checked))  # fmt: skip
 
     def _sources(
         self, evidence: Evidence, conversation: Conversation, budget: Budget, filter: SearchFilter | None
@@ -95,19 +127,14 @@ class AskPipeline:
         groups = filter.groups if filter is not None else None
         return [p for p in sources if p.visible_to(groups)]
 
-    async def _no_information(
-        self, question: Question, conversation: Conversation, evidence: Evidence, started: float
-    ) -> AsyncIterator[AskEvent]:
-        answer = no_information_answer(question.text)
-        yield Token(text=answer)
-        yield Citations(citations=[])
-        self.conversation.remember(conversation, question.text, answer, [])
-        timings = {**evidence.timings_ms, "total": (time.perf_counter() - started) * 1000}
-        yield Done(answer=answer, grounded=False, timings_ms=timings, conversation_id=conversation.conversation_id)
-
     async def ask(self, question: Question | str, filter: SearchFilter | None = None,
                   conversation_id: str | None = None) -> Answer:  # fmt: skip
         """The whole answer (the CLI, benchmarks, tests)."""
         if isinstance(question, str):
             question = Question(question, filter, conversation_id)
         return await collect(self.stream(question))
+
+
+def unsupported_sentences(checked: AnnotatedAnswer) -> list[str]:
+    """The sentences of the final answer that no cited source supports, for the doors to show as such."""
+    return [checked.text[c.start:c.end].strip() for c in checked.claims if not c.supported]

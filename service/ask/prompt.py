@@ -23,6 +23,8 @@ NO_INFORMATION = {
     "en": "The knowledge base has no information on this question.",
     "zh": "知识库中没有关于这个问题的信息。",
 }
+# Between a written answer that failed the citation check and what replaces it (quoted evidence or no information).
+REPLACED_NOTE = "\n\n(The answer above is not supported by the sources.)\n\n"
 # Sources are joined by a blank line, and a blank line follows the last one.
 SOURCE_SEPARATOR = "\n\n"
 # Each turn of the conversation as the prompt quotes it.

@@ -49,8 +49,7 @@ async def ask(
     if not data.stream:
         answer = await collect(answers.stream(question))
         count_answer("ask", answer, generator)
-        return Response(AskResponse(answer.answer, answer.citations, answer.grounded, answer.timings_ms,
-                                    answer.conversation_id))  # fmt: skip
+        return Response(AskResponse.of(answer))
 
     events = await opened(answers.stream(question))  # a dependency down is a 503/504 problem, not a broken 200
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar.openapi.spec import Example
 from msgspec import Meta, Struct
 
-from kb.models import Citation
+from kb.models import Answer, Citation
 from service.search.filters import SearchFilters
 from service.search.schemas import DOCUMENT_ID, PASSAGE_EXAMPLE
 
@@ -26,9 +27,16 @@ class AskRequest(Struct):
 class AskResponse(Struct):
     answer: str
     citations: list[Citation]
-    grounded: bool
+    grounded: bool  # True only when the sources support the answer's claims
     timings_ms: dict[str, float]
     conversation_id: str | None
+    mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
+    unsupported: list[str] = msgspec.field(default_factory=list)  # sentences no cited source supports
+
+    @classmethod
+    def of(cls, answer: Answer) -> "AskResponse":
+        return cls(answer.answer, answer.citations, answer.grounded, answer.timings_ms, answer.conversation_id,
+                   answer.mode, answer.unsupported)  # fmt: skip
 
 
 class SourceRef(Struct):
@@ -65,7 +73,7 @@ CITATION_EXAMPLE = {
 ANSWER_EXAMPLE: dict[str, Any] = {
     "answer": "Each uploaded file may be at most 100 MB by default [1].", "citations": [CITATION_EXAMPLE],
     "grounded": True, "timings_ms": {"retrieval": 18.2, "first_token": 212.0, "total": 1650.0},
-    "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5",
+    "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5", "mode": "generate", "unsupported": [],
 }  # fmt: skip
 CONVERSATION_EXAMPLE = {"conversation_id": ANSWER_EXAMPLE["conversation_id"], "messages": [
     {"role": "user", "content": "How large may an upload be?", "sources": []},

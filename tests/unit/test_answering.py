@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kb.models import Passage
-from kb.settings import GeneratorSettings, RetrievalSettings
+from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
 from service.ask.events import Citations, Done, Token
 from service.ask.packing import Budget
 from service.ask.pipeline import AskPipeline, Question
@@ -100,3 +100,54 @@ async def test_a_follow_up_keeps_the_previous_sources_first_and_retrieves_with_c
     assert "[3] Restores are tested every quarter." in prompt_two
     assert "The conversation so far:\nUser: When do backups run?\nAssistant: Backups run nightly" in prompt_two
     assert [m["role"] for m in conversations.messages[one.conversation_id]] == ["user", "assistant"] * 2
+
+
+def auto(passages: list[Passage], answer: str, **answer_settings: object) -> tuple[AskPipeline, FakeGenerator]:
+    generator = FakeGenerator(answer)
+    settings = AnswerSettings(**{"mode": "auto", **answer_settings})  # type: ignore[arg-type]
+    pipeline = AskPipeline(FakeRetrieval(passages), generator, RetrievalSettings(), GeneratorSettings(),  # type: ignore[arg-type]
+                           answer_settings=settings)  # fmt: skip
+    return pipeline, generator
+
+
+TRAVEL = passage("travel", 0, "Travel costs are reimbursed within 30 days of the trip. Economy class is the rule for "
+                 "flights under six hours.")  # fmt: skip
+
+
+async def test_an_invented_fact_is_not_passed_off_as_grounded() -> None:
+    """"How many weeks of parental leave…" against a travel policy got "12 weeks" with grounded: true."""
+    answers, _ = auto([TRAVEL], "Parental leave is 12 weeks [1].")
+    events = [e async for e in answers.stream(Question("How many weeks of parental leave do employees get?"))]
+    done = events[-1]
+    assert isinstance(done, Done) and done.mode == "none" and done.grounded is False
+    assert done.answer == no_information_answer("How many weeks of parental leave do employees get?")
+    assert isinstance(events[-2], Citations) and events[-2].citations == []
+    # A client that only appends tokens reads the replacement after a note, not the invented answer alone.
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert streamed.index("not supported by the sources") < streamed.index(done.answer)
+
+
+async def test_generate_mode_keeps_the_answer_and_names_its_unsupported_sentence() -> None:
+    answers, _ = auto([TRAVEL], "Travel costs are reimbursed within 30 days [1]. Parental leave is 12 weeks [1].",
+                      mode="generate")  # fmt: skip
+    answer = await answers.ask("How fast are travel costs reimbursed, and how long is parental leave?")
+    assert answer.mode == "generate" and answer.grounded is False
+    assert answer.unsupported == ["Parental leave is 12 weeks [1]."]
+    assert answer.citations and answer.citations[0].supported is False
+
+
+async def test_a_question_in_a_language_the_model_does_not_write_gets_quoted_evidence() -> None:
+    duty = passage("duty", 0, "值班安排如下。工作日值班时间为早上九点到晚上六点。周末由轮值工程师负责。")
+    answers, generator = auto([duty], "should not be used")
+    answer = await answers.ask("工作日值班时间是什么时候？")
+    assert generator.messages == []  # the model was not asked
+    assert answer.mode == "extract" and answer.grounded is True
+    assert "工作日值班时间为早上九点到晚上六点" in answer.answer and "[1]" in answer.answer
+    assert [c.document_id for c in answer.citations] == ["duty"]
+
+
+async def test_a_supported_written_answer_stays() -> None:
+    answers, _ = auto([TRAVEL], "Travel costs are reimbursed within 30 days of the trip [1].")
+    answer = await answers.ask("How fast are travel costs reimbursed?")
+    assert answer.mode == "generate" and answer.grounded is True and answer.unsupported == []
+    assert answer.answer.startswith("Travel costs are reimbursed within 30 days")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kb.models import Passage, SearchFilter
-from kb.settings import GeneratorSettings, RetrievalSettings
+from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
 from service.ask.pipeline import AskPipeline
 from service.ask.scope import documents_of_previous_turn, refers_to_previous_documents
 from service.search.service import RetrievalResult
@@ -28,9 +28,9 @@ def build(
     generator = FakeGenerator(answer)
     conversations = FakeConversations()
     retrieval_settings = RetrievalSettings(context_tokens=context_tokens, **settings)
-    service = AskPipeline(
-        retrieval, generator, retrieval_settings, GeneratorSettings(), conversations  # type: ignore[arg-type]
-    )
+    # The model's answer as it comes (these tests are about which sources it is given, not about the check).
+    service = AskPipeline(retrieval, generator, retrieval_settings, GeneratorSettings(), conversations,  # type: ignore[arg-type]
+                          answer_settings=AnswerSettings(mode="generate"))  # fmt: skip
     return service, generator, conversations
 
 
@@ -49,7 +49,7 @@ async def test_a_document_that_fits_goes_in_whole_and_in_order_without_retrieval
 
     answer = await answers.ask("What does it say?", SearchFilter(document_ids=["policy", "manual"]))
 
-    assert answer.grounded
+    assert answer.mode == "generate"  # the model was asked
     assert source_lines(generator.prompt) == [
         f"[{n + 1}] {p.text}" for n, p in enumerate(POLICY + MANUAL)
     ]
@@ -160,7 +160,7 @@ async def test_a_source_the_caller_may_not_read_never_reaches_the_prompt() -> No
     answer = await answers.ask("What rises in May?", SearchFilter(groups=["staff"]))
 
     assert generator.messages == []  # the model is not even asked
-    assert answer.grounded is False and answer.citations == []
+    assert answer.grounded is False and answer.citations == [] and answer.mode == "none"
 
 
 async def test_retrieval_depth_follows_the_context_budget() -> None:

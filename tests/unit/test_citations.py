@@ -79,3 +79,69 @@ def test_the_span_locates_the_snippet_in_the_chunk() -> None:
     start, end = citation.span
     assert text[start:end] == citation.snippet == "The upload limit is 100 MB per file."
     assert citation.supported is True
+
+
+TRAVEL = "Business travel must be approved two weeks in advance. Leave for travel days is reimbursed within 30 days."
+
+
+def test_a_cited_sentence_with_an_invented_number_is_unsupported_and_the_answer_not_grounded() -> None:
+    """The issue's case: a travel policy, and the model's "12 weeks [1]" for parental leave."""
+    result = annotate("Parental leave is 12 weeks [1].", [passage(1, TRAVEL)])
+    (citation,) = result.citations
+    (claim,) = result.claims
+    assert citation.supported is False and result.grounded is False
+    assert (claim.cited, claim.supported, claim.missing) == ([1], False, ["12 weeks"])
+    assert result.text[claim.start : claim.end] == "Parental leave is 12 weeks [1]."
+
+
+def test_an_answer_whose_every_claim_its_sources_support_is_grounded() -> None:
+    sources = [passage(1, "Backups run nightly at 02:00."), passage(2, "Originals are kept for seven years.")]
+    result = annotate("Originals are kept 7 years. Backups run nightly [1].", sources)
+    assert result.grounded is True
+    assert [(c.cited, c.supported, c.missing) for c in result.claims] == [([2], True, []), ([1], True, [])]
+    assert all(c.supported for c in result.citations)
+
+
+def test_one_unsupported_sentence_makes_its_citation_unsupported_though_another_sentence_is_fine() -> None:
+    sources = [passage(1, "The upload limit is 100 MB per file. Uploads are scanned for viruses.")]
+    result = annotate("The upload limit is 100 MB [1]. Uploads are scanned within 5 minutes [1].", sources)
+    (citation,) = result.citations
+    assert [c.supported for c in result.claims] == [True, False]
+    assert result.claims[1].missing == ["5 minutes"]
+    assert citation.supported is False and result.grounded is False
+
+
+def test_an_uncited_claim_no_source_supports_stays_uncited_and_unsupported() -> None:
+    sources = [passage(1, "Backups run nightly at 02:00.")]
+    result = annotate("Backups run nightly [1]. The moon is made of cheese.", sources)
+    assert result.text == "Backups run nightly [1]. The moon is made of cheese."
+    assert [(c.cited, c.supported) for c in result.claims] == [([1], True), ([], False)]
+    assert [c.n for c in result.citations] == [1] and result.citations[0].supported is True
+    assert result.grounded is False
+
+
+def test_claim_spans_point_into_the_final_text() -> None:
+    """The final text gains inferred markers and loses markers to no source: the spans follow it."""
+    sources = [passage(1, "Backups run nightly at 02:00."), passage(2, "Originals are kept for seven years.")]
+    result = annotate("Originals are kept seven years. See the archive [7]. Backups run at 02:00 [1].", sources)
+    assert result.text == "Originals are kept seven years [2]. See the archive. Backups run at 02:00 [1]."
+    assert [result.text[c.start : c.end] for c in result.claims] == [
+        "Originals are kept seven years [2].",
+        "See the archive.",
+        "Backups run at 02:00 [1].",
+    ]
+    assert [c.supported for c in result.claims] == [True, False, True]
+
+
+def test_an_answer_that_claims_nothing_is_not_grounded() -> None:
+    result = annotate("Yes.", [passage(1, "Backups run nightly.")])
+    assert result.claims == [] and result.grounded is False
+
+
+def test_a_chinese_sentence_with_a_changed_number_is_unsupported() -> None:
+    sources = [passage(1, "工作日值班时间为北京时间下午三点至晚上十二点。")]
+    good = annotate("值班时间为下午三点至晚上十二点。", sources)
+    bad = annotate("值班时间为下午五点至晚上十二点 [1]。", sources)
+    assert good.grounded is True and good.citations[0].supported is True
+    assert bad.grounded is False and bad.citations[0].supported is False
+    assert bad.claims[0].missing == ["五点"]

@@ -89,6 +89,8 @@ async def test_streams_deltas_and_sends_an_openai_request() -> None:
         "top_p": SETTINGS.top_p,
         "stop": SETTINGS.stop,
         "repetition_penalty": SETTINGS.repetition_penalty,
+        "frequency_penalty": SETTINGS.frequency_penalty,
+        "presence_penalty": SETTINGS.presence_penalty,
         "stream": True,
     }
 

@@ -117,12 +117,35 @@ function renderCitations(citations) {
   }
 }
 
+// The final answer replaces the streamed tokens. Sentences no cited source supports are marked as such (text nodes
+// only: the answer is never parsed as HTML); quoted evidence and "no information" say what they are.
+function renderAnswer(answer, done) {
+  answer.replaceChildren();
+  let rest = done.answer;
+  for (const sentence of done.unsupported || []) {
+    const at = sentence ? rest.indexOf(sentence) : -1;
+    if (at < 0) continue;
+    answer.append(document.createTextNode(rest.slice(0, at)));
+    const mark = document.createElement("mark");
+    mark.className = "unsupported";
+    mark.title = "Not supported by the cited sources";
+    mark.textContent = sentence;
+    answer.append(mark);
+    rest = rest.slice(at + sentence.length);
+  }
+  answer.append(document.createTextNode(rest));
+  const note = document.getElementById("answer-note");
+  note.textContent = done.mode === "extract" ? "Quoted from the sources." :
+    (done.unsupported || []).length ? "Marked sentences are not supported by the cited sources." : "";
+}
+
 async function ask(event) {
   event.preventDefault();
   const question = document.getElementById("question").value.trim();
   if (!question) return;
   const answer = document.getElementById("answer");
   answer.textContent = "";
+  document.getElementById("answer-note").textContent = "";
   document.getElementById("citations").replaceChildren();
   const response = await api("/v1/ask", {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({question, stream: true}),
@@ -148,7 +171,7 @@ async function ask(event) {
       const payload = JSON.parse(data);
       if (name === "token") answer.textContent += payload.text;
       else if (name === "citations") renderCitations(payload.citations);
-      else if (name === "done") answer.textContent = payload.answer;
+      else if (name === "done") renderAnswer(answer, payload);
     }
   }
 }
