@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import socket
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +42,21 @@ class WordTokens:
 
 
 Vector = Callable[[int, int, str], list[float]]
+
+
+def word_overlap(dimension: int = 256) -> Vector:
+    """A `vector` for FakeEmbedder that scores by word overlap: each lowercased word counted on an axis of its own
+    (crc32, so the same in every run), normalised; texts that share words are similar, texts that share none are
+    orthogonal up to hash collisions."""
+
+    def vector(_call: int, _position: int, text: str) -> list[float]:
+        counts = [0.0] * dimension
+        for word in re.findall(r"\w+", text.lower()):
+            counts[zlib.crc32(word.encode()) % dimension] += 1.0
+        norm = math.sqrt(sum(c * c for c in counts)) or 1.0
+        return [c / norm for c in counts]
+
+    return vector
 
 
 class FakeEmbedder:

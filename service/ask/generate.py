@@ -26,7 +26,7 @@ _TOKEN = re.compile(rf"[{HAN_RANGES}]|[^\W{HAN_RANGES}]+")
 _HAN = re.compile(f"[{HAN_RANGES}]")
 # Words seen twice in a row this long are a loop (a sentence repeated with a small change, or one without an end);
 # a Han character counts half a word. Long enough that an answer naming the same thing twice is not one.
-LOOP_WORDS = 12
+LOOP_WORDS = 10
 # The same mark four times or more ("？？？？", "!!!!", ",,,,"): a loop from its second mark on.
 _MARK_RUN = re.compile(r"([。！？!?，,、；;：:])\1{3,}")
 # Shorter sentences may recur without being a loop ("e.g.", "Yes.").

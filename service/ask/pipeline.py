@@ -92,7 +92,8 @@ class AskPipeline:
             if self._answers.mode == "auto" and (says_no_information(text) or not checked.grounded):
                 mode = "extract"  # the model fell short: the sources speak for themselves, if they answer at all
         if mode == "extract":
-            extraction = await asyncio.to_thread(self.extractor.extract, question.text, sources,
+            # Quoted for what was searched: a follow-up ("tell me more") made standalone with what it follows up on.
+            extraction = await asyncio.to_thread(self.extractor.extract, evidence.query or question.text, sources,
                                                  self._answers.extract_sentences)  # fmt: skip
             text = extraction.text if self.extractor.answerable(extraction) else ""
             checked = quoted(annotate(text, sources))

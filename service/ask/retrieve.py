@@ -25,6 +25,7 @@ class Evidence:
     retrieved: list[Passage] = field(default_factory=list)  # search hits, best first
     relevant: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    query: str | None = None  # what was searched with (a follow-up made standalone), if anything was
 
 
 class RetrieveStage:
@@ -67,7 +68,8 @@ class RetrieveStage:
         if evidence.whole and not (search_in is not None and search_in.document_ids):
             return evidence  # every document asked about is there whole
         tokens = budget.context - sum(self._packer.costs(1, evidence.whole))
-        result = await self._retrieval.search(await query(), top_k=self._packer.candidates(tokens), filter=search_in)
+        evidence.query = await query()
+        result = await self._retrieval.search(evidence.query, top_k=self._packer.candidates(tokens), filter=search_in)
         evidence.timings_ms["retrieval"] = result.latency_ms
         # Inside documents the reader named, a weak match is still the best part of what they asked about.
         if result.relevant or (scope.document_ids and result.passages):
