@@ -280,7 +280,9 @@ def test_a_generator_failing_mid_answer_ends_the_stream_with_an_error_event(
         streamed = client.post("/v1/ask", json={**ASK, "stream": True})
         assert streamed.status_code == 200  # the answer had begun
         events = sse_events(streamed)
-        assert events[0] == ("token", json.dumps({"text": ANSWER[0]}))
+        # The first delta, or its start: the repetition guard holds back a trailing space until the next one.
+        assert events[0][0] == "token" and json.loads(events[0][1])["text"].strip()
+        assert ANSWER[0].startswith(json.loads(events[0][1])["text"])
         assert events[-1][0] == "error" and len(events) == 2, events
         error = json.loads(events[-1][1])
         assert error["status"] == status and error["dependency"] == "generator" and "generator" in error["detail"]
@@ -288,7 +290,8 @@ def test_a_generator_failing_mid_answer_ends_the_stream_with_an_error_event(
         chat = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
         assert chat.status_code == 200
         data = [json.loads(d) for _, d in sse_events(chat)]
-        assert data[1]["choices"][0]["delta"]["content"] == ANSWER[0]
+        assert data[1]["choices"][0]["delta"]["content"].strip()
+        assert ANSWER[0].startswith(data[1]["choices"][0]["delta"]["content"])
         assert data[-1]["error"]["code"] == status and "generator" in data[-1]["error"]["message"], data
         assert not any(d.get("choices", [{}])[0].get("finish_reason") == "stop" for d in data[:-1])
 
