@@ -18,8 +18,8 @@ Answerable questions:
   text (a citation of another paragraph that happens to hold the answer counts: it supports the answer too);
 - gold_cited: share of answers citing the gold paragraph;
 - repeated: share of final answers with a repeated sentence (sentences normalised: case, whitespace, punctuation,
-  [n] markers; only sentences of two words or Han characters or more count); repeated_streamed: the same of the
-  text the client was streamed (Token events);
+  [n] markers; only sentences of two words and five letters or more count, a Han character two letters);
+  repeated_streamed: the same of the text the client was streamed (Token events);
 - looped / looped_streamed: the same for a run of LOOP_TOKENS tokens that occurs twice (a loop without sentence
   ends, or a sentence repeated with a small change);
 - model_repeated: share of the model's answers (as it wrote them, before the pipeline cut any repetition) that
@@ -130,6 +130,7 @@ def contains_answer(text: str, answers: Sequence[str]) -> bool:
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 _MARKER = re.compile(r"[\[【]\s*(?:sources?\s*)?\d+(?:\s*[,，、]\s*\d+)*\s*[\]】]", re.IGNORECASE)
 _TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def repeated_sentence(text: str) -> str | None:
@@ -137,7 +138,7 @@ def repeated_sentence(text: str) -> str | None:
     seen: set[str] = set()
     for sentence in _SENTENCE_SPLIT.split(text):
         tokens = _TOKEN.findall(_MARKER.sub(" ", sentence).casefold())
-        if len(tokens) < 2:
+        if len(tokens) < 2 or sum(2 if _HAN.match(t) else len(t) for t in tokens) < 5:  # "e.g.", "是的。"
             continue
         key = " ".join(tokens)
         if key in seen:
@@ -282,8 +283,12 @@ async def ask_answerable(pipeline: Any, recording: RecordingGenerator, qa_set: Q
     total: list[float] = []
     examples: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for qa in qa_set.questions:
+    for i, qa in enumerate(qa_set.questions, 1):
         asked = await ask(pipeline, recording, qa.question)
+        if i % 20 == 0:
+            print(
+                f"{qa_set.name}: {i} of {n} answerable asked in {time.perf_counter() - started:.0f} s", file=sys.stderr
+            )
         total.append(asked.total_ms)
         if asked.first_text_ms is not None:
             first_text.append(asked.first_text_ms)
@@ -460,6 +465,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             runs.append(await run_one(args, settings, embedder, recording, extractor, qa_set,
                                                       indexes[qa_set.name], mode, budget, sampling))  # fmt: skip
                             print(json.dumps({k: v for k, v in runs[-1].items() if k != "examples"}), file=sys.stderr)
+                            if args.out:  # so far, in case the run is cut short
+                                write(Path(args.out), {"partial": True, "runs": runs})
         finally:
             await generator.close()
             for full, holdout in indexes.values():
@@ -568,6 +575,11 @@ def markdown(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS))
@@ -590,8 +602,7 @@ def main() -> None:
     print(markdown(result["runs"]))
     line = json.dumps(result, ensure_ascii=False)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write(Path(args.out), result)
     print(line)
 
 

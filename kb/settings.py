@@ -80,10 +80,13 @@ class GeneratorSettings(BaseModel):
     # (vLLM's server otherwise applies the model's generation_config.json, e.g. Qwen's top_p 0.8.)
     temperature: float = 0.0
     top_p: float = 1.0
+    # vLLM's repetition_penalty also counts the prompt's tokens: it keeps the model from copying the sources, and
+    # the default model then names the gold passage and the answer less often (bench/RESULTS.md, issue 14). Off.
     repetition_penalty: float = 1.0
-    # OpenAI's penalties (vLLM applies them before greedy choice): on the answer's own tokens only, so that, unlike
-    # repetition_penalty, copying the sources' words is not penalised.
-    frequency_penalty: float = 0.0
+    # OpenAI's penalties (vLLM applies them before greedy choice) count the answer's own tokens only. A moderate
+    # frequency penalty makes the default model loop less at no cost in correct answers (bench/RESULTS.md, issue 14);
+    # the repetition guard (service.ask.generate) ends the loops that remain.
+    frequency_penalty: float = 0.5
     presence_penalty: float = 0.0
     # Small models go on with an invented next question or a copy of the source list; stopping there costs
     # good models nothing (they do not start a paragraph with "[n]").

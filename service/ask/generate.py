@@ -29,13 +29,22 @@ _HAN = re.compile(f"[{HAN_RANGES}]")
 LOOP_WORDS = 10
 # The same mark four times or more ("？？？？", "!!!!", ",,,,"): a loop from its second mark on.
 _MARK_RUN = re.compile(r"([。！？!?，,、；;：:])\1{3,}")
-# Shorter sentences may recur without being a loop ("e.g.", "Yes.").
-MIN_SENTENCE_TOKENS = 3
+# A sentence counts as a repeat from two words and five letters (a Han character: two) on: shorter ones may recur
+# without being a loop ("e.g.", "i.e.", "是的。").
+MIN_SENTENCE_WORDS = 2
+MIN_SENTENCE_LETTERS = 5
 
 
 def sentence_key(sentence: str) -> str:
     """A sentence as a repetition is recognised: case, white space, punctuation and [n] markers left out."""
     return " ".join(_TOKEN.findall(_MARKER.sub(" ", sentence).casefold()))
+
+
+def counts_as_sentence(key: str) -> bool:
+    """Whether a sentence (its sentence_key) is long enough that its repeat is a loop."""
+    words = key.split()
+    letters = sum(2 if _HAN.match(w) else len(w) for w in words)
+    return len(words) >= MIN_SENTENCE_WORDS and letters >= MIN_SENTENCE_LETTERS
 
 
 def _run_at(words: Sequence[str], start: int, length: float) -> tuple[str, ...] | None:
@@ -101,7 +110,7 @@ class RepetitionGuard:
     def _finish_sentence(self, end: int) -> None:
         start = self._sentence
         key = sentence_key(self._text[start:end])
-        if len(key.split()) >= MIN_SENTENCE_TOKENS and key in self._sentences:
+        if counts_as_sentence(key) and key in self._sentences:
             self._stop(start)
             return
         tokens = _tokens(self._text, start, end)
@@ -109,7 +118,7 @@ class RepetitionGuard:
         if loop is not None:
             self._stop(loop)
             return
-        if len(key.split()) >= MIN_SENTENCE_TOKENS:
+        if counts_as_sentence(key):
             self._sentences.add(key)
         self._words += [t for t, _, _ in tokens]
         while (run := _run_at(self._words, self._open, self._loop_words)) is not None:

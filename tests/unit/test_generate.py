@@ -98,6 +98,14 @@ async def test_a_sentence_repeated_within_a_longer_one_is_cut_where_the_repeat_s
     assert "".join(released) == generation.text
 
 
+async def test_a_list_that_repeats_an_item_ends_before_it():
+    deltas = words("Some large companies: [3]\n1. IBM Corporation [5]\n2. Omnicare [3]\n3. IBM Corporation [5]\n4. Google")
+
+    generation, _, _, _ = await generate(deltas)
+
+    assert generation.text == "Some large companies: [3]\n1. IBM Corporation [5]\n2. Omnicare [3]\n3."
+
+
 async def test_a_run_of_one_mark_is_a_loop():
     generation, released, watched, _ = await generate(list("什么？" + "？" * 40))
 
