@@ -12,9 +12,10 @@ command -v "$PY" >/dev/null || PY=python3
 # .docx/.pptx; pandoc 2.17's sandbox cannot write .docx). ~430 MB installed, ~30 s.
 APT_PACKAGES=(tesseract-ocr tesseract-ocr-chi-sim poppler-utils libmagic1
   pandoc pandoc-data libreoffice-writer-nogui libreoffice-impress-nogui)
-# `make test` drives the web page in a real browser (Playwright with Debian's Chromium; nothing is downloaded).
+# `make test` drives the web page in a real browser (Playwright with Debian's Chromium; nothing is downloaded), with
+# a small CJK font (WenQuanYi Micro Hei, ~5 MB) so that Chinese text renders in it (and its screenshots) as glyphs.
 if [ "${1:-}" = "--with-browser" ]; then
-  APT_PACKAGES+=(chromium)
+  APT_PACKAGES+=(chromium fonts-wqy-microhei)
 fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -70,6 +70,10 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         answer = json.loads(asked.stdout)
         assert answer["grounded"] is True and answer["citations"], answer
         assert {c["filename"] for c in answer["citations"]} & {p.name for p in SAMPLES.iterdir()}, answer
+        if request.param == "vllm":  # exactly `make run`: its sample answer is a measured good case, not luck
+            assert "100 MB" in answer["answer"] and "413" in answer["answer"], answer
+            assert answer["mode"] == "generate" and answer["unsupported"] == [], answer
+            assert {(c["filename"], c["page"]) for c in answer["citations"]} == {("kb-administrator-guide.pdf", 2)}
     log_path = data_dir.parent / f"serve-{request.param}.log"
     process, url = start_kb_serve(env, log_path)
     try:
