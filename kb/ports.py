@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -239,6 +240,62 @@ class ConversationStore(Protocol):
 
     def conversation_owner(self, conversation_id: str) -> str | None: ...
 
+    def list_conversations(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
+        """`owner`'s conversations that hold at least one message, the most recently continued first, at most
+        `limit`: {"conversation_id", "title" (the first question, at most 80 characters), "updated_at" (the last
+        message's time, timezone-aware UTC), "turns" (questions asked)}."""
+        ...
+
+    def delete_conversation(self, conversation_id: str, owner: str) -> bool:
+        """The conversation and its messages, if it belongs to `owner`; False (nothing deleted) otherwise."""
+        ...
+
+
+FeedbackRating = Literal["up", "down"]
+FeedbackSource = Literal["web", "slack", "api"]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A reader's 👍/👎 on an answer, kept with what was asked, answered and cited, so bad answers can be found."""
+
+    feedback_id: str
+    principal_id: str  # who gave it: a key's id, or `user:<name>` (the proxy)
+    rating: FeedbackRating
+    question: str
+    answer: str
+    comment: str | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)  # the answer's sources, as the reader saw them
+    conversation_id: str | None = None
+    source: FeedbackSource = "api"  # the door it came through
+    groups: list[str] = field(default_factory=list)  # the giver's groups: who may read it (see list_feedback)
+    created_at: datetime | None = None  # set by the store (timezone-aware UTC)
+
+
+@runtime_checkable
+class FeedbackStore(Protocol):
+    """Feedback on answers (durable), from every door (the web page, the API, the Slack bot)."""
+
+    def add_feedback(self, feedback: Feedback) -> Feedback:
+        """Stored as given, with `created_at` now (UTC) unless set; returned as stored. A feedback_id is taken once."""
+        ...
+
+    def get_feedback(self, feedback_id: str) -> Feedback | None: ...
+
+    def list_feedback(
+        self,
+        *,
+        rating: FeedbackRating | None = None,
+        before: datetime | None = None,
+        limit: int = 50,
+        within_groups: Sequence[str] | None = None,
+    ) -> list[Feedback]:
+        """Newest first, at most `limit`, created strictly before `before` (a page's cursor), of one `rating`;
+        `within_groups`: only feedback whose groups are all among them (None: all)."""
+        ...
+
+    def delete_feedback(self, feedback_id: str) -> bool: ...
+
 
 @runtime_checkable
 class KeyStore(Protocol):
@@ -264,8 +321,8 @@ class KeyStore(Protocol):
 
 
 @runtime_checkable
-class Registry(DocumentStore, JobQueue, ConversationStore, KeyStore, Protocol):
-    """All four stores in one: the jobs reference the documents (a document is added with its job, and deleting it
+class Registry(DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore, Protocol):
+    """All five stores in one: the jobs reference the documents (a document is added with its job, and deleting it
     ends its jobs' leases, in one transaction), so one database holds them all (kb.adapters.sql_registry), and
     the container opens it once. A consumer that needs one concern takes the smaller port."""
 

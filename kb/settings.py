@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kb.models import ALL_GROUPS, SCOPES
 
 
 def _default_models_dir() -> Path:
@@ -163,6 +167,55 @@ class AuthSettings(BaseModel):
     # HMAC secret of those tokens. Empty: a random one kept in DATA_DIR/session.secret (mode 0600); set the same
     # value on every replica behind one address so that a session works on each.
     session_secret: SecretStr = SecretStr("")
+    # Sign-in through an authenticating reverse proxy (oauth2-proxy, a company SSO gateway): a request whose TCP peer
+    # (never X-Forwarded-For) is one of these addresses or networks ("10.0.0.5", "10.0.0.0/24", "::1"), and which
+    # sends no key and no session cookie, is the user the proxy names in `proxy_user_header`. Empty: off, and the
+    # headers are ignored from every address. As JSON in the environment: KB_AUTH__TRUSTED_PROXIES='["10.0.0.5"]'.
+    trusted_proxies: list[str] = []
+    proxy_user_header: str = "X-Forwarded-User"
+    proxy_email_header: str = "X-Forwarded-Email"
+    proxy_groups_header: str = "X-Forwarded-Groups"  # comma-separated group names
+    # What a user signed in through the proxy may do; never "admin" here: see proxy_admin_groups.
+    proxy_scopes: list[str] = ["search", "ask", "ingest"]
+    # A proxied user in one of these groups (by the groups header) also gets the admin scope, within its own groups.
+    proxy_admin_groups: list[str] = []
+    # Groups every proxied user belongs to besides those of the groups header (where documents uploaded without
+    # groups go by default, so that every signed-in user reads them).
+    proxy_groups: list[str] = ["everyone"]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from exc
+        return [entry.strip() for entry in value]
+
+    @field_validator("proxy_scopes")
+    @classmethod
+    def _proxy_scopes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"proxy_scopes must be some of {', '.join(SCOPES)}; got {', '.join(unknown)}")
+        if "admin" in value:
+            raise ValueError("proxy_scopes may not hold admin: name the admins' groups in proxy_admin_groups")
+        return value
+
+    @field_validator("proxy_groups", "proxy_admin_groups")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if ALL_GROUPS in value:
+            raise ValueError(f"'{ALL_GROUPS}' (every group) is never given through the proxy")
+        return value
+
+    @field_validator("proxy_user_header", "proxy_email_header", "proxy_groups_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", value):
+            raise ValueError(f"{value!r} is not a header name")
+        return value
 
 
 class RateLimitSettings(BaseModel):

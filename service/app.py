@@ -26,7 +26,7 @@ from litestar.stores.memory import MemoryStore
 from kb.container import Container
 from kb.settings import Settings
 from service.ask.openai import chat_completions, models
-from service.ask.routes import ask, conversation
+from service.ask.routes import ask, conversation, conversations, delete_conversation
 from service.auth import (
     PUBLIC_PATHS,
     ApiKeyAuthMiddleware,
@@ -37,7 +37,9 @@ from service.auth import (
     requires,
 )
 from service.documents.routes import DocumentController
+from service.feedback.routes import FeedbackController
 from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
+from service.openapi import RedocViewer, SwaggerViewer
 from service.problems import EXCEPTION_HANDLERS
 from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
@@ -134,6 +136,8 @@ def rate_limit_identifier(request: Request[Any, Any, Any]) -> str:
         verified = sessions.verify(request.cookies[SESSION_COOKIE]) if sessions is not None else None
         if verified is not None:
             return f"session-key:{verified[0]}"
+    if secret is None and keys is not None and keys.enabled and (user := keys.proxy.user_of(request.scope)):
+        return f"proxy-user:{user}"  # each user behind the company proxy has an allowance, not the proxy's address
     return f"addr:{get_remote_address(request)}"
 
 
@@ -201,6 +205,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         route_handlers=[
             DocumentController, search, ask, conversation, chat_completions, models, KeyController,
             healthz, readyz, index_page, static_file, MetricsController, *SESSION_ROUTES,
+            conversations, delete_conversation, FeedbackController,
         ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
@@ -218,9 +223,10 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             version="0.1.0",
             description=API_DESCRIPTION,
             path="/schema",
-            # The description only (JSON at /schema and /schema/openapi.json, YAML at /schema/openapi.yaml): the
-            # HTML viewers would load scripts from CDNs into kb's origin, where the web page's session lives.
-            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            # The description (JSON at /schema and /schema/openapi.json, YAML at /schema/openapi.yaml) and its HTML
+            # viewers at /schema/redoc and /schema/swagger, served with their assets from kb itself (no CDN: they work
+            # offline, and no foreign script runs in kb's origin, where the web page's session lives).
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin(), RedocViewer(), SwaggerViewer()],
             components=Components(
                 security_schemes={"ApiKey": SecurityScheme(type="http", scheme="bearer", description="kb API key")}
             ),

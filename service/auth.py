@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -32,7 +33,14 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from kb.models import ALL_GROUPS, SCOPES, ApiKey, SearchFilter
 from kb.ports import KeyStore
 from kb.settings import AuthSettings
-from service.routes.session import SESSION_COOKIE, session_principal
+from service.routes.session import (
+    CSRF_HEADER,
+    PROXY_AUTH,
+    SESSION_AUTH,
+    SESSION_COOKIE,
+    UNSAFE_METHODS,
+    session_principal,
+)
 
 KEY_PREFIX = "kb_"
 BOOTSTRAP_KEY_NAME = "local admin"
@@ -54,11 +62,13 @@ def digest(key: str) -> str:
 class Principal:
     """Who is calling: the key's id (never the key), its scopes and the document groups it may see."""
 
-    key_id: str
+    key_id: str  # the caller's stable id (what owns its conversations): a key's id, or `user:<name>` (the proxy)
     name: str
     scopes: frozenset[str]
     groups: tuple[str, ...]
     expires_at: datetime | None = None
+    user: str | None = None  # the user an authenticating proxy named (None: a key)
+    email: str | None = None
 
     @property
     def unrestricted(self) -> bool:
@@ -84,8 +94,105 @@ class Principal:
         return None if self.unrestricted else list(self.groups)
 
     @classmethod
-    def from_key(cls, key: ApiKey) -> "Principal":
+    def from_key(cls, key: ApiKey) -> Principal:
         return cls(key.key_id, key.name, frozenset(key.scopes), tuple(key.groups), key.expires_at)
+
+
+PROXY_ID_PREFIX = "user:"
+MAX_USER_CHARS = 200
+MAX_EMAIL_CHARS = 320
+
+
+class TrustedProxy:
+    """Sign-in through an authenticating reverse proxy: the user (and email, groups) its headers name, believed only
+    when the request's TCP peer is one of `AuthSettings.trusted_proxies`. The peer is the ASGI scope's `client`, never
+    a forwarding header; a header from any other address is ignored."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._networks = [ipaddress.ip_network(entry, strict=False) for entry in settings.trusted_proxies]
+        self._user = settings.proxy_user_header.lower().encode("latin-1")
+        self._email = settings.proxy_email_header.lower().encode("latin-1")
+        self._groups = settings.proxy_groups_header.lower().encode("latin-1")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, scope: Any) -> bool:
+        client = scope.get("client")
+        if not self._networks or not client:
+            return False
+        try:
+            address = ipaddress.ip_address(str(client[0]).split("%")[0])
+        except ValueError:  # a test client's name, a Unix socket
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+    def named_user(self, scope: Any) -> bool:
+        """The request comes from a trusted proxy and names a user."""
+        return self.trusts(scope) and bool(self._values(scope, self._user))
+
+    def user_of(self, scope: Any) -> str | None:
+        """The user a trusted proxy names (never raises): e.g. to count a rate limit per user rather than per the
+        proxy's address, which every proxied user shares."""
+        try:
+            principal = self.principal(scope)
+        except NotAuthorizedException:
+            return None
+        return principal.user if principal is not None else None
+
+    def principal(self, scope: Any) -> Principal | None:
+        """The user the trusted proxy names; None when the peer is not trusted or names no user. 401 when a trusted
+        proxy sends a user header that is not one user name (empty, several different ones, control characters)."""
+        if not self.trusts(scope):
+            return None
+        users = {v.strip() for v in self._values(scope, self._user)}
+        if not users:
+            return None
+        user = users.pop() if len(users) == 1 else ""
+        if not user or len(user) > MAX_USER_CHARS or "," in user or _UNPRINTABLE.search(user):
+            raise NotAuthorizedException(
+                f"the proxy's {self._settings.proxy_user_header} header does not name one user",
+                headers={"WWW-Authenticate": 'Bearer realm="kb"'},
+            )
+        emails = [v.strip() for v in self._values(scope, self._email) if v.strip()]
+        email = emails[0] if emails else None
+        if email is not None and (len(email) > MAX_EMAIL_CHARS or "@" not in email or _UNPRINTABLE.search(email)
+                                  or any(c.isspace() for c in email)):  # fmt: skip
+            email = None
+        named = proxy_groups(",".join(self._values(scope, self._groups)))
+        groups = list(dict.fromkeys([*named, *self._settings.proxy_groups]))
+        scopes = set(self._settings.proxy_scopes)
+        if set(named) & set(self._settings.proxy_admin_groups):
+            scopes.add("admin")
+        return Principal(f"{PROXY_ID_PREFIX}{user}", user, frozenset(scopes), tuple(groups), user=user, email=email)
+
+    @staticmethod
+    def _values(scope: Any, name: bytes) -> list[str]:
+        values = []
+        for header, raw in scope.get("headers") or ():
+            if header.lower() == name:
+                try:
+                    values.append(bytes(raw).decode("utf-8"))
+                except UnicodeDecodeError:
+                    values.append(bytes(raw).decode("latin-1"))
+        return values
+
+
+def from_browser(auth: Any) -> bool:
+    """The request (its `request.auth`) was signed in by what a browser sends by itself: the page's session cookie or
+    the proxy's headers (not a key sent by a program)."""
+    return auth in (SESSION_AUTH, PROXY_AUTH)
+
+
+def proxy_groups(header: str) -> list[str]:
+    """The groups a proxy's comma-separated header names: each trimmed; empty entries, '*' (kb's "every group", which
+    no proxy may grant) and names that are no group name (spaces inside, control characters) left out."""
+    groups = (g.strip() for g in header.split(","))
+    return list(dict.fromkeys(g for g in groups if g and g != ALL_GROUPS and _GROUP.fullmatch(g)))
 
 
 # Every caller when authentication is switched off (a single-user box behind its own gate).
@@ -135,6 +242,7 @@ class ApiKeyService:
         self._settings = settings
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self.proxy = TrustedProxy(settings)
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -290,7 +398,19 @@ class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
             return AuthenticationResult(user=LOCAL_ADMIN, auth=None)
         secret = bearer_token(connection.headers)
         if secret is None and SESSION_COOKIE in connection.cookies:  # the web page (service.routes.session)
-            return session_principal(connection, keys)
+            try:
+                return session_principal(connection, keys)
+            except NotAuthorizedException:
+                # A stale cookie (an expired key session) in a browser the proxy signs in: the proxy's user.
+                if not keys.proxy.named_user(connection.scope):
+                    raise
+        if secret is None and (proxied := keys.proxy.principal(connection.scope)) is not None:
+            # Browsers send the proxy's sign-in by themselves, as they send cookies: the same CSRF rule as sessions.
+            if connection.scope.get("method", "GET") in UNSAFE_METHODS and connection.headers.get(CSRF_HEADER) != "1":
+                raise PermissionDeniedException(
+                    "a request signed in through the proxy must send the header 'X-KB-Request: 1'"
+                )
+            return AuthenticationResult(user=proxied, auth=PROXY_AUTH)
         if secret is None:
             raise NotAuthorizedException(
                 "an API key is required: send 'Authorization: Bearer <key>' (create one with `kb keys create`)",
@@ -353,7 +473,7 @@ def _presents_credentials(scope: Any) -> bool:
     return False
 
 
-def requires(*scopes: str):  # noqa: ANN201 - a Litestar guard
+def requires(*scopes: str):
     """A guard: the caller's key must hold one of `scopes` (admin holds them all)."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

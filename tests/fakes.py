@@ -8,6 +8,7 @@ store here is held to the registry's conversation contract (tests/contract/test_
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -15,6 +16,7 @@ import socket
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -273,15 +275,20 @@ class FakeConversations:
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.owners: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._order = itertools.count()
 
     def add_message(
         self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
     ) -> None:
         message = {"role": role, "content": content, "sources": list(sources or [])}
+        message |= {"_at": datetime.now(UTC), "_order": next(self._order)}  # for list_conversations
         self.messages.setdefault(conversation_id, []).append(message)
 
     def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        return [dict(m, sources=list(m["sources"])) for m in self.messages.get(conversation_id, [])[-limit:]]
+        return [
+            {"role": m["role"], "content": m["content"], "sources": list(m["sources"])}
+            for m in self.messages.get(conversation_id, [])[-limit:]
+        ]
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
         with self._lock:
@@ -289,6 +296,30 @@ class FakeConversations:
 
     def conversation_owner(self, conversation_id: str) -> str | None:
         return self.owners.get(conversation_id)
+
+    def list_conversations(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
+        mine = [c for c, o in self.owners.items() if o == owner and self.messages.get(c)]
+        mine.sort(key=lambda c: self.messages[c][-1]["_order"], reverse=True)
+        out = []
+        for conversation_id in mine[: max(0, limit)]:
+            messages = self.messages[conversation_id]
+            questions = [m["content"] for m in messages if m["role"] == "user"]
+            title = " ".join((questions[0] if questions else "").split())
+            out.append({
+                "conversation_id": conversation_id,
+                "title": title if len(title) <= 80 else title[:79].rstrip() + "…",
+                "updated_at": messages[-1]["_at"],
+                "turns": len(questions),
+            })  # fmt: skip
+        return out
+
+    def delete_conversation(self, conversation_id: str, owner: str) -> bool:
+        with self._lock:
+            if self.owners.get(conversation_id) != owner:
+                return False
+            del self.owners[conversation_id]
+            self.messages.pop(conversation_id, None)
+            return True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ migrations rather than each opening a database of their own."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    case,
     create_engine,
     event,
     func,
@@ -30,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from kb.models import ApiKey, Document, DocumentStatus, Job
+from kb.ports import Feedback, FeedbackRating
 
 
 def _now() -> datetime:
@@ -120,8 +123,35 @@ class _ConversationRow(_Base):
     __tablename__ = "conversations"
 
     conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)
+    # A key's id, or `user:<name>` for a user signed in through the proxy (255 since 2026-11-30: _migrate_owner_width).
+    owner: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class _FeedbackRow(_Base):
+    """A reader's rating of an answer, with the question, the answer and its sources (kb.ports.Feedback)."""
+
+    __tablename__ = "feedback"
+
+    feedback_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    principal_id: Mapped[str] = mapped_column(String(255), index=True)
+    rating: Mapped[str] = mapped_column(String(8), index=True)  # up | down
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # web | slack | api
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    def to_model(self) -> Feedback:
+        return Feedback(
+            feedback_id=self.feedback_id, principal_id=self.principal_id, rating=self.rating,  # type: ignore[arg-type]
+            question=self.question, answer=self.answer, comment=self.comment, citations=list(self.citations or []),
+            conversation_id=self.conversation_id, source=self.source,  # type: ignore[arg-type]
+            groups=list(self.groups or []), created_at=_aware(self.created_at),
+        )  # fmt: skip
 
 
 class _RevokedSessionRow(_Base):
@@ -171,6 +201,15 @@ def _lease_held(job: Job) -> Any:
     )
 
 
+TITLE_CHARS = 80
+
+
+def _title(question: str) -> str:
+    """A conversation's title: its first question on one line, cut to TITLE_CHARS (an ellipsis marks the cut)."""
+    text = " ".join(question.split())
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1].rstrip() + "…"
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone=True columns.
     if value is not None and value.tzinfo is None:
@@ -202,6 +241,7 @@ class SqlRegistry:
         _Base.metadata.create_all(self._engine)
         self._migrate_api_keys_expiry()
         self._migrate_jobs_autoincrement()
+        self._migrate_owner_width()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
     def _migrate_jobs_autoincrement(self) -> None:
@@ -462,6 +502,127 @@ class SqlRegistry:
         with self._session() as s:
             row = s.get(_ConversationRow, conversation_id)
             return row.owner if row is not None else None
+
+    def _migrate_owner_width(self) -> None:
+        """Conversations' owners were at most 64 characters (key ids) before users signed in through the proxy
+        (`user:<name>`, up to 205): widen the PostgreSQL column (SQLite does not enforce a VARCHAR's length)."""
+        if self._engine.dialect.name != "postgresql":
+            return
+        with self._engine.begin() as conn:
+            width = conn.exec_driver_sql(
+                "SELECT character_maximum_length FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = 'conversations' AND column_name = 'owner'"
+            ).scalar()
+            if width is not None and width < 255:
+                conn.exec_driver_sql("ALTER TABLE conversations ALTER COLUMN owner TYPE VARCHAR(255)")
+
+    def list_conversations(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
+        """`owner`'s conversations with messages, the most recently continued first: {"conversation_id", "title",
+        "updated_at", "turns"}."""
+        is_question = case((_MessageRow.role == "user", 1), else_=0)
+        first_question = func.min(case((_MessageRow.role == "user", _MessageRow.message_id), else_=None))
+        with self._session() as s:
+            rows = s.execute(
+                select(
+                    _ConversationRow.conversation_id,
+                    func.max(_MessageRow.created_at).label("updated_at"),
+                    func.sum(is_question).label("turns"),
+                    first_question.label("first_question"),
+                    func.max(_MessageRow.message_id).label("last_message"),
+                )
+                .join(_MessageRow, _MessageRow.conversation_id == _ConversationRow.conversation_id)
+                .where(_ConversationRow.owner == owner)
+                .group_by(_ConversationRow.conversation_id)
+                .order_by(func.max(_MessageRow.message_id).desc())
+                .limit(max(0, limit))
+            ).all()
+            firsts = [r.first_question for r in rows if r.first_question is not None]
+            questions = dict(
+                s.execute(select(_MessageRow.message_id, _MessageRow.content).where(_MessageRow.message_id.in_(firsts)))
+                .tuples()
+                .all()
+            ) if firsts else {}  # fmt: skip
+        return [
+            {
+                "conversation_id": r.conversation_id,
+                "title": _title(questions.get(r.first_question, "")),
+                "updated_at": _aware(r.updated_at),
+                "turns": int(r.turns or 0),
+            }
+            for r in rows
+        ]
+
+    def delete_conversation(self, conversation_id: str, owner: str) -> bool:
+        with self._session() as s, s.begin():
+            row = s.get(_ConversationRow, conversation_id, with_for_update=True)
+            if row is None or row.owner != owner:
+                return False
+            s.execute(_MessageRow.__table__.delete().where(_MessageRow.conversation_id == conversation_id))
+            s.delete(row)
+            return True
+
+    def add_feedback(self, feedback: Feedback) -> Feedback:
+        with self._session() as s, s.begin():
+            row = _FeedbackRow(
+                feedback_id=feedback.feedback_id, created_at=feedback.created_at or _now(),
+                principal_id=feedback.principal_id, rating=feedback.rating, comment=feedback.comment,
+                question=feedback.question, answer=feedback.answer, citations=list(feedback.citations),
+                conversation_id=feedback.conversation_id, source=feedback.source, groups=list(feedback.groups),
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.to_model()
+
+    def get_feedback(self, feedback_id: str) -> Feedback | None:
+        with self._session() as s:
+            row = s.get(_FeedbackRow, feedback_id)
+            return row.to_model() if row is not None else None
+
+    def list_feedback(
+        self,
+        *,
+        rating: FeedbackRating | None = None,
+        before: datetime | None = None,
+        limit: int = 50,
+        within_groups: Sequence[str] | None = None,
+    ) -> list[Feedback]:
+        """Newest first. The group rule (all of a record's groups among `within_groups`) is read in Python, page by
+        page, so that `limit` counts the records returned, not the rows read."""
+        found: list[Feedback] = []
+        allowed = set(within_groups) if within_groups is not None else None
+        cursor: tuple[datetime, str] | None = None
+        page = max(limit, 100) if allowed is not None else limit
+        if before is not None:  # SQLite compares the stored UTC wall time: compare in UTC
+            before = before.astimezone(UTC) if before.tzinfo else before.replace(tzinfo=UTC)
+            if self._engine.dialect.name == "sqlite":
+                before = before.replace(tzinfo=None)
+        with self._session() as s:
+            while len(found) < limit:
+                query = select(_FeedbackRow)
+                if rating is not None:
+                    query = query.where(_FeedbackRow.rating == rating)
+                if before is not None:
+                    query = query.where(_FeedbackRow.created_at < before)
+                if cursor is not None:  # the next page: after the last row read, in (created_at, id) order
+                    query = query.where(
+                        (_FeedbackRow.created_at < cursor[0])
+                        | ((_FeedbackRow.created_at == cursor[0]) & (_FeedbackRow.feedback_id < cursor[1]))
+                    )
+                rows = s.scalars(
+                    query.order_by(_FeedbackRow.created_at.desc(), _FeedbackRow.feedback_id.desc()).limit(page)
+                ).all()
+                for row in rows:
+                    if allowed is None or set(row.groups or []) <= allowed:
+                        found.append(row.to_model())
+                if len(rows) < page:
+                    break
+                cursor = (rows[-1].created_at, rows[-1].feedback_id)
+        return found[:limit]
+
+    def delete_feedback(self, feedback_id: str) -> bool:
+        with self._session() as s, s.begin():
+            result = s.execute(_FeedbackRow.__table__.delete().where(_FeedbackRow.feedback_id == feedback_id))
+            return result.rowcount == 1
 
     def _migrate_api_keys_expiry(self) -> None:
         """`create_all` adds no column to an existing table: a registry created before keys could expire gets the

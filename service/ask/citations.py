@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,82 @@ class AnnotatedAnswer:
     grounded: bool = False
 
 
+def cite_sentence(
+    sentence: str, passages: Sequence[Passage], min_support: float = MIN_SUPPORT
+) -> tuple[str, list[int], int | None]:
+    """One sentence of an answer as `annotate` leaves it (before invalid markers are dropped): the model's valid
+    markers, or else, where one source evidently supports it, that source's number before its final mark. Returns
+    (the sentence, the numbers it cites, the number inferred or None)."""
+    numbers = parse_markers(sentence, len(passages)).cited
+    if numbers:
+        return sentence, numbers, None
+    scores = [_support(content_terms(_MARKER.sub(" ", sentence)), p) for p in passages]
+    if not scores or max(scores) < min_support:
+        return sentence, [], None
+    n = scores.index(max(scores)) + 1
+    body = sentence.rstrip()
+    trailing = sentence[len(body) :]
+    cut = len(body.rstrip("。！？.!?"))
+    return f"{body[:cut]} [{n}]{body[cut:]}{trailing}", [n], n
+
+
+# What may still follow a sentence's end and belong to it: markers after its mark ("stored. [1]"), begun or whole.
+_MAY_CONTINUE_END = re.compile(r"(?:[ \t]*[\[【][^\]】\n]{0,20}[\]】])*[ \t]*(?:[\[【][^\]】\n]{0,20})?")
+# The end of an unfinished sentence that its last words may still change: a begun marker and what follows it,
+# trailing marks and spaces (a marker the service adds goes before the final mark).
+_UNSETTLED_TAIL = re.compile(r"(?:[\[【].*|[\s。！？.!?,，]*)$", re.DOTALL)
+
+
+class StreamedAnswer:
+    """The answer's text released as the model writes it, already as `annotate` will leave it: a sentence the model
+    left uncited gets its inferred marker, markers to no source are dropped, so that a client that only appends
+    (an OpenAI stream) reads the same text, markers included, as the whole answer. What the last words may still
+    change (a begun marker, a sentence's final mark, spaces) is held back until they are known."""
+
+    def __init__(self, passages: Sequence[Passage], min_support: float = MIN_SUPPORT) -> None:
+        self._passages = passages
+        self._min_support = min_support
+        self._raw = ""  # the model's text so far
+        self._settled = 0  # characters of it whose sentences are complete
+        self._pieces: list[str] = []  # those sentences, cited
+        self.sent = ""  # the text released so far
+        self._diverged = False
+
+    def feed(self, delta: str) -> str:
+        self._raw += delta
+        rest = self._raw[self._settled :]
+        for start, end in _sentence_spans(rest):
+            after = rest[end:]
+            if end == start or not after or _MAY_CONTINUE_END.fullmatch(after):
+                break  # this sentence's end (or the markers after it) may still grow
+            self._pieces.append(cite_sentence(rest[start:end], self._passages, self._min_support)[0])
+            self._settled += end - start
+        open_sentence = self._raw[self._settled :]
+        return self._release(open_sentence[: _UNSETTLED_TAIL.search(open_sentence).start()])  # type: ignore[union-attr]
+
+    def finish(self) -> str:
+        """The rest, once the model is done: the text released is then what `annotate` makes of the whole answer."""
+        rest = self._raw[self._settled :]
+        self._pieces.extend(cite_sentence(rest[a:b], self._passages, self._min_support)[0]
+                            for a, b in _sentence_spans(rest))  # fmt: skip
+        self._settled = len(self._raw)
+        return self._release("", final=True)
+
+    def _release(self, open_part: str, final: bool = False) -> str:
+        text = strip_invalid_markers("".join(self._pieces) + open_part, len(self._passages))
+        if text.startswith(self.sent) and not (self._diverged and not final):
+            out, self.sent = text[len(self.sent) :], text
+            return out
+        # Rare: a cleanup across a sentence boundary changed what was sent. The rest waits for the end and then
+        # follows from where the two part (the done event's text is the answer).
+        self._diverged = True
+        if not final:
+            return ""
+        common = len(os.path.commonprefix([text, self.sent]))
+        out, self.sent = text[common:], self.sent + text[common:]
+        return out
+
+
 def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_SUPPORT) -> AnnotatedAnswer:
     """Cite per sentence: the model's own valid markers, or else the source that evidently supports the sentence;
     then check each sentence against the sources it cites (service/ask/verify.py).
@@ -93,20 +170,10 @@ def annotate(answer: str, passages: Sequence[Passage], min_support: float = MIN_
     inferred: set[int] = set()
     checks: list[tuple[int, ClaimCheck]] = []  # (piece index, check)
     for start, end in _sentence_spans(answer):
-        sentence = answer[start:end]
-        numbers = parse_markers(sentence, len(passages)).cited
-        plain = _MARKER.sub(" ", sentence)
-        if not numbers:
-            terms = content_terms(plain)
-            scores = [_support(terms, p) for p in passages]
-            if scores and max(scores) >= min_support:
-                n = scores.index(max(scores)) + 1
-                numbers = [n]
-                inferred.add(n)
-                body = sentence.rstrip()
-                trailing = sentence[len(body) :]
-                cut = len(body.rstrip("。！？.!?"))
-                sentence = f"{body[:cut]} [{n}]{body[cut:]}{trailing}"
+        sentence, numbers, inferred_n = cite_sentence(answer[start:end], passages, min_support)
+        if inferred_n is not None:
+            inferred.add(inferred_n)
+        plain = _MARKER.sub(" ", answer[start:end])
         sentence_terms = content_terms(plain)
         for n in numbers:
             if n not in support_text:

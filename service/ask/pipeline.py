@@ -22,7 +22,7 @@ from kb.models import Answer, Passage, SearchFilter
 from kb.ports import ConversationStore, DocumentStore, Generator
 from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
 from service.ask.answerability import first_mode, says_no_information
-from service.ask.citations import AnnotatedAnswer, annotate, parse_markers, visible_citations
+from service.ask.citations import AnnotatedAnswer, StreamedAnswer, annotate, parse_markers, visible_citations
 from service.ask.conversation import Conversation, ConversationStage
 from service.ask.events import AskEvent, Citations, Done, Token, collect
 from service.ask.extract import Extractor
@@ -65,6 +65,7 @@ class AskPipeline:
         self.extractor = extractor or Extractor(None, [MULTILINGUAL])
         self._generator = generator
         self._max_answer_tokens = generator_settings.max_answer_tokens
+        self._top_k = retrieval_settings.top_k
         self._documents = documents
         self._answers = answer_settings or AnswerSettings()
 
@@ -82,8 +83,14 @@ class AskPipeline:
         if mode == "generate":
             generation = Generation(self._generator, messages(question.text, sources, conversation.dialogue),
                                     self._max_answer_tokens)  # fmt: skip
+            # Released as the final text will read (inferred markers in, markers to no source out): a client that
+            # only appends, like an OpenAI stream, gets the same text and markers as the whole answer.
+            released = StreamedAnswer(sources)
             async for delta in generation.deltas():
-                yield Token(text=delta)
+                if piece := released.feed(delta):
+                    yield Token(text=piece)
+            if piece := released.finish():
+                yield Token(text=piece)
             if generation.first_token_at is not None:
                 timings["first_token"] = (generation.first_token_at - started) * 1000
             text = generation.text
@@ -92,6 +99,9 @@ class AskPipeline:
             if self._answers.mode == "auto" and (says_no_information(text) or not checked.grounded):
                 mode = "extract"  # the model fell short: the sources speak for themselves, if they answer at all
         if mode == "extract":
+            # Quoting reads no prompt: it reads the retrieval's best passages even where the model's window (or its
+            # tokenizer, ~1 token a Han character for SmolLM2) packed fewer, and they become the answer's sources.
+            sources = self._quotable(sources, evidence, question.filter)
             # Quoted for what was searched: a follow-up ("tell me more") made standalone with what it follows up on.
             extraction = await asyncio.to_thread(self.extractor.extract, evidence.query or question.text, sources,
                                                  self._answers.extract_sentences)  # fmt: skip
@@ -128,6 +138,14 @@ class AskPipeline:
         # Defence in depth: nothing reaches the prompt that the caller may not read, whatever its path here.
         groups = filter.groups if filter is not None else None
         return [p for p in sources if p.visible_to(groups)]
+
+    def _quotable(self, sources: list[Passage], evidence: Evidence, filter: SearchFilter | None) -> list[Passage]:
+        """The packed sources, then the best other hits up to `top_k` passages in all (a written answer's sources keep
+        their numbers: they come first)."""
+        groups = filter.groups if filter is not None else None
+        packed = {p.chunk_id for p in sources}
+        more = [p for p in evidence.retrieved if p.chunk_id not in packed and p.visible_to(groups)]
+        return [*sources, *more[: max(0, self._top_k - len(sources))]]
 
     async def ask(self, question: Question | str, filter: SearchFilter | None = None,
                   conversation_id: str | None = None) -> Answer:  # fmt: skip

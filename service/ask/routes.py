@@ -1,18 +1,20 @@
-"""POST /v1/ask (JSON, or Server-Sent Events named by the event types) and GET /v1/conversations/{id}: the HTTP door
-onto the ask pipeline."""
+"""POST /v1/ask (JSON, or Server-Sent Events named by the event types), GET /v1/conversations (the caller's own),
+GET and DELETE /v1/conversations/{id}: the HTTP door onto the ask pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Request, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import Body
+from litestar.params import Body, Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
+from msgspec import Struct
 
-from service.ask.access import count_answer, pipeline, question_for
+from service.ask.access import MAX_CONVERSATION_ID_CHARS, count_answer, pipeline, question_for
 from service.ask.events import Done, collect, event_name, payload
 from service.ask.schemas import (
     ANSWER_EXAMPLE,
@@ -28,6 +30,8 @@ from service.ask.streaming import opened
 from service.auth import Principal, requires
 from service.openapi import ok
 from service.state import Services
+
+MAX_CONVERSATIONS = 500
 
 
 @post(
@@ -81,9 +85,52 @@ async def conversation(
     messages = registry.conversation(conversation_id, limit=1000) if mine else []
     if not messages:
         raise NotFoundException(f"no conversation {conversation_id}")
+    # A source this reader may not see keeps its place, empty: the answer's [n] is the n-th source.
     return ConversationOut(conversation_id, [
         ConversationMessage(m["role"], m["content"], [
             SourceRef(s.get("document_id"), s.get("filename"), s.get("page"), s.get("chunk_id"))
-            for s in m["sources"] if principal.sees(s.get("groups") or [])])
+            if principal.sees(s.get("groups") or []) else SourceRef(None, None, None, None)
+            for s in m["sources"]])
         for m in messages
     ])  # fmt: skip
+
+
+class ConversationSummary(Struct):
+    conversation_id: str
+    title: str  # the first question, at most 80 characters
+    updated_at: str  # the last message's time (RFC 3339, UTC)
+    turns: int  # questions asked
+
+
+class ConversationList(Struct):
+    conversations: list[ConversationSummary]
+
+
+CONVERSATIONS_EXAMPLE = {"conversations": [{
+    "conversation_id": ANSWER_EXAMPLE["conversation_id"], "title": "How large may an upload be?",
+    "updated_at": "2026-11-30T18:05:11+00:00", "turns": 2}]}  # fmt: skip
+
+
+@get(
+    "/v1/conversations", tags=["ask"], summary="The caller's conversations, the most recently continued first",
+    guards=[requires("ask")], responses=ok(ConversationList, CONVERSATIONS_EXAMPLE),
+)  # fmt: skip
+async def conversations(
+    request: Request[Principal, Any, Any], services: Services,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_CONVERSATIONS, description="at most this many")] = 50,
+) -> ConversationList:  # fmt: skip
+    listed = await asyncio.to_thread(services.container.registry.list_conversations, request.user.key_id, limit)
+    return ConversationList([ConversationSummary(c["conversation_id"], c["title"], c["updated_at"].isoformat(),
+                                                 c["turns"]) for c in listed])  # fmt: skip
+
+
+@delete(
+    "/v1/conversations/{conversation_id:str}", tags=["ask"], guards=[requires("ask")],
+    summary="Delete one of the caller's conversations with its messages; any other: 404",
+)  # fmt: skip
+async def delete_conversation(conversation_id: str, request: Request[Principal, Any, Any], services: Services) -> None:
+    registry = services.container.registry
+    if len(conversation_id) > MAX_CONVERSATION_ID_CHARS or "\x00" in conversation_id:
+        raise NotFoundException("no such conversation")
+    if not await asyncio.to_thread(registry.delete_conversation, conversation_id, request.user.key_id):
+        raise NotFoundException(f"no conversation {conversation_id}")

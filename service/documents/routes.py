@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
@@ -11,16 +12,22 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, HTTPException, NotFoundException, PermissionDeniedException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
+from litestar.params import Parameter
 from litestar.response import Response
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from ingest.pipeline import UploadRejected, UploadTooLarge
 from kb.models import Document
 from service.auth import Principal, assignable_groups, requires
+from service.documents.chunks import MAX_NEIGHBOURS, read_chunk
+from service.documents.originals import PLAIN_TEXT_TYPES, content_disposition, text_with_charset
 from service.documents.schemas import (
+    CITATION_VIEW_EXAMPLE,
     DOCUMENT_EXAMPLE,
     DOCUMENTS_EXAMPLE,
     UPLOAD_EXAMPLE,
+    ChunkOut,
+    CitationView,
     DocumentList,
     DocumentOut,
     RejectedFile,
@@ -80,7 +87,7 @@ def _groups(values: list[str]) -> list[str]:
 
 class DocumentController(Controller):
     path = "/v1/documents"
-    tags = ["documents"]
+    tags = ["documents"]  # noqa: RUF012 - Litestar reads it as a class attribute
 
     @post(
         status_code=HTTP_202_ACCEPTED, summary="Upload one or several files (multipart field `files`)",
@@ -130,7 +137,9 @@ class DocumentController(Controller):
         if not accepted:
             if too_large and len(rejected) == 1:
                 raise HTTPException(rejected[0].error, status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-            raise ClientException("no file was accepted", extra={"rejected": [msgspec.to_builtins(r) for r in rejected]})
+            raise ClientException(
+                "no file was accepted", extra={"rejected": [msgspec.to_builtins(r) for r in rejected]}
+            )
         services.worker.notify()
         return UploadResponse(accepted, rejected)
 
@@ -156,7 +165,9 @@ class DocumentController(Controller):
         "/{document_id:str}", summary="Delete a document: chunks, registry row and original",
         guards=[requires("ingest")],
     )  # fmt: skip
-    async def delete_document(self, document_id: str, request: Request[Principal, Any, Any], services: Services) -> None:
+    async def delete_document(
+        self, document_id: str, request: Request[Principal, Any, Any], services: Services
+    ) -> None:
         writable_document(services, request.user, document_id)
         if not services.pipeline.delete(document_id):
             raise NotFoundException(f"no document {document_id}")
@@ -180,21 +191,53 @@ class DocumentController(Controller):
         data = services.container.blobs.read(services.pipeline.original_key(document))
         is_pdf = document.content_type == "application/pdf" and data.startswith(b"%PDF")
         disposition = "inline" if is_pdf else "attachment"
+        charset: str | None = None
+        if document.content_type in PLAIN_TEXT_TYPES:
+            data, charset = await asyncio.to_thread(text_with_charset, data)
         return Response(
             data,
             media_type=document.content_type,
+            encoding=charset or "utf-8",  # the charset Litestar names in a text/* Content-Type
             headers={
-                "Content-Disposition": f"{disposition}; filename*=UTF-8''{_quote(document.filename)}",
+                "Content-Disposition": content_disposition(disposition, document.filename),
                 "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
                 "Cache-Control": "private, no-store",
             },
         )
 
-
-def _quote(name: str) -> str:
-    """The name for RFC 5987's `filename*=UTF-8''…`: every byte outside unreserved characters percent-encoded, so
-    no quote, semicolon or line break can end the header value."""
-    from urllib.parse import quote
-
-    return quote(name or "original", safe="")
+    @get(
+        "/{document_id:str}/chunks/{chunk_id:str}", guards=[ORIGINAL],
+        summary="A cited chunk with its neighbours in document order, for opening a citation (scope search or ask)",
+        description="`neighbours` (0 to 5, default 1) chunks before and after the cited one, each within the "
+        "caller's groups. A citation's `span` is a character range of `chunk.text`. 404 for a document the caller "
+        "cannot see, as for one that does not exist, and for a chunk of a version since replaced.",
+        responses=ok(CitationView, CITATION_VIEW_EXAMPLE),
+    )  # fmt: skip
+    async def citation_view(
+        self,
+        document_id: str,
+        chunk_id: str,
+        request: Request[Principal, Any, Any],
+        services: Services,
+        neighbours: Annotated[int, Parameter(ge=0, le=MAX_NEIGHBOURS, description="chunks on each side")] = 1,
+    ) -> CitationView:
+        document = visible_document(services, request.user, document_id)
+        view = await asyncio.to_thread(
+            read_chunk, services.container.index, request.user, document, chunk_id, neighbours
+        )
+        if view is None:
+            raise NotFoundException(f"no chunk {chunk_id} in document {document_id}")
+        original = f"/v1/documents/{document.document_id}/file"
+        page = view.chunk.page if document.content_type == "application/pdf" else None
+        return CitationView(
+            document_id=document.document_id,
+            filename=document.filename,
+            media_type=document.content_type,
+            pages=document.pages,
+            chunk=ChunkOut.of(view.chunk),
+            before=[ChunkOut.of(p) for p in view.before],
+            after=[ChunkOut.of(p) for p in view.after],
+            original_url=original,
+            page_url=f"{original}#page={page}" if page is not None else None,
+        )

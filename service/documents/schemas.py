@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from kb.models import Document
+from kb.models import Document, Passage
 from service.search.schemas import DOCUMENT_ID
 
 
@@ -31,7 +31,7 @@ class DocumentOut(Struct):
     updated_at: str | None
 
     @classmethod
-    def of(cls, document: Document) -> "DocumentOut":
+    def of(cls, document: Document) -> DocumentOut:
         return msgspec.convert(document.to_dict(), cls)
 
 
@@ -39,7 +39,7 @@ class UploadedDocument(DocumentOut):
     duplicate: bool = False
 
     @classmethod
-    def of(cls, document: Document, duplicate: bool = False) -> "UploadedDocument":  # type: ignore[override]
+    def of(cls, document: Document, duplicate: bool = False) -> UploadedDocument:  # type: ignore[override]
         return msgspec.convert({**document.to_dict(), "duplicate": duplicate}, cls)
 
 
@@ -70,3 +70,46 @@ UPLOAD_EXAMPLE = {
 }
 DOCUMENT_EXAMPLE = _DOCUMENT
 DOCUMENTS_EXAMPLE = {"documents": [_DOCUMENT]}
+
+
+class ChunkOut(Struct):
+    """One chunk as a reader sees it: `index` is its place in the document (0, 1, …)."""
+
+    chunk_id: str
+    text: str
+    page: int | None
+    section: str | None
+    index: int
+
+    @classmethod
+    def of(cls, passage: Passage) -> ChunkOut:
+        return cls(passage.chunk_id, passage.text, passage.page, passage.section, passage.ordinal)
+
+
+class CitationView(Struct):
+    """A cited chunk with its neighbours in document order. A citation's `span` is a character range of
+    `chunk.text`; `page_url` opens the original at the chunk's page (PDFs only)."""
+
+    document_id: str
+    filename: str
+    media_type: str
+    pages: int | None
+    chunk: ChunkOut
+    before: list[ChunkOut]
+    after: list[ChunkOut]
+    original_url: str
+    page_url: str | None
+
+
+_CHUNK_ID = "0d5c2d5e-5b7f-5c69-9a43-2f6f1f0f3c11"
+CITATION_VIEW_EXAMPLE = {
+    "document_id": DOCUMENT_ID, "filename": "kb-administrator-guide.pdf", "media_type": "application/pdf",
+    "pages": 3,
+    "chunk": {"chunk_id": _CHUNK_ID, "text": "Uploads are limited to 100 MB per file by default.", "page": 2,
+              "section": "Upload limits", "index": 3},
+    "before": [{"chunk_id": "5e1f…", "text": "Supported formats: PDF, Word, …", "page": 2,
+                "section": "Formats", "index": 2}],
+    "after": [{"chunk_id": "9a0b…", "text": "A larger file is refused with 413.", "page": 2,
+               "section": "Upload limits", "index": 4}],
+    "original_url": f"/v1/documents/{DOCUMENT_ID}/file", "page_url": f"/v1/documents/{DOCUMENT_ID}/file#page=2",
+}  # fmt: skip

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AuthenticationResult
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
@@ -167,33 +167,49 @@ def session_principal(connection: ASGIConnection[Any, Any, Any, Any], keys: ApiK
     return AuthenticationResult(user=principal, auth=SESSION_AUTH)
 
 
+PROXY_AUTH = "proxy"  # request.auth of a caller signed in by the trusted proxy's headers (service.auth)
+
+
 class SessionOut(Struct):
-    key_id: str
-    name: str
+    signed_in: bool  # always True here: a caller who is not signed in gets 401
+    key_id: str | None  # the key's id; None for a user signed in through the proxy
+    name: str  # the key's name, or the proxy's user name
+    user: str | None  # the user an authenticating proxy named; None for a key or its session
+    email: str | None  # the proxy's email header, if any
     scopes: list[str]
     groups: list[str]
-    expires_at: str | None  # the session's end; None when the caller sent a key rather than the cookie
+    via: str  # key (sent with the request) | session (the page's cookie) | proxy (trusted headers)
+    expires_at: str | None  # the session's end; None when the caller sent a key or came through the proxy
 
 
 SESSION_EXAMPLE = {
-    "key_id": "9c1e0b7d4e5f8a6b", "name": "alice", "scopes": ["search", "ask"], "groups": ["staff"],
-    "expires_at": "2025-01-01T20:00:00+00:00",
+    "signed_in": True, "key_id": "9c1e0b7d4e5f8a6b", "name": "alice", "user": None, "email": None,
+    "scopes": ["search", "ask"], "groups": ["staff"], "via": "session", "expires_at": "2025-01-01T20:00:00+00:00",
+}  # fmt: skip
+PROXY_SESSION_EXAMPLE = {
+    "signed_in": True, "key_id": None, "name": "alice", "user": "alice", "email": "alice@example.com",
+    "scopes": ["search", "ask", "ingest"], "groups": ["eng", "everyone"], "via": "proxy", "expires_at": None,
 }  # fmt: skip
 
 
 def _responses(status: int) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(
-            data_container=SessionOut, description="The signed-in key (never the key itself)",
-            examples=[Example(summary="example", value=SESSION_EXAMPLE)], generate_examples=False,
-        )  # fmt: skip
-    }
+    examples = [
+        Example(summary="signed in with a key", value=SESSION_EXAMPLE),
+        Example(summary="signed in through the company's proxy", value=PROXY_SESSION_EXAMPLE),
+    ]
+    spec = ResponseSpec(
+        data_container=SessionOut, description="Who is signed in (never the key itself)", examples=examples,
+        generate_examples=False,
+    )  # fmt: skip
+    return {status: spec}
 
 
-def _out(principal: Principal, expires: int | None) -> dict[str, Any]:
+def _out(principal: Principal, expires: int | None, auth: Any = None) -> dict[str, Any]:
+    via = "session" if auth == SESSION_AUTH else "proxy" if auth == PROXY_AUTH else "key"
     return {
-        "key_id": principal.key_id, "name": principal.name, "scopes": sorted(principal.scopes),
-        "groups": list(principal.groups),
+        "signed_in": True, "key_id": principal.key_id if via != "proxy" else None, "name": principal.name,
+        "user": principal.user, "email": principal.email, "scopes": sorted(principal.scopes),
+        "groups": list(principal.groups), "via": via,
         "expires_at": datetime.fromtimestamp(expires, UTC).isoformat() if expires is not None else None,
     }  # fmt: skip
 
@@ -208,9 +224,11 @@ def _out(principal: Principal, expires: int | None) -> dict[str, Any]:
 async def create_session(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     if request.auth == SESSION_AUTH:
         raise NotAuthorizedException("a session starts from an API key: send 'Authorization: Bearer <key>'")
+    if request.auth == PROXY_AUTH:
+        raise ClientException("signed in through the proxy already: no session is needed (GET /v1/session says who)")
     sessions: SessionTokens = request.app.state.sessions
     token, expiry = sessions.issue(request.user.key_id)
-    response = Response(_out(request.user, expiry), status_code=200)
+    response = Response(_out(request.user, expiry, SESSION_AUTH), status_code=200)
     response.set_cookie(
         SESSION_COOKIE, token, max_age=max(0, expiry - int(time.time())), path="/", httponly=True,
         samesite="strict", secure=request.url.scheme == "https",
@@ -218,10 +236,12 @@ async def create_session(request: Request[Any, Any, Any]) -> Response[dict[str, 
     return response
 
 
-@get("/v1/session", tags=["session"], summary="Who is signed in (the cookie's key, or the key sent)",
+@get("/v1/session", tags=["session"], summary="Who is signed in: the key sent, the cookie's key, or the proxy's user",
+     description="`via` says how: `key` (sent with the request), `session` (the page's cookie) or `proxy` (headers of "
+     "an authenticating reverse proxy at a trusted address, `KB_AUTH__TRUSTED_PROXIES`). 401 when nobody is.",
      responses=_responses(200))  # fmt: skip
 async def current_session(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return _out(request.user, request.scope.get("state", {}).get("kb_session_expires"))
+    return _out(request.user, request.scope.get("state", {}).get("kb_session_expires"), request.auth)
 
 
 @delete(

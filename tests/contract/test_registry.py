@@ -1,6 +1,7 @@
 """One contract for the Registry port, run against SqlRegistry on SQLite (a file) and on PostgreSQL (127.0.0.1), per
 concern: documents (DocumentStore), the job queue with its leases (JobQueue), conversations (ConversationStore, also
-held against the unit tests' in-memory fake) and API keys with signed-out sessions (KeyStore)."""
+held against the unit tests' in-memory fake), API keys with signed-out sessions (KeyStore) and feedback on answers
+(FeedbackStore)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.models import ApiKey, Document, DocumentStatus
-from kb.ports import ConversationStore, DocumentStore, JobQueue, KeyStore, Registry
+from kb.ports import ConversationStore, DocumentStore, Feedback, FeedbackStore, JobQueue, KeyStore, Registry
 from tests.fakes import FakeConversations
 
 pytestmark = pytest.mark.contract
@@ -87,7 +88,7 @@ def without_times(document: Document) -> Document:
 
 
 def test_the_adapter_implements_every_port(registry: Registry) -> None:
-    for port in (Registry, DocumentStore, JobQueue, ConversationStore, KeyStore):
+    for port in (Registry, DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore):
         assert isinstance(registry, port), port.__name__
 
 
@@ -360,6 +361,122 @@ def test_of_many_claims_at_once_exactly_one_wins(conversations: ConversationStor
     winners = [owner for owner, won in results.items() if won]
     assert len(results) == 6 and len(winners) == 1
     assert conversations.conversation_owner("contested") == winners[0]
+
+
+def test_an_owner_lists_its_conversations_most_recently_continued_first(conversations: ConversationStore) -> None:
+    long_question = "How do I " + "really " * 20 + "restore a backup?"
+    for conversation_id, owner in (("c-old", "key-a"), ("c-new", "key-a"), ("c-empty", "key-a"), ("c-b", "user:bob")):
+        assert conversations.claim_conversation(conversation_id, owner)
+    conversations.add_message("c-old", "user", "  When do\nbackups run?  ")
+    conversations.add_message("c-old", "assistant", "Nightly [1].", [{"document_id": "d1"}])
+    conversations.add_message("c-new", "user", long_question)
+    conversations.add_message("c-new", "assistant", "From the console [1].")
+    conversations.add_message("c-b", "user", "Bob's question")
+    time.sleep(0.01)
+    conversations.add_message("c-old", "user", "And on Sundays?")  # continued last: listed first
+
+    listed = conversations.list_conversations("key-a")
+    assert [c["conversation_id"] for c in listed] == ["c-old", "c-new"]  # never one without messages, nor Bob's
+    old, new = listed
+    assert (old["title"], old["turns"]) == ("When do backups run?", 2)
+    assert 70 < len(new["title"]) <= 80 and new["title"].endswith("…") and long_question.startswith(new["title"][:-1])
+    assert new["turns"] == 1
+    assert old["updated_at"].tzinfo is not None and old["updated_at"] > new["updated_at"]
+    assert abs(old["updated_at"] - datetime.now(UTC)) < timedelta(minutes=1)
+    assert [c["conversation_id"] for c in conversations.list_conversations("key-a", limit=1)] == ["c-old"]
+    assert [c["conversation_id"] for c in conversations.list_conversations("user:bob")] == ["c-b"]
+    assert conversations.list_conversations("nobody") == []
+
+
+def test_only_its_owner_deletes_a_conversation(conversations: ConversationStore) -> None:
+    conversations.claim_conversation("c-1", "key-a")
+    conversations.add_message("c-1", "user", "Question")
+    conversations.add_message("c-1", "assistant", "Answer", [{"document_id": "d1"}])
+    assert not conversations.delete_conversation("c-1", "key-b")
+    assert len(conversations.conversation("c-1")) == 2 and conversations.conversation_owner("c-1") == "key-a"
+    assert conversations.delete_conversation("c-1", "key-a")
+    assert conversations.conversation("c-1") == [] and conversations.conversation_owner("c-1") is None
+    assert conversations.list_conversations("key-a") == []
+    assert not conversations.delete_conversation("c-1", "key-a")  # gone already
+    assert not conversations.delete_conversation("never-was", "key-a")
+
+
+def test_a_proxy_users_long_id_owns_a_conversation(conversations: ConversationStore) -> None:
+    owner = "user:" + "a.very.long.name" * 12  # ~200 characters: wider than a key's id
+    assert conversations.claim_conversation("c-1", owner)
+    conversations.add_message("c-1", "user", "Question")
+    assert conversations.conversation_owner("c-1") == owner
+    assert [c["conversation_id"] for c in conversations.list_conversations(owner)] == ["c-1"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feedback on answers
+
+
+def feedback(feedback_id: str, **fields: object) -> Feedback:
+    values: dict = {"principal_id": "key-a", "rating": "down", "question": "When do backups run?",
+                    "answer": "Nightly [1].", "groups": ["eng"], **fields}  # fmt: skip
+    return Feedback(feedback_id=feedback_id, **values)
+
+
+def test_feedback_is_kept_with_its_question_answer_and_sources(registry: Registry) -> None:
+    citations = [{"n": 1, "document_id": "d1", "filename": "运维手册.pdf", "page": 2, "snippet": "每晚 02:00"}]
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    stored = registry.add_feedback(feedback(
+        "f1", comment="Wrong: backups moved to 03:00.", citations=citations, conversation_id="c-1", source="web",
+        principal_id="user:alice", groups=["eng", "everyone"],
+    ))  # fmt: skip
+    assert stored.created_at is not None and stored.created_at.tzinfo is not None
+    assert before <= stored.created_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert registry.get_feedback("f1") == stored
+    expected = ("user:alice", "down", "When do backups run?", "Nightly [1].", "Wrong: backups moved to 03:00.",
+                citations, "c-1", "web", ["eng", "everyone"])  # fmt: skip
+    got = (stored.principal_id, stored.rating, stored.question, stored.answer, stored.comment, stored.citations,
+           stored.conversation_id, stored.source, stored.groups)  # fmt: skip
+    assert got == expected
+    plain = registry.add_feedback(feedback("f2", rating="up"))
+    assert (plain.comment, plain.citations, plain.conversation_id, plain.source) == (None, [], None, "api")
+    with pytest.raises(IntegrityError):
+        registry.add_feedback(feedback("f1"))  # an id is taken once
+    assert registry.get_feedback("missing") is None
+    assert registry.delete_feedback("f1") and registry.get_feedback("f1") is None
+    assert not registry.delete_feedback("f1")
+    assert [f.feedback_id for f in registry.list_feedback()] == ["f2"]
+
+
+def test_feedback_is_listed_newest_first_by_rating_and_page(registry: Registry) -> None:
+    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    for i in range(6):
+        registry.add_feedback(feedback(f"f{i}", rating="down" if i % 2 else "up", created_at=start + timedelta(hours=i)))
+    assert [f.feedback_id for f in registry.list_feedback()] == ["f5", "f4", "f3", "f2", "f1", "f0"]
+    assert [f.feedback_id for f in registry.list_feedback(rating="down")] == ["f5", "f3", "f1"]
+    assert [f.feedback_id for f in registry.list_feedback(rating="up", limit=2)] == ["f4", "f2"]
+    page = registry.list_feedback(limit=2)
+    assert [f.feedback_id for f in page] == ["f5", "f4"]
+    after = registry.list_feedback(limit=2, before=page[-1].created_at)
+    assert [f.feedback_id for f in after] == ["f3", "f2"]
+    # A moment in another time zone means the same instant.
+    beijing = (start + timedelta(hours=2)).astimezone(timezone(timedelta(hours=8)))
+    assert [f.feedback_id for f in registry.list_feedback(before=beijing)] == ["f1", "f0"]
+    assert registry.list_feedback(rating="down", before=start) == []
+
+
+def test_feedback_within_groups_fills_its_limit_past_other_groups_rows(registry: Registry) -> None:
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for i in range(3):  # the oldest: the only ones an eng administrator may read
+        registry.add_feedback(feedback(f"eng-{i}", created_at=start + timedelta(seconds=i)))
+    registry.add_feedback(feedback("eng-and-hr", groups=["eng", "hr"], created_at=start + timedelta(seconds=5)))
+    registry.add_feedback(feedback("everyone", groups=["*"], created_at=start + timedelta(seconds=6)))
+    for i in range(130):  # newer than all of them: more than a page of rows to read past
+        registry.add_feedback(feedback(f"hr-{i:03d}", groups=["hr"], created_at=start + timedelta(minutes=1, seconds=i)))
+
+    eng = registry.list_feedback(limit=3, within_groups=["eng"])
+    assert [f.feedback_id for f in eng] == ["eng-2", "eng-1", "eng-0"]
+    both = registry.list_feedback(limit=2, within_groups=["eng", "hr"])
+    assert [f.feedback_id for f in both] == ["hr-129", "hr-128"]
+    assert len(registry.list_feedback(limit=500, within_groups=["eng", "hr"])) == 134  # not "*": that is everyone's
+    assert len(registry.list_feedback(limit=500)) == 135
+    assert registry.list_feedback(within_groups=["sales"]) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from kb.adapters.sql_registry import SqlRegistry
 from kb.settings import AuthSettings, Settings
 from service.app import API_CSP, PAGE_CSP, create_app
 from service.auth import ApiKeyService
+from service.openapi import DOCS_CSP
 from service.routes.session import SESSION_COOKIE, SessionTokens
 
 pytestmark = pytest.mark.integration
@@ -259,7 +260,8 @@ def test_every_response_carries_the_csp_and_its_companions(app_client: TestClien
     schema = app_client.get("/schema")
     assert schema.status_code == 200 and schema.json()["info"]["title"] == "kb"  # the description, no viewer page
     assert app_client.get("/schema/openapi.json").json()["paths"]["/v1/session"]["post"]["summary"]
-    assert app_client.get("/schema/swagger").status_code == 404  # would load scripts from a CDN into kb's origin
+    for viewer in ("/schema/redoc", "/schema/swagger"):  # kb's own files only: tests/integration/test_api_docs_offline.py
+        assert_kb_headers(app_client.get(viewer), DOCS_CSP)
 
 
 HOSTILE_HTML = b"<html><body><p>Hello</p><script>fetch('/v1/keys')</script></body></html>"

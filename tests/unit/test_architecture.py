@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The HTTP doors: each maps the pipeline's events (or a feature's results) itself.
 DOORS = {
     "service.ask.routes", "service.ask.openai", "service.search.routes", "service.documents.routes",
-    "service.routes.health", "service.routes.keys", "service.routes.session",
+    "service.routes.health", "service.routes.keys", "service.routes.session", "service.feedback.routes",
 }  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from kb.models import Passage
-from service.ask.citations import annotate, parse_markers, strip_invalid_markers
+from service.ask.citations import StreamedAnswer, annotate, parse_markers, strip_invalid_markers
 from service.search.lexical import content_terms, coverage
 
 pytestmark = pytest.mark.unit
@@ -145,3 +145,34 @@ def test_a_chinese_sentence_with_a_changed_number_is_unsupported() -> None:
     assert good.grounded is True and good.citations[0].supported is True
     assert bad.grounded is False and bad.citations[0].supported is False
     assert bad.claims[0].missing == ["五点"]
+
+
+STREAMED_SOURCES = [
+    passage(1, "Uploads are limited to 100 MB per file by default. Larger files are refused."),
+    passage(2, "The default upload size limit is 100 MB per file, set by KB_INGEST__MAX_UPLOAD_BYTES."),
+    passage(3, "工作日值班时间为上午九点到下午六点。周末由运维小组轮流值班。"),
+]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The default upload size limit is 100 MB per file.",  # uncited: the service adds [2]
+        "The default upload size limit is 100 MB per file [2]. Larger files are refused [9].",  # [9]: no source
+        "Uploads are limited to 100 MB [1, 2] per file. Larger files are refused. [1] Thanks!",
+        "工作日值班时间为上午九点到下午六点。周末由运维小组轮流值班【3】。",
+        "  The limit is 100 MB per file , by default [7].\n\nLarger files are refused.\n- 3.5 MB is fine. e.g. this",
+        'He said "Uploads are limited to 100 MB per file." Then left [source 2].',
+        "Larger files are refused [1][2]. [3] Done.",
+    ],
+)
+def test_a_streamed_answer_reads_as_the_annotated_one_however_it_is_cut(answer: str) -> None:
+    final = annotate(answer, STREAMED_SOURCES).text
+    for size in (1, 2, 3, 5, 8, len(answer)):
+        streamed = StreamedAnswer(STREAMED_SOURCES)
+        pieces = [streamed.feed(answer[i : i + size]) for i in range(0, len(answer), size)]
+        assert "".join(pieces) + streamed.finish() == final, size
+    # Released as it comes, not all at the end: the first sentence is out before the model is done.
+    streamed = StreamedAnswer(STREAMED_SOURCES)
+    early = "".join(streamed.feed(ch) for ch in answer)
+    assert early and final.startswith(early)
