@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -15,35 +18,42 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from kb.ports import SearchMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kb: answers from your documents, with citations.")
-# Piped or redirected, rich would cut tables to 80 columns (file names, key columns): give them room instead.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
-out = Console(width=None if sys.stdout.isatty() else 400)
+# Piped or redirected, rich would cut tables to 80 columns (file names, key columns): give them room instead, unless
+# COLUMNS says how wide. Long cells fold onto further lines rather than being cut.
+console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 400)
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 400)
 
 _SKIP_NAMES = {".DS_Store", "Thumbs.db"}
 
 
-def _settings():  # noqa: ANN202 - heavy imports stay out of the entry module's top level (vLLM spawns)
+def _settings():  # heavy imports stay out of the entry module's top level (vLLM spawns)
     from kb.settings import Settings
 
     return Settings()
 
 
-def _files(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
+def _files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Each file with the name the summary gives it: its path relative to the folder given (prefixed with that
+    folder's name when several paths are given), or the path as given."""
+    found: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
+            prefix = Path(path.resolve().name) if len(paths) > 1 else Path()
             found.extend(
-                p for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                (p, str(prefix / p.relative_to(path)))
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 and p.name not in _SKIP_NAMES
             )
         elif path.is_file():
-            found.append(path)
+            found.append((path, str(path)))
         else:
             raise typer.BadParameter(f"{path}: no such file or directory")
     return found
@@ -76,8 +86,10 @@ def serve(
         # uvicorn's own logging config and access log would bypass the JSON lines (ours carry the request id).
         # Keep-alive longer than the idle timeout of the proxies and load balancers in front (often 60 s): a proxy
         # that reuses a connection the server has just closed answers its client 502.
+        # With trusted proxies configured, the TCP peer decides who signs in (service.auth.TrustedProxy): uvicorn must
+        # not replace it with X-Forwarded-For (by default it does for a peer at 127.0.0.1, a proxy on the same host).
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                    timeout_keep_alive=75)  # fmt: skip
+                    timeout_keep_alive=75, proxy_headers=not settings.auth.trusted_proxies)  # fmt: skip
     finally:
         lock.release()
 
@@ -97,74 +109,199 @@ def _announce(settings: Any, url: str) -> None:
         console.print(f"Web page: {url}/  (create a key with `kb keys create`)")
 
 
-def _keys(settings: Any):  # noqa: ANN202
+def _keys(settings: Any):
     from kb.container import build_registry
     from service.auth import ApiKeyService
 
     return ApiKeyService(build_registry(settings), settings.auth)
 
 
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="KB_URL",
+        help="Talk to the kb server at this URL (key: KB_API_KEY) instead of the data directory",
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Show the libraries' and the engine's messages (else: DATA_DIR/logs/cli.log)"),
+]
+
+
+def _log_path(settings: Any, url: str | None) -> Path | None:
+    """Where the libraries' messages go when not --verbose: a log in the data directory (none for a remote server)."""
+    return None if url else settings.resolved_data_dir / "logs" / "cli.log"
+
+
+@contextmanager
+def _library_output(log_path: Path | None, *, verbose: bool) -> Iterator[None]:
+    """Keeps what parser libraries and the engine print (logging, warnings, bare lines written to stdout or stderr by
+    C code or child processes such as the engine core) away from the command's own output, in `log_path`;
+    --verbose shows them on stderr instead. The command's progress, tables and answers still reach the terminal."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sink = _open_sink(log_path)
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    console_file = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
+    out_file = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding=sys.stdout.encoding, errors="replace")
+    console.file, out.file = console_file, out_file
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, sink):
+            os.close(fd)
+        console.file, out.file = None, None  # type: ignore[assignment]  # back to sys.stderr / sys.stdout
+        console_file.close()
+        out_file.close()
+
+
+def _open_sink(log_path: Path | None) -> int:
+    if log_path is not None:
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            pass
+    return os.open(os.devnull, os.O_WRONLY)
+
+
+def _say(message: str) -> None:
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _no_documents(backend: Any, docs: list[dict[str, Any]], *, fresh: bool) -> str | None:
+    """The message for a knowledge base with nothing to read from (None when there is something)."""
+    if any(d.get("status") == "ready" for d in docs):
+        return None
+    where = backend.where()
+    if docs:
+        what = f"no ready documents in {where} ({len(docs)} not ready: see `kb documents`)"
+    else:
+        what = f"no documents in {where}" + (" (a new, empty data directory)" if fresh else "")
+    local = not where.startswith("the server at")
+    hint = (
+        "; or point KB_DATA_DIR at the data directory you ingested into"
+        if local and not os.environ.get("KB_DATA_DIR")
+        else ""
+    )
+    return f"{what} — ingest some with `kb ingest PATH`{hint}"
+
+
+@contextmanager
+def _backend(settings: Any, *, with_generator: bool, url: str | None) -> Iterator[Any]:
+    """The backend, closed after use; a server that does not start or refuses a request is an error in words."""
+    from service.cli_backends import ServerError, ServerUnavailable, open_backend
+
+    try:
+        backend = open_backend(settings, with_generator=with_generator, url=url, say=_say)
+    except ServerUnavailable as exc:
+        console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        raise typer.Exit(3) from exc
+    try:
+        yield backend
+    except ServerError as exc:
+        console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        raise typer.Exit(1) from exc
+    finally:
+        backend.close()
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders")],
     group: Annotated[list[str], typer.Option("--group", "-g", help="Access group (repeatable)")] = [],  # noqa: B006
+    url: UrlOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Ingest files and folders; exits non-zero if any file failed, naming each failure."""
-    from service.cli_backends import open_backend
-
+    """Ingest files and folders; exits non-zero if any file did not end ready, naming each."""
     files = _files(paths)
     if not files:
         console.print("[red]error:[/] no files found")
         raise typer.Exit(2)
-    backend = open_backend(_settings(), with_generator=False)
+    settings = _settings()
     results: dict[str, dict[str, Any]] = {}
-    rejected: list[tuple[Path, str]] = []
-    try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console,
-        ) as progress:
-            task = progress.add_task("ingesting", total=len(files))
-            submitted: dict[str, Path] = {}
-            for path in files:
+    rejected: list[tuple[str, str]] = []
+    submitted: dict[str, str] = {}
+    interrupted: str | None = None
+    with (
+        _library_output(_log_path(settings, url), verbose=verbose),
+        _backend(settings, with_generator=False, url=url) as backend,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
+        task = progress.add_task("ingesting", total=len(files))
+        try:
+            for path, name in files:
                 try:
                     document = backend.submit(path, group)
-                except Exception as exc:  # a rejected upload is reported, the rest go on
-                    rejected.append((path, str(exc)))
+                except Exception as exc:  # noqa: BLE001 - a rejected upload is reported, the rest go on
+                    rejected.append((name, str(exc)))
                     progress.advance(task)
                     continue
-                submitted[document["document_id"]] = path
+                submitted[document["document_id"]] = name
                 if document["status"] in ("ready", "failed"):
                     results[document["document_id"]] = document
                     progress.advance(task)
 
             def on_update(document: dict[str, Any]) -> None:
-                if document["status"] in ("ready", "failed") and document["document_id"] not in results:
-                    results[document["document_id"]] = document
+                document_id = document["document_id"]
+                if document["status"] in ("ready", "failed") and document_id not in results:
+                    results[document_id] = document
                     progress.advance(task)
-                    progress.update(task, description=f"ingested {document['filename']}")
+                    progress.update(task, description=f"ingested {submitted.get(document_id, '')}")
 
             for document in backend.wait(list(submitted), on_update):
                 on_update(document)
-    finally:
-        backend.close()
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the summary still ends the run
+            interrupted = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     table = Table(title="kb ingest")
-    for column in ("file", "status", "pages", "chunks", "error"):
-        table.add_column(column)
-    failures = len(rejected)
-    for document_id, path in submitted.items():
+    table.add_column("file", overflow="fold", ratio=3)
+    table.add_column("status", no_wrap=True)
+    table.add_column("pages", no_wrap=True, justify="right")
+    table.add_column("chunks", no_wrap=True, justify="right")
+    table.add_column("error", overflow="fold", ratio=2)
+    failed: list[tuple[str, str, str]] = []
+    for document_id, name in submitted.items():
         document = results.get(document_id, {})
-        status = document.get("status", "?")
-        failures += status != "ready"
+        status = document.get("status") or "unfinished"
+        if status != "ready":
+            failed.append((name, status, document.get("error") or ""))
         style = "green" if status == "ready" else "red"
-        table.add_row(str(path), f"[{style}]{status}[/]", str(document.get("pages") or ""),
-                      str(document.get("chunks") or ""), document.get("error") or "")
-    for path, error in rejected:
-        table.add_row(str(path), "[red]rejected[/]", "", "", error)
+        table.add_row(Text(name), Text(status, style=style), str(document.get("pages") or ""),
+                      str(document.get("chunks") or ""), Text(document.get("error") or ""))  # fmt: skip
+    for name, error in rejected:
+        failed.append((name, "rejected", error))
+        table.add_row(Text(name), Text("rejected", style="red"), "", "", Text(error))
     console.print(table)
-    console.print(f"{len(files) - failures} ready, {failures} failed")
-    if failures:
+    # One line per file that did not end ready: whole names, for logs and grep, however narrow the table.
+    for name, status, error in failed:
+        console.print(f"{status}: {name}" + (f": {error}" if error else ""), markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
+    console.print(f"{len(files) - len(failed)} ready, {len(failed)} failed", highlight=False)
+    if interrupted:
+        console.print(Text("error: ", style="red") + Text(f"stopped before every file was done: {interrupted}"),
+                      soft_wrap=True)  # fmt: skip
+    if failed or interrupted:
         raise typer.Exit(1)
 
 
@@ -173,21 +310,27 @@ def search(
     query: str,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    url: UrlOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Retrieve the passages that best match a query."""
-    from service.cli_backends import open_backend
-
-    backend = open_backend(_settings(), with_generator=False)
-    try:
-        result = backend.search(query, top_k)
-    finally:
-        backend.close()
+    settings = _settings()
+    fresh = not url and not settings.resolved_data_dir.exists()
+    empty: str | None = None
+    with (
+        _library_output(_log_path(settings, url), verbose=verbose),
+        _backend(settings, with_generator=False, url=url) as backend,
+    ):
+        empty = _no_documents(backend, backend.documents(), fresh=fresh)
+        result = {"passages": []} if empty else backend.search(query, top_k)
+    if empty:
+        console.print(empty, markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"passages": result["passages"]}, ensure_ascii=False))
         return
     for i, passage in enumerate(result["passages"], 1):
         where = passage["filename"] + (f" p.{passage['page']}" if passage.get("page") else "")
-        out.print(f"[bold]{i}. {where}[/]  score={passage['score']:.3f}")
+        out.print(f"{i}. {where}  score={passage['score']:.3f}", markup=False, style="bold")
         out.print(passage["text"][:400], markup=False)
         out.print()
 
@@ -196,18 +339,30 @@ def search(
 def ask(
     question: str,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    url: UrlOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Answer a question from the documents, with citations."""
-    from service.cli_backends import open_backend
-
-    # One question: the engine's start-up chatter is for operators of a server (`kb serve` keeps it), not here.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-    backend = open_backend(_settings(), with_generator=True)
-    try:
-        answer = backend.ask(question)
-    finally:
-        backend.close()
+    if not verbose:
+        # One question: the engine's start-up chatter is for operators of a server (`kb serve` keeps it), not here.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    settings = _settings()
+    fresh = not url and not settings.resolved_data_dir.exists()
+    with (
+        _library_output(_log_path(settings, url), verbose=verbose),
+        _backend(settings, with_generator=True, url=url) as backend,
+    ):
+        empty = _no_documents(backend, backend.documents(), fresh=fresh)
+        answer = None
+        if not empty:
+            # On a terminal only (transient): the first question starts the engine, a minute on a CPU.
+            with console.status("answering (the first question starts the engine)…"):
+                answer = backend.ask(question)
+    if empty or answer is None:
+        console.print(empty, markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            print(json.dumps({"error": {"message": empty, "type": "no_documents"}}, ensure_ascii=False))
+        raise typer.Exit(1)
     if as_json:
         print(json.dumps(answer, ensure_ascii=False))
         return
@@ -224,24 +379,37 @@ def ask(
 
 
 @app.command()
-def documents(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False) -> None:
+def documents(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    url: UrlOption = None,
+    verbose: VerboseOption = False,
+) -> None:
     """List documents with their status, error, pages and chunks."""
-    from service.cli_backends import open_backend
-
-    backend = open_backend(_settings(), with_generator=False)
-    try:
+    settings = _settings()
+    fresh = not url and not settings.resolved_data_dir.exists()
+    with (
+        _library_output(_log_path(settings, url), verbose=verbose),
+        _backend(settings, with_generator=False, url=url) as backend,
+    ):
         docs = backend.documents()
-    finally:
-        backend.close()
+        empty = None if docs else _no_documents(backend, docs, fresh=fresh)
+    if empty:
+        console.print(empty, markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"documents": docs}, ensure_ascii=False))
         return
+    if not docs:
+        return
     table = Table()
-    for column in ("document_id", "filename", "status", "pages", "chunks", "error"):
-        table.add_column(column)
+    table.add_column("document_id", overflow="fold", ratio=2)
+    table.add_column("filename", overflow="fold", ratio=3)
+    table.add_column("status", no_wrap=True)
+    for column in ("pages", "chunks"):
+        table.add_column(column, no_wrap=True, justify="right")
+    table.add_column("error", overflow="fold", ratio=2)
     for d in docs:
-        table.add_row(d["document_id"], d["filename"], d["status"], str(d.get("pages") or ""),
-                      str(d.get("chunks") or ""), d.get("error") or "")
+        table.add_row(d["document_id"], Text(d["filename"]), d["status"], str(d.get("pages") or ""),
+                      str(d.get("chunks") or ""), Text(d.get("error") or ""))  # fmt: skip
     out.print(table)
 
 
@@ -277,10 +445,18 @@ def parse_duration(text: str) -> timedelta:
 
 @keys_app.command("create")
 def keys_create(
-    scopes: Annotated[list[str], typer.Option("--scopes", help="search, ask, ingest, admin, metrics (comma-separated or repeated)")],
-    groups: Annotated[list[str] | None, typer.Option("--groups", help="Document groups it may see ('*': all; default: the configured default groups)")] = None,
+    scopes: Annotated[
+        list[str], typer.Option("--scopes", help="search, ask, ingest, admin, metrics (comma-separated or repeated)")
+    ],
+    groups: Annotated[
+        list[str] | None,
+        typer.Option("--groups", help="Document groups it may see ('*': all; default: the configured default groups)"),
+    ] = None,
     name: Annotated[str, typer.Option(help="What the key is for")] = "",
-    expires_in: Annotated[str | None, typer.Option("--expires-in", help="Refuse the key after this long: 90s, 30m, 12h, 30d, 8w (default: never)")] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option("--expires-in", help="Refuse the key after this long: 90s, 30m, 12h, 30d, 8w (default: never)"),
+    ] = None,
 ) -> None:
     """Create a key. It is printed once, alone on the last line; only its SHA-256 digest is stored."""
     settings = _settings()
@@ -292,7 +468,9 @@ def keys_create(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     expiry = f"; expires {key.expires_at.isoformat(timespec='seconds')}" if key.expires_at else ""
-    console.print(f"created key {key.key_id} ({key.name}): scopes {', '.join(key.scopes)}; groups {', '.join(key.groups)}{expiry}")
+    console.print(
+        f"created key {key.key_id} ({key.name}): scopes {', '.join(key.scopes)}; groups {', '.join(key.groups)}{expiry}"
+    )
     console.print("store it now: it cannot be shown again")
     print(secret)
 
@@ -342,7 +520,9 @@ def eval_retrieval(
     max_documents: Annotated[
         int | None, typer.Option(min=1, help="Sets of whole documents (COVID-QA): index only the first N")
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Unit embedding cache (default: beside the models dir)")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Unit embedding cache (default: beside the models dir)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and search latency of retrieval on a QA set, in a scratch index."""
@@ -359,8 +539,12 @@ def eval_retrieval(
     settings = _settings()
     evaluation = RetrievalEvaluation.open(settings, cache_dir)
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         embedding = progress.add_task("embedding units and sentences", total=None)
         try:
@@ -373,7 +557,9 @@ def eval_retrieval(
         search_mode = cast("SearchMode", mode.value) if mode else settings.retrieval.mode
         asking = progress.add_task("asking", total=None)
         [report] = evaluation.evaluate(
-            prepared, [search_mode], limit,
+            prepared,
+            [search_mode],
+            limit,
             lambda done, total: progress.update(asking, completed=done, total=total),
         )
     if as_json:
@@ -382,8 +568,17 @@ def eval_retrieval(
     table = Table(title=f"kb eval retrieval: {report['name']} ({report['mode']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("questions", "units", "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10",
-                "latency_ms_p50", "latency_ms_p95"):
+    for key in (
+        "questions",
+        "units",
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "mrr@10",
+        "ndcg@10",
+        "latency_ms_p50",
+        "latency_ms_p95",
+    ):
         table.add_row(key, str(report[key]))
     out.print(table)
 
