@@ -86,6 +86,13 @@ def openai_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     return _error(exc.status_code, message, code=getattr(exc, "code", None), param=param, headers=headers)
 
 
+def dependency_code(status: int, dependency: str | None) -> str | None:
+    """The error code of a dependency's failure, streamed or not: `<dependency>_unavailable`, or `timeout` (504)."""
+    if status == 504:
+        return "timeout"
+    return f"{dependency}_unavailable" if dependency else None
+
+
 def openai_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """A dependency that is down is a 503/504 with Retry-After, as on every route; anything else a 500."""
     if isinstance(exc, RecursionError) and ("deserializing" in str(exc) or "decoding a JSON" in str(exc)):
@@ -94,8 +101,8 @@ def openai_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Re
     failure = dependency_failure(exc)
     if failure is not None:
         log.warning("dependency failure: %s", failure.detail, extra={"path": request.url.path})
-        return _error(failure.status, failure.detail, code=f"{failure.dependency}_unavailable"
-                      if failure.status == 503 else None, headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+        return _error(failure.status, failure.detail, code=dependency_code(failure.status, failure.dependency),
+                      headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
     return _error(500, "an unexpected error occurred; the service log has the details under this request id")
 
@@ -295,8 +302,7 @@ async def chat_completions(
                                                                  citations=msgspec.to_builtins(cited)))  # fmt: skip
                         count_answer("openai", event, generator)
                     case Failed():  # as OpenAI and vLLM report an error once streaming has begun
-                        body = error_body(event.status, event.detail,
-                                          f"{event.dependency}_unavailable" if event.dependency else None)  # fmt: skip
+                        body = error_body(event.status, event.detail, dependency_code(event.status, event.dependency))
                         yield ServerSentEventMessage(data=json.dumps(body, ensure_ascii=False))
                         return
             yield ServerSentEventMessage(data=_chunk(completion_id, {}, "stop", **extra))

@@ -157,7 +157,7 @@ class AskPipeline:
 
 def unsupported_sentences(checked: AnnotatedAnswer) -> list[str]:
     """The sentences of the final answer that no cited source supports, for the doors to show as such."""
-    return [checked.text[c.start:c.end].strip() for c in checked.claims if not c.supported]
+    return [checked.text[c.start : c.end].strip() for c in checked.claims if not c.supported]
 
 
 def quoted(checked: AnnotatedAnswer) -> AnnotatedAnswer:

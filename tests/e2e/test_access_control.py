@@ -45,18 +45,54 @@ class Doc:
 
 
 DOCS = [
-    Doc("hr-parental-leave.txt", ["hr"], "parental leave", "MAGENTA-HERON-417", "twenty weeks",
-        "Parental leave policy. Employees receive twenty weeks of paid parental leave, taken in up to three blocks."),
-    Doc("hr-salary-bands.txt", ["hr"], "salary bands", "TEAL-OTTER-552", "82,000 euros",
-        "Salary bands for 2026. Band four starts at 82,000 euros and band five at 97,000 euros per year."),
-    Doc("eng-deploy-runbook.txt", ["eng"], "deployment runbook", "AMBER-FALCON-238", "green for an hour",
-        "Deployment runbook. Deploys run on Tuesdays and Thursdays after the canary has been green for an hour."),
-    Doc("eng-on-call.txt", ["eng"], "on-call rotation", "INDIGO-LYNX-806", "pager every Monday",
-        "On-call rotation. Engineers hand over the pager every Monday at ten with a written incident summary."),
-    Doc("finance-q3-budget.txt", ["finance"], "third quarter budget", "CRIMSON-BADGER-119", "CFO's approval",
-        "Third quarter budget. The travel budget is frozen and hardware purchases need the CFO's approval."),
-    Doc("office-wifi.txt", [], "office wifi", "OLIVE-MOOSE-674", "first day of each month",
-        "Office wifi. The guest network is called Visitors and its password changes on the first day of each month."),
+    Doc(
+        "hr-parental-leave.txt",
+        ["hr"],
+        "parental leave",
+        "MAGENTA-HERON-417",
+        "twenty weeks",
+        "Parental leave policy. Employees receive twenty weeks of paid parental leave, taken in up to three blocks.",
+    ),
+    Doc(
+        "hr-salary-bands.txt",
+        ["hr"],
+        "salary bands",
+        "TEAL-OTTER-552",
+        "82,000 euros",
+        "Salary bands for 2026. Band four starts at 82,000 euros and band five at 97,000 euros per year.",
+    ),
+    Doc(
+        "eng-deploy-runbook.txt",
+        ["eng"],
+        "deployment runbook",
+        "AMBER-FALCON-238",
+        "green for an hour",
+        "Deployment runbook. Deploys run on Tuesdays and Thursdays after the canary has been green for an hour.",
+    ),
+    Doc(
+        "eng-on-call.txt",
+        ["eng"],
+        "on-call rotation",
+        "INDIGO-LYNX-806",
+        "pager every Monday",
+        "On-call rotation. Engineers hand over the pager every Monday at ten with a written incident summary.",
+    ),
+    Doc(
+        "finance-q3-budget.txt",
+        ["finance"],
+        "third quarter budget",
+        "CRIMSON-BADGER-119",
+        "CFO's approval",
+        "Third quarter budget. The travel budget is frozen and hardware purchases need the CFO's approval.",
+    ),
+    Doc(
+        "office-wifi.txt",
+        [],
+        "office wifi",
+        "OLIVE-MOOSE-674",
+        "first day of each month",
+        "Office wifi. The guest network is called Visitors and its password changes on the first day of each month.",
+    ),
 ]
 for _doc in DOCS:
     _doc.text += f" The {_doc.topic} codeword is {_doc.codeword}."
@@ -91,7 +127,7 @@ class Deployment:
     seen: dict[str, set[str]] = field(default_factory=dict)  # key name -> document ids it was shown
 
     def headers(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[name] if name in self.keys else self.admin}"}
+        return {"Authorization": f"Bearer {self.keys.get(name, self.admin)}"}
 
 
 def assert_clean(key: str, payload: str, door: str, question: str = "") -> None:
@@ -243,7 +279,9 @@ async def test_writes_stay_inside_the_keys_groups(deployment: Deployment) -> Non
     async with httpx.AsyncClient(base_url=deployment.url, timeout=60) as client:
         finance = next(d for d in DOCS if d.groups == ["finance"])
         # No ingest scope: 403. Ingest scope but a foreign group: 403. Deleting or replacing a foreign document: 404.
-        denied = await client.post("/v1/documents", files={"files": ("x.txt", b"hello")}, headers=deployment.headers("hr"))
+        denied = await client.post(
+            "/v1/documents", files={"files": ("x.txt", b"hello")}, headers=deployment.headers("hr")
+        )
         assert denied.status_code == 403 and "ingest" in denied.json()["detail"]
         foreign = await client.post("/v1/documents", files={"files": ("x.txt", b"hello")}, data={"groups": "finance"},
                                     headers=deployment.headers("eng"))  # fmt: skip
@@ -285,8 +323,12 @@ async def test_keys_without_the_scope_or_any_key_are_refused(deployment: Deploym
                              ("GET", "/metrics")):  # fmt: skip
             anonymous = await client.request(method, path, json={})
             assert anonymous.status_code == 401, path
-            assert anonymous.headers["content-type"] == "application/problem+json"
-            assert "API key" in anonymous.json()["detail"]
+            if path in OPENAI_PATHS:  # OpenAI's error shape, for its SDKs
+                assert anonymous.headers["content-type"] == "application/json"
+                assert "API key" in anonymous.json()["error"]["message"]
+            else:
+                assert anonymous.headers["content-type"] == "application/problem+json"
+                assert "API key" in anonymous.json()["detail"]
             bogus = await client.request(method, path, json={}, headers={"Authorization": "Bearer kb_not-a-real-key"})
             assert bogus.status_code == 401, path
         for path in ("/v1/keys", "/metrics"):
@@ -326,33 +368,93 @@ DOORS: list[Door] = [
     Door("search", "POST", "/v1/search", frozenset({"search"}), 200, json={"query": "deployment runbook"}),
     Door("ask", "POST", "/v1/ask", frozenset({"ask"}), 503, json=ASK_BODY),
     Door("ask-sse", "POST", "/v1/ask", frozenset({"ask"}), 503, json={**ASK_BODY, "stream": True}),
-    Door("openai-chat", "POST", "/v1/chat/completions", frozenset({"ask"}), 503,
-         json={"model": "kb", "messages": [{"role": "user", "content": ASK_BODY["question"]}]}),
-    Door("openai-chat-stream", "POST", "/v1/chat/completions", frozenset({"ask"}), 503,
-         json={"model": "kb", "stream": True, "messages": [{"role": "user", "content": ASK_BODY["question"]}]}),
+    Door(
+        "openai-chat",
+        "POST",
+        "/v1/chat/completions",
+        frozenset({"ask"}),
+        503,
+        json={"model": "kb", "messages": [{"role": "user", "content": ASK_BODY["question"]}]},
+    ),
+    Door(
+        "openai-chat-stream",
+        "POST",
+        "/v1/chat/completions",
+        frozenset({"ask"}),
+        503,
+        json={"model": "kb", "stream": True, "messages": [{"role": "user", "content": ASK_BODY["question"]}]},
+    ),
     Door("openai-models", "GET", "/v1/models", frozenset({"ask"}), 200),
     Door("conversation", "GET", f"/v1/conversations/{'c' * 32}", frozenset({"ask"}), 404),  # passed: none such
     Door("conversations-list", "GET", "/v1/conversations", frozenset({"ask"}), 200),
     Door("conversation-delete", "DELETE", f"/v1/conversations/{'c' * 32}", frozenset({"ask"}), 404),
-    Door("feedback-give", "POST", "/v1/feedback", frozenset({"ask"}), 201,
-         json={"rating": "down", "question": "What is the deployment codeword?", "answer": "I do not know."}),
+    Door(
+        "feedback-give",
+        "POST",
+        "/v1/feedback",
+        frozenset({"ask"}),
+        201,
+        json={"rating": "down", "question": "What is the deployment codeword?", "answer": "I do not know."},
+    ),
     Door("feedback-list", "GET", "/v1/feedback", frozenset({"admin"}), 200),
     Door("feedback-delete", "DELETE", f"/v1/feedback/{'f' * 32}", frozenset({"admin"}), 404),  # passed: none such
-    Door("document-chunk", "GET", "/v1/documents/{document_id}/chunks/{chunk_id}", frozenset({"search", "ask"}), 404,
-         eng_only=404, prepare="document"),
+    Door(
+        "document-chunk",
+        "GET",
+        "/v1/documents/{document_id}/chunks/{chunk_id}",
+        frozenset({"search", "ask"}),
+        404,
+        eng_only=404,
+        prepare="document",
+    ),
     Door("documents-list", "GET", "/v1/documents", frozenset({"search"}), 200),
-    Door("document-status", "GET", "/v1/documents/{document_id}", frozenset({"search", "ingest"}), 200,
-         eng_only=404, prepare="document"),
-    Door("document-file", "GET", "/v1/documents/{document_id}/file", frozenset({"search", "ask"}), 200, eng_only=404,
-         prepare="document"),
-    Door("document-upload", "POST", "/v1/documents", frozenset({"ingest"}), 202, eng_only=403,
-         files={"files": ("table-upload.txt", b"Uploaded through the access table.", "text/plain")},
-         data={"groups": "eng"}),
-    Door("document-delete", "DELETE", "/v1/documents/{document_id}", frozenset({"ingest"}), 204, eng_only=404,
-         prepare="document"),
+    Door(
+        "document-status",
+        "GET",
+        "/v1/documents/{document_id}",
+        frozenset({"search", "ingest"}),
+        200,
+        eng_only=404,
+        prepare="document",
+    ),
+    Door(
+        "document-file",
+        "GET",
+        "/v1/documents/{document_id}/file",
+        frozenset({"search", "ask"}),
+        200,
+        eng_only=404,
+        prepare="document",
+    ),
+    Door(
+        "document-upload",
+        "POST",
+        "/v1/documents",
+        frozenset({"ingest"}),
+        202,
+        eng_only=403,
+        files={"files": ("table-upload.txt", b"Uploaded through the access table.", "text/plain")},
+        data={"groups": "eng"},
+    ),
+    Door(
+        "document-delete",
+        "DELETE",
+        "/v1/documents/{document_id}",
+        frozenset({"ingest"}),
+        204,
+        eng_only=404,
+        prepare="document",
+    ),
     Door("keys-list", "GET", "/v1/keys", frozenset({"admin"}), 200),
-    Door("keys-create", "POST", "/v1/keys", frozenset({"admin"}), 201, eng_only=403,
-         json={"name": "made by the table", "scopes": ["search"], "groups": ["eng"]}),
+    Door(
+        "keys-create",
+        "POST",
+        "/v1/keys",
+        frozenset({"admin"}),
+        201,
+        eng_only=403,
+        json={"name": "made by the table", "scopes": ["search"], "groups": ["eng"]},
+    ),
     Door("keys-revoke", "DELETE", "/v1/keys/{key_id}", frozenset({"admin"}), 204, eng_only=404, prepare="key"),
     Door("metrics", "GET", "/metrics", frozenset({"metrics"}), 200),
     Door("session-start", "POST", "/v1/session", EVERY_VALID_KEY, 200),
@@ -463,7 +565,9 @@ async def _prepare(client: httpx.AsyncClient, door: Door, cell: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("door", "who"), [(d, w) for d in DOORS for w in IDENTITIES], ids=[f"{d.name}-{w.name}" for d in DOORS for w in IDENTITIES]
+    ("door", "who"),
+    [(d, w) for d in DOORS for w in IDENTITIES],
+    ids=[f"{d.name}-{w.name}" for d in DOORS for w in IDENTITIES],
 )
 async def test_every_door_admits_exactly_whom_the_rule_says(table: Table, door: Door, who: Identity) -> None:
     async with httpx.AsyncClient(base_url=table.url, timeout=60) as client:
@@ -516,11 +620,14 @@ TABLE_EXEMPT = {
 
 def _route_of(path: str) -> str:
     path = path.replace("{document_id}", "{document_id:str}").replace("{key_id}", "{key_id:str}")
-    path = path.replace("{chunk_id}", "{chunk_id:str}").replace(f"/v1/feedback/{'f' * 32}", "/v1/feedback/{feedback_id:str}")
+    path = path.replace("{chunk_id}", "{chunk_id:str}").replace(
+        f"/v1/feedback/{'f' * 32}", "/v1/feedback/{feedback_id:str}"
+    )
     return path.replace(f"/v1/conversations/{'c' * 32}", "/v1/conversations/{conversation_id:str}")
 
 
 # Escalation: what a key could try beyond its reach.
+
 
 async def test_a_restricted_admin_cannot_escalate(table: Table) -> None:
     eng_admin = {"Authorization": table.credentials["admin@eng"]}
@@ -546,7 +653,9 @@ async def test_a_restricted_admin_cannot_escalate(table: Table) -> None:
     # The key it minted: uploads without groups land in eng (readable by it), foreign groups are refused.
     mine = {"Authorization": f"Bearer {own.json()['key']}"}
     async with httpx.AsyncClient(base_url=table.url, timeout=60, headers=mine) as client:
-        uploaded = await client.post("/v1/documents", files={"files": ("mine.txt", b"Minted key's notes.", "text/plain")})
+        uploaded = await client.post(
+            "/v1/documents", files={"files": ("mine.txt", b"Minted key's notes.", "text/plain")}
+        )
         assert uploaded.status_code == 202 and uploaded.json()["documents"][0]["groups"] == ["eng"]
         document_id = uploaded.json()["documents"][0]["document_id"]
         assert (await client.get(f"/v1/documents/{document_id}/file")).content == b"Minted key's notes."

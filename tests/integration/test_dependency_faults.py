@@ -161,8 +161,16 @@ def wait_ready(client: httpx.Client, document_id: str) -> None:
 
 def assert_dependency_problem(response: httpx.Response, dependency: str, statuses: tuple[int, ...] = (503,)) -> dict:
     assert response.status_code in statuses, (response.status_code, response.text)
-    assert response.headers["content-type"] == "application/problem+json", response.text
     assert int(response.headers["retry-after"]) > 0
+    if response.request.url.path == "/v1/chat/completions":  # OpenAI's error shape, for its SDKs
+        assert response.headers["content-type"] == "application/json", response.text
+        error = response.json()["error"]
+        assert dependency in error["message"] and error["type"] == "server_error", error
+        expected_code = "timeout" if response.status_code == 504 else f"{dependency}_unavailable"
+        assert error["code"] == expected_code, error
+        # The fields the callers check, where the problem document has them.
+        return {"detail": error["message"], "instance": response.request.url.path}
+    assert response.headers["content-type"] == "application/problem+json", response.text
     body = response.json()
     assert body["status"] == response.status_code and body["dependency"] == dependency, body
     assert dependency in body["detail"], body
@@ -292,7 +300,8 @@ def test_a_generator_failing_mid_answer_ends_the_stream_with_an_error_event(
         data = [json.loads(d) for _, d in sse_events(chat)]
         assert data[1]["choices"][0]["delta"]["content"].strip()
         assert ANSWER[0].startswith(data[1]["choices"][0]["delta"]["content"])
-        assert data[-1]["error"]["code"] == status and "generator" in data[-1]["error"]["message"], data
+        expected_code = "timeout" if status == 504 else "generator_unavailable"  # as the same failure unstreamed
+        assert data[-1]["error"]["code"] == expected_code and "generator" in data[-1]["error"]["message"], data
         assert not any(d.get("choices", [{}])[0].get("finish_reason") == "stop" for d in data[:-1])
 
         plain = client.post("/v1/ask", json=ASK)  # nothing streamed yet: the whole request fails
