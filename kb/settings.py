@@ -175,8 +175,12 @@ class AuthSettings(BaseModel):
     proxy_user_header: str = "X-Forwarded-User"
     proxy_email_header: str = "X-Forwarded-Email"
     proxy_groups_header: str = "X-Forwarded-Groups"  # comma-separated group names
-    # What a user signed in through the proxy may do; never "admin" here: see proxy_admin_groups.
-    proxy_scopes: list[str] = ["search", "ask", "ingest"]
+    # What every user signed in through the proxy may do; never "admin" here: see proxy_admin_groups. Not "ingest"
+    # by default: ingest also deletes, and every proxied user is in proxy_groups ("everyone"), so it would let any
+    # employee delete the documents shared with everyone; see proxy_ingest_groups.
+    proxy_scopes: list[str] = ["search", "ask"]
+    # A proxied user in one of these groups (by the groups header) may also upload and delete, within its own groups.
+    proxy_ingest_groups: list[str] = []
     # A proxied user in one of these groups (by the groups header) also gets the admin scope, within its own groups.
     proxy_admin_groups: list[str] = []
     # Groups every proxied user belongs to besides those of the groups header (where documents uploaded without

@@ -166,6 +166,8 @@ class TrustedProxy:
         named = proxy_groups(",".join(self._values(scope, self._groups)))
         groups = list(dict.fromkeys([*named, *self._settings.proxy_groups]))
         scopes = set(self._settings.proxy_scopes)
+        if set(named) & set(self._settings.proxy_ingest_groups):
+            scopes.add("ingest")
         if set(named) & set(self._settings.proxy_admin_groups):
             scopes.add("admin")
         return Principal(f"{PROXY_ID_PREFIX}{user}", user, frozenset(scopes), tuple(groups), user=user, email=email)

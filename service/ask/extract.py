@@ -152,6 +152,13 @@ class Extractor:
         ]
         return Extraction(quotes, scores[best], _joined(quotes))
 
+    def lead(self, sources: Sequence[Passage], max_sentences: int = 3) -> Extraction:
+        """The opening sentences of the sources, in order: what a document the reader chose says first, for a question
+        about it as a whole ("What does this document say?", "总结一下") that no sentence answers by its words."""
+        candidates = sorted(self._candidates(sources), key=lambda c: (c.n, c.start))[: max(0, max_sentences)]
+        quotes = [Quote(c.n, c.passage, c.sentence, c.start, 0.0) for c in candidates]
+        return Extraction(quotes, 0.0, _joined(quotes))
+
     def answerable(self, extraction: Extraction) -> bool:
         return bool(extraction.quotes) and extraction.score >= ANSWERABLE_SCORE
 

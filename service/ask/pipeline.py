@@ -25,7 +25,7 @@ from service.ask.answerability import first_mode, says_no_information
 from service.ask.citations import AnnotatedAnswer, StreamedAnswer, annotate, parse_markers, visible_citations
 from service.ask.conversation import Conversation, ConversationStage
 from service.ask.events import AskEvent, Citations, Done, Token, collect
-from service.ask.extract import Extractor
+from service.ask.extract import Extraction, Extractor
 from service.ask.generate import Generation
 from service.ask.packing import Budget, Packer
 from service.ask.prompt import REPLACED_NOTE, messages, no_information_answer
@@ -102,10 +102,12 @@ class AskPipeline:
             # Quoting reads no prompt: it reads the retrieval's best passages even where the model's window (or its
             # tokenizer, ~1 token a Han character for SmolLM2) packed fewer, and they become the answer's sources.
             sources = self._quotable(sources, evidence, question.filter)
-            # Quoted for what was searched: a follow-up ("tell me more") made standalone with what it follows up on.
-            extraction = await asyncio.to_thread(self.extractor.extract, evidence.query or question.text, sources,
-                                                 self._answers.extract_sentences)  # fmt: skip
+            extraction = await asyncio.to_thread(self._extract, question.text, evidence, sources)
             text = extraction.text if self.extractor.answerable(extraction) else ""
+            if not text and scope.document_ids:
+                # The reader chose these documents: a question about them as a whole ("What does it say?") gets their
+                # opening sentences (whole documents first in the sources) rather than "no information".
+                text = self.extractor.lead(sources, self._answers.extract_sentences).text
             checked = quoted(annotate(text, sources))
             mode = "extract" if text else "none"
         if mode == "none":
@@ -138,6 +140,18 @@ class AskPipeline:
         # Defence in depth: nothing reaches the prompt that the caller may not read, whatever its path here.
         groups = filter.groups if filter is not None else None
         return [p for p in sources if p.visible_to(groups)]
+
+    def _extract(self, question: str, evidence: Evidence, sources: list[Passage]) -> Extraction:
+        """Quoted for the question as asked and, for a follow-up, for what was searched (made standalone with what it
+        follows up on: "tell me more"): whichever the sources answer better. The standalone query alone dilutes a
+        complete follow-up's own words with the previous question's."""
+        n = self._answers.extract_sentences
+        best = self.extractor.extract(question, sources, n)
+        if evidence.query and evidence.query != question:
+            searched = self.extractor.extract(evidence.query, sources, n)
+            if searched.score > best.score:
+                best = searched
+        return best
 
     def _quotable(self, sources: list[Passage], evidence: Evidence, filter: SearchFilter | None) -> list[Passage]:
         """The packed sources, then the best other hits up to `top_k` passages in all (a written answer's sources keep

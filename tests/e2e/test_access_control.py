@@ -520,7 +520,7 @@ async def table(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Table
         data_dir=tmp_path_factory.mktemp("acl-table"),
         generator=GeneratorSettings(enabled=False),
         rate_limit=RateLimitSettings(enabled=False),  # ~200 requests, dozens refused, from one address
-        auth=AuthSettings(trusted_proxies=[PROXY_ADDRESS]),
+        auth=AuthSettings(trusted_proxies=[PROXY_ADDRESS], proxy_ingest_groups=["eng"]),
     )
     app = create_app(settings)
     async with serve_in_process(app) as url:

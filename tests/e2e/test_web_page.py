@@ -115,6 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}  # see kb.adapters.vllm_engine
     env["KB_DATA_DIR"] = str(data_dir)
     env["KB_AUTH__TRUSTED_PROXIES"] = json.dumps([PROXY_ADDRESS])
+    env["KB_AUTH__PROXY_INGEST_GROUPS"] = json.dumps(["eng"])  # alice (eng) uploads and deletes; bob (sales) reads
     process, url = start_kb_serve(env, data_dir.parent / "serve-web.log")
     try:
         yield url, (data_dir / "admin.key").read_text().strip()

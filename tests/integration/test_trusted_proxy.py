@@ -77,7 +77,8 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("proxy"),
         generator=GeneratorSettings(enabled=False),
-        auth=AuthSettings(trusted_proxies=["127.0.0.1/32"], proxy_admin_groups=["kb-admins"]),
+        auth=AuthSettings(trusted_proxies=["127.0.0.1/32"], proxy_admin_groups=["kb-admins"],
+                          proxy_ingest_groups=["team-b"]),
     )
     async with serve_in_process(create_app(settings)) as url:
         admin = settings.admin_key_path.read_text().strip()
@@ -225,3 +226,24 @@ async def test_admin_only_through_a_configured_admin_group_and_within_its_groups
         assert given.json()["feedback_id"] not in {
             f["feedback_id"] for f in (await proxy.get("/v1/feedback", headers=other_admin)).json()["feedback"]
         }
+
+
+@module_loop
+async def test_only_an_ingest_group_uploads_and_nobody_else_deletes_what_everyone_reads(served: Served) -> None:
+    """Every proxied user is in "everyone": with ingest for all, any employee could delete the documents shared with
+    everyone. Ingest comes only through KB_AUTH__PROXY_INGEST_GROUPS."""
+    async with served.proxy(headers={"Authorization": f"Bearer {served.admin}"}) as admin:
+        shared = await _upload_and_wait(admin, "company-holidays.txt", b"Company holidays: 24 and 25 December.",
+                                        "everyone")  # fmt: skip
+    reader = {**proxied("carol", "sales"), **KB_REQUEST}
+    editor = {**proxied("bob", "team-b"), **KB_REQUEST}
+    async with served.proxy() as proxy:
+        assert (await proxy.get("/v1/session", headers=reader)).json()["scopes"] == ["ask", "search"]
+        assert (await proxy.delete(f"/v1/documents/{shared}", headers=reader)).status_code == 403
+        upload = await proxy.post("/v1/documents", files={"files": ("c.txt", b"carol", "text/plain")}, headers=reader)
+        assert upload.status_code == 403
+        assert "ingest" in (await proxy.get("/v1/session", headers=editor)).json()["scopes"]
+        mine = await proxy.post("/v1/documents", files={"files": ("b.txt", b"bob's notes", "text/plain")},
+                                data={"groups": "team-b"}, headers=editor)  # fmt: skip
+        assert mine.status_code == 202, mine.text
+        assert (await proxy.get(f"/v1/documents/{shared}", headers=reader)).status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kb.models import Passage
+from kb.models import Passage, SearchFilter
 from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
 from service.ask.events import Citations, Done, Token
 from service.ask.packing import Budget
@@ -151,3 +151,40 @@ async def test_a_supported_written_answer_stays() -> None:
     answer = await answers.ask("How fast are travel costs reimbursed?")
     assert answer.mode == "generate" and answer.grounded is True and answer.unsupported == []
     assert answer.answer.startswith("Travel costs are reimbursed within 30 days")
+
+
+async def test_a_chinese_follow_up_is_quoted_for_its_own_words_not_only_with_the_previous_question() -> None:
+    """Asked after another question, the standalone query (previous + this) diluted the follow-up's own words below
+    the evidence threshold: "no information" where the same question alone was answered."""
+    policy = passage("policy", 0, "出差住宿标准为每晚五百元。出差需要提前三天在系统中提交申请。报销在出差结束后十天内完成。")
+    retrieval = FakeRetrieval(rounds=[[policy], [policy], [policy]])
+    answers = AskPipeline(retrieval, FakeGenerator("unused"), RetrievalSettings(), GeneratorSettings(),  # type: ignore[arg-type]
+                          FakeConversations(), answer_settings=AnswerSettings(mode="auto"))  # fmt: skip
+
+    alone = await answers.ask("出差需要提前几天申请？")
+    first = await answers.ask("会议室怎么预订？")
+    follow_up = await answers.ask("需要提前几天申请？", conversation_id=first.conversation_id)
+
+    assert alone.mode == "extract" and "提前三天" in alone.answer
+    assert retrieval.queries[-1] == "会议室怎么预订？ 需要提前几天申请？"
+    assert follow_up.mode == "extract" and "提前三天" in follow_up.answer and follow_up.grounded
+
+
+async def test_a_question_about_chosen_documents_as_a_whole_quotes_their_opening() -> None:
+    """"What does this document say?" about a document the reader chose: its opening sentences, not "no
+    information" (no sentence answers such a question by its words)."""
+    handbook = [passage("handbook", 0, "Leave policy. Every employee accrues two days of paid leave per month."),
+                passage("handbook", 1, "Unused leave expires at the end of March of the following year.")]  # fmt: skip
+    retrieval = FakeRetrieval(documents={"handbook": handbook})
+    answers = AskPipeline(retrieval, FakeGenerator("unused"), RetrievalSettings(), GeneratorSettings(),  # type: ignore[arg-type]
+                          answer_settings=AnswerSettings(mode="extract"))  # fmt: skip
+
+    answer = await answers.ask(Question("总结一下这份文件。", SearchFilter(document_ids=["handbook"])))
+    unscoped = await AskPipeline(FakeRetrieval(handbook), FakeGenerator("unused"), RetrievalSettings(),  # type: ignore[arg-type]
+                                 GeneratorSettings(), answer_settings=AnswerSettings(mode="extract")).ask("总结一下这份文件。")  # fmt: skip
+
+    # In document order, from its first sentence long enough to say something.
+    assert answer.mode == "extract" and answer.answer.startswith("Every employee accrues two days of paid leave")
+    assert answer.answer.index("[1]") < answer.answer.index("Unused leave expires") < answer.answer.index("[2]")
+    assert {c.document_id for c in answer.citations} == {"handbook"} and answer.grounded
+    assert unscoped.mode == "none"  # not chosen: a question its sources do not answer is still refused

@@ -955,6 +955,8 @@ function showView(name) {
     $(`tab-${view}`).setAttribute("aria-selected", String(view === name));
   }
   document.body.dataset.view = name;
+  // The cited passage belongs to the conversation: left open over the library it squeezed the table.
+  if (name !== "ask" && !$("source-panel").hidden) closeSource();
   if (name === "library") loadDocuments();
 }
 
