@@ -12,6 +12,7 @@ from typing import Literal
 
 from kb.languages import MULTILINGUAL, query_language
 from kb.settings import AnswerSettings
+from service.search.lexical import content_terms
 
 Mode = Literal["generate", "extract", "none"]
 
@@ -40,3 +41,15 @@ def first_mode(question: str, settings: AnswerSettings) -> Mode:
         if query_language(question) not in settings.generator_languages:
             return "extract"
     return "generate"
+
+
+# Words a follow-up uses to ask for more of the same (as content_terms reads them, Chinese by its bigrams).
+_MORE = frozenset({
+    "more", "further", "detail", "details", "elaborate", "continue", "else", "expand", "explain", "go",
+    "更多", "多细", "细节", "详细", "继续", "展开", "解释", "多说", "说说",
+})  # fmt: skip
+
+
+def asks_for_more(question: str) -> bool:
+    """"Tell me more about it.", "Go on.", "更多细节？": a follow-up with no subject of its own but the previous turn's."""
+    return content_terms(question) <= _MORE

@@ -21,7 +21,7 @@ from kb.languages import MULTILINGUAL
 from kb.models import Answer, Passage, SearchFilter
 from kb.ports import ConversationStore, DocumentStore, Generator
 from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
-from service.ask.answerability import first_mode, says_no_information
+from service.ask.answerability import asks_for_more, first_mode, says_no_information
 from service.ask.citations import AnnotatedAnswer, StreamedAnswer, annotate, parse_markers, visible_citations
 from service.ask.conversation import Conversation, ConversationStage
 from service.ask.events import AskEvent, Citations, Done, Token, collect
@@ -104,10 +104,11 @@ class AskPipeline:
             sources = self._quotable(sources, evidence, question.filter)
             extraction = await asyncio.to_thread(self._extract, question.text, evidence, sources)
             text = extraction.text if self.extractor.answerable(extraction) else ""
-            if not text and scope.document_ids:
-                # The reader chose these documents: a question about them as a whole ("What does it say?") gets their
-                # opening sentences (whole documents first in the sources) rather than "no information".
-                text = self.extractor.lead(sources, self._answers.extract_sentences).text
+            if not text and (scope.document_ids or (conversation.previous_sources and asks_for_more(question.text))):
+                # The reader chose these documents, or asks for more of what the previous answer was about: the
+                # topic is settled, so the best sentences for it are quoted however weakly the words match ("Tell me
+                # more", "What does it say?"), and where none match, the opening sentences (whole documents first).
+                text = extraction.text or self.extractor.lead(sources, self._answers.extract_sentences).text
             checked = quoted(annotate(text, sources))
             mode = "extract" if text else "none"
         if mode == "none":

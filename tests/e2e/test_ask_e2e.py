@@ -155,7 +155,7 @@ def test_a_follow_up_in_the_same_conversation(server: Server, paper_id: str) -> 
     ).json()
     assert follow_up["conversation_id"] == conversation_id and follow_up["answer"].strip()
     # "it" alone retrieves nothing; with the conversation the sources of the first turn are kept.
-    assert follow_up["grounded"] is True
+    assert follow_up["grounded"] is True, follow_up
     turns = httpx.get(headers=server.headers, url=f"{server.url}/v1/conversations/{conversation_id}", timeout=30).json()["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[2]["content"] == "Tell me more about it."

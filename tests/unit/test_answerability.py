@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kb.settings import AnswerSettings
-from service.ask.answerability import first_mode, says_no_information
+from service.ask.answerability import asks_for_more, first_mode, says_no_information
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,14 @@ def test_the_question_language_decides_whether_the_model_writes() -> None:
     # Configured: always the model, or never.
     assert first_mode("上传文件的大小限制是多少？", AnswerSettings(mode="generate")) == "generate"
     assert first_mode("How large may an upload be?", AnswerSettings(mode="extract")) == "extract"
+
+
+@pytest.mark.parametrize("question", ["Tell me more about it.", "Go on.", "Can you explain further?", "更多细节？", "继续"])
+def test_a_follow_up_asking_for_more_is_recognised(question: str) -> None:
+    assert asks_for_more(question)
+
+
+@pytest.mark.parametrize("question", ["And for PDFs?", "What about parental leave?", "Tell me more about parental leave.",
+                                      "需要提前几天申请？"])  # fmt: skip
+def test_a_follow_up_with_a_subject_of_its_own_is_not_asking_for_more(question: str) -> None:
+    assert not asks_for_more(question)
