@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 
 class DocumentStatus(str, enum.Enum):
@@ -260,3 +260,24 @@ class ApiKey:
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
+
+
+FeedbackRating = Literal["up", "down"]
+FeedbackSource = Literal["web", "slack", "api"]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A reader's 👍/👎 on an answer, kept with what was asked, answered and cited, so bad answers can be found."""
+
+    feedback_id: str
+    principal_id: str  # who gave it: a key's id, or `user:<name>` (the proxy)
+    rating: FeedbackRating
+    question: str
+    answer: str
+    comment: str | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)  # the answer's sources, as the reader saw them
+    conversation_id: str | None = None
+    source: FeedbackSource = "api"  # the door it came through
+    groups: list[str] = field(default_factory=list)  # the giver's groups: who may read it (see list_feedback)
+    created_at: datetime | None = None  # set by the store (timezone-aware UTC)

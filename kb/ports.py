@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from kb.models import ApiKey, Chunk, Document, DocumentStatus, Job, Passage, SearchFilter
+from kb.models import ApiKey, Chunk, Document, DocumentStatus, Feedback, FeedbackRating, Job, Passage, SearchFilter
 
 SearchMode = Literal["dense", "sparse", "hybrid"]
 
@@ -249,27 +248,6 @@ class ConversationStore(Protocol):
     def delete_conversation(self, conversation_id: str, owner: str) -> bool:
         """The conversation and its messages, if it belongs to `owner`; False (nothing deleted) otherwise."""
         ...
-
-
-FeedbackRating = Literal["up", "down"]
-FeedbackSource = Literal["web", "slack", "api"]
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A reader's 👍/👎 on an answer, kept with what was asked, answered and cited, so bad answers can be found."""
-
-    feedback_id: str
-    principal_id: str  # who gave it: a key's id, or `user:<name>` (the proxy)
-    rating: FeedbackRating
-    question: str
-    answer: str
-    comment: str | None = None
-    citations: list[dict[str, Any]] = field(default_factory=list)  # the answer's sources, as the reader saw them
-    conversation_id: str | None = None
-    source: FeedbackSource = "api"  # the door it came through
-    groups: list[str] = field(default_factory=list)  # the giver's groups: who may read it (see list_feedback)
-    created_at: datetime | None = None  # set by the store (timezone-aware UTC)
 
 
 @runtime_checkable

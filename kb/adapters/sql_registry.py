@@ -31,8 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from kb.models import ApiKey, Document, DocumentStatus, Job
-from kb.ports import Feedback, FeedbackRating
+from kb.models import ApiKey, Document, DocumentStatus, Feedback, FeedbackRating, Job
 
 
 def _now() -> datetime:

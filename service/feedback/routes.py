@@ -17,8 +17,7 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter
 
-from kb.models import ALL_GROUPS
-from kb.ports import Feedback
+from kb.models import ALL_GROUPS, Feedback
 from service.auth import Principal, from_browser, requires
 from service.feedback.schemas import (
     FEEDBACK_CREATED_EXAMPLE,

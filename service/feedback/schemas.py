@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from kb.ports import Feedback
+from kb.models import Feedback
 from service.ask.schemas import ANSWER_EXAMPLE, CITATION_EXAMPLE, MAX_QUESTION_CHARS
 
 MAX_COMMENT_CHARS = 2000

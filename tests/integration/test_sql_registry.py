@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.models import Document
-from kb.ports import Feedback
+from kb.models import Feedback
 
 pytestmark = pytest.mark.integration
 
