@@ -5,8 +5,10 @@ python -m bench.answerability [--sets xquad-en cmrc2018] [--questions 200] [--se
 For each set (bench.citations' shards: all paragraphs, and all but the sampled questions' gold paragraphs) every
 sampled question is asked through the ask pipeline in extract mode, its quotable sources packed as the service
 packs them (the default generator's tokenizer; the engine is not started), and the best quoted sentence's score is
-recorded: answerable questions against the whole set, unanswerable ones (no gold answer left anywhere) against the
-shard without their paragraphs. A question for which retrieval finds nothing relevant scores 0. Prints, per
+recorded, with whether the quoted passages state the question's numbers and dates (Extraction.unstated): answerable
+questions against the whole set, unanswerable ones (no gold answer left anywhere) against the shard without their
+paragraphs. A question for which retrieval finds nothing relevant scores 0. A question counts as answered at a
+threshold when its score reaches it and its passages state its facts. Prints, per
 threshold, the share of answerable questions answered and of unanswerable ones refused, and as its last line one
 JSON object with the scores. Use a seed other than bench.citations' (5), so that the threshold is not chosen on the
 questions that then measure it.
@@ -29,6 +31,8 @@ THRESHOLDS = [round(0.20 + 0.02 * i, 2) for i in range(11)]
 
 
 async def scores_of(name: str, questions: int, seed: int) -> dict[str, list[float]]:
+    """Each question's best score, negative where the quoted passages miss the question's numbers or dates (a
+    question refused whatever the threshold)."""
     from kb.container import build_embedder, build_generator
     from kb.settings import AnswerSettings, Settings
     from service.ask.extract import Extraction, Extractor
@@ -47,7 +51,7 @@ async def scores_of(name: str, questions: int, seed: int) -> dict[str, list[floa
         judge = extractor.answerable
 
         def recording(extraction: Extraction) -> bool:
-            seen.append(extraction.score)
+            seen.append(-extraction.score if extraction.unstated else extraction.score)
             return judge(extraction)
 
         extractor.answerable = recording  # type: ignore[method-assign]

@@ -299,8 +299,23 @@ class KeyStore(Protocol):
 
 
 @runtime_checkable
-class Registry(DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore, Protocol):
-    """All five stores in one: the jobs reference the documents (a document is added with its job, and deleting it
+class EventLog(Protocol):
+    """Ids of events already taken in hand (durable, shared by every process on the registry): a delivery retried,
+    by Slack (X-Slack-Retry-Num) or to another replica, is handled once."""
+
+    def claim_event(self, event_id: str) -> bool:
+        """True the first time `event_id` is claimed, False ever after (until forgotten), atomically: of any number
+        of processes claiming it at once, exactly one gets True."""
+        ...
+
+    def forget_events(self, before: datetime) -> int:
+        """Drop the claims made before `before` (retries stop coming long before); how many were dropped."""
+        ...
+
+
+@runtime_checkable
+class Registry(DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore, EventLog, Protocol):
+    """All six stores in one: the jobs reference the documents (a document is added with its job, and deleting it
     ends its jobs' leases, in one transaction), so one database holds them all (kb.adapters.sql_registry), and
     the container opens it once. A consumer that needs one concern takes the smaller port."""
 

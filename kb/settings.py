@@ -251,6 +251,58 @@ class AnswerSettings(BaseModel):
     generator_languages: list[str] = ["en"]
     # Quoted evidence: at most this many sentences.
     extract_sentences: int = 3
+    # In "auto" mode a written answer that passes the citation check stands only where the sources answer the question
+    # by the quoted evidence's measure too (service.ask.extract.Extractor.answerable): the small default model writes
+    # checkable sentences about the topic for questions the documents do not answer (bench/RESULTS.md, issue 14).
+    # A production model whose answers combine several passages may turn it off.
+    require_evidence: bool = True
+
+
+class SlackSettings(BaseModel):
+    """The Slack bot (service/slack/): on when `bot_token` is set and `signing_secret` (the HTTP Events API at
+    POST /slack/events) or `app_token` (Socket Mode, no public URL) is. deploy/slack/ holds the app manifest."""
+
+    bot_token: SecretStr = SecretStr("")  # xoxb-…: the bot's Web API token
+    signing_secret: SecretStr = SecretStr("")  # verifies that HTTP requests come from Slack (HMAC-SHA256)
+    app_token: SecretStr = SecretStr("")  # xapp-…: Socket Mode; `kb serve` starts it when set (or run `kb slack`)
+    # The Web API's base URL (tests point it at a local Slack on 127.0.0.1).
+    api_url: str = "https://slack.com/api/"
+    # Who sees what. A Slack user's kb groups are the union of every mapping that matches them: by Slack user id,
+    # by the domain of their e-mail (users.info; needs users:read.email) and by Slack user group (id or handle;
+    # usergroups:read). A user no mapping matches gets `default_groups` (empty: no documents at all). As JSON in the
+    # environment: KB_SLACK__USER_GROUPS='{"U012ABC": ["eng"]}', KB_SLACK__EMAIL_DOMAIN_GROUPS='{"example.com": [...]}'.
+    default_groups: list[str] = []
+    user_groups: dict[str, list[str]] = {}
+    email_domain_groups: dict[str, list[str]] = {}
+    usergroup_groups: dict[str, list[str]] = {}
+    # A user holding one of these kb groups may add files shared with the bot (`/kb add`); empty: nobody.
+    ingest_groups: list[str] = []
+    # The answer is edited in place as it is written, at most once per this many seconds (Slack allows about one
+    # chat.update per second per channel).
+    update_interval_s: float = Field(default=1.2, ge=0)
+    # A channel's members (and their groups) are read again after this many seconds.
+    membership_cache_s: float = Field(default=300, ge=0)
+    # Questions per Slack user per minute; 0: no limit.
+    asks_per_minute: int = Field(default=20, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.http_enabled or self.socket_mode
+
+    @property
+    def http_enabled(self) -> bool:
+        return bool(self.bot_token.get_secret_value() and self.signing_secret.get_secret_value())
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.bot_token.get_secret_value() and self.app_token.get_secret_value())
+
+    @field_validator("default_groups")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if ALL_GROUPS in value:
+            raise ValueError(f"'{ALL_GROUPS}' (every group) is never given to every Slack user")
+        return value
 
 
 class Settings(BaseSettings):
@@ -269,6 +321,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    slack: SlackSettings = SlackSettings()
+    # The address people reach kb's web page at (https://kb.example.com), for links from elsewhere (the Slack bot's
+    # sources open the cited passage there); empty: no links.
+    public_url: str = ""
 
     @cached_property
     def resolved_data_dir(self) -> Path:

@@ -45,6 +45,7 @@ from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
 from service.routes.session import SESSION_COOKIE, SESSION_ROUTES, SessionRevocations, SessionTokens
 from service.search.routes import search
+from service.slack.routes import SLACK_EVENTS_PATH, slack_events
 from service.state import Services
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,43 @@ class MetricsController(PrometheusController):
     include_in_schema = False
 
 
+async def _start_slack(app: Litestar, services: Services, settings: Settings) -> Any:
+    """The Slack bot, when configured (app.state.slack, for POST /slack/events); Socket Mode too when
+    KB_SLACK__APP_TOKEN is set. Returns what to stop at shutdown (None: the bot is off)."""
+    if not settings.slack.enabled:
+        return None
+    from service.slack.bot import SlackBot
+
+    bot = SlackBot(services, settings)
+    app.state.slack = bot
+    runner = None
+    if settings.slack.socket_mode:
+        try:
+            from service.slack.socket_mode import SocketModeRunner
+        except ImportError:
+            log.error("KB_SLACK__APP_TOKEN is set, but this kb has no Socket Mode (service.slack.socket_mode)")
+        else:
+            runner = SocketModeRunner(bot.app, settings)
+            try:
+                await runner.start()
+            except Exception:
+                # Slack unreachable or the app token refused: kb serves the rest; the log says why.
+                log.exception("Slack Socket Mode did not start")
+                runner = None
+    return bot, runner
+
+
+async def _stop_slack(started: Any) -> None:
+    if started is None:
+        return
+    bot, runner = started
+    try:
+        if runner is not None:
+            await runner.stop()
+    finally:
+        await bot.aclose()
+
+
 async def _start_generator(services: Services) -> None:
     try:
         await services.start_generator()
@@ -174,12 +212,16 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             if with_generator:
                 # The engine takes seconds to start: serve /healthz, search and uploads meanwhile; /readyz says when.
                 generator_task = asyncio.create_task(_start_generator(services))
+            slack = await _start_slack(app, services, settings)
             try:
                 yield
             finally:
-                if generator_task is not None and not generator_task.done():
-                    generator_task.cancel()
-                await asyncio.to_thread(services.worker.stop)
+                try:
+                    await _stop_slack(slack)
+                finally:
+                    if generator_task is not None and not generator_task.done():
+                        generator_task.cancel()
+                    await asyncio.to_thread(services.worker.stop)
         finally:
             await container.aclose()
 
@@ -191,7 +233,9 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         rate_limit = RateLimitConfig(
             rate_limit=(settings.rate_limit.window, settings.rate_limit.requests),
             identifier_for_request=rate_limit_identifier,
-            exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+            # Slack's requests are signed, not keyed, and all come from Slack's few addresses: kb's per-address limit
+            # would throttle every workspace's users together (the bot limits each Slack user: asks_per_minute).
+            exclude=["^/healthz$", "^/readyz$", "^/metrics$", f"^{SLACK_EVENTS_PATH}$"],
         )
         stores[rate_limit.store] = _rate_limit_store(settings)
         middleware.append(rate_limit.middleware)
@@ -205,7 +249,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         route_handlers=[
             DocumentController, search, ask, conversation, chat_completions, models, KeyController,
             healthz, readyz, index_page, static_file, MetricsController, *SESSION_ROUTES,
-            conversations, delete_conversation, FeedbackController,
+            conversations, delete_conversation, FeedbackController, slack_events,
         ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],

@@ -46,7 +46,7 @@ KEY_PREFIX = "kb_"
 BOOTSTRAP_KEY_NAME = "local admin"
 # Paths anyone may reach: liveness/readiness for orchestrators, the web page shell (it brings its own key) and the
 # API description. None of them returns content.
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/$", "^/schema"]
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/$", "^/schema", "^/slack/events$"]  # Slack's: signed (service.slack)
 
 
 # A group is a word an upload can name in a comma-separated form field: no commas, spaces or invisible characters.

@@ -109,6 +109,54 @@ def _announce(settings: Any, url: str) -> None:
         console.print(f"Web page: {url}/  (create a key with `kb keys create`)")
 
 
+@app.command()
+def slack() -> None:
+    """Run the Slack bot over Socket Mode (no public URL needed) as its own process on the data directory."""
+    settings = _settings()
+    missing = [name for name, token in (("KB_SLACK__BOT_TOKEN", settings.slack.bot_token),
+                                        ("KB_SLACK__APP_TOKEN", settings.slack.app_token))
+               if not token.get_secret_value()]  # fmt: skip
+    if missing:
+        console.print(
+            f"[red]error:[/] {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. `kb slack` needs "
+            "the bot token (xoxb-…, OAuth & Permissions) and an app-level token with connections:write (xapp-…, "
+            "Basic Information), with Socket Mode turned on for the app: see deploy/slack/."
+        )
+        raise typer.Exit(2)
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # as `kb serve`: vLLM logs through kb's handler
+    import asyncio
+    import signal
+
+    from service.datadir import DataDirLock
+    from service.observability import configure_logging
+    from service.slack.socket_mode import run_socket_mode_bot
+
+    lock = DataDirLock(settings.resolved_data_dir)
+    if not lock.try_acquire():
+        console.print(
+            f"[red]error:[/] {lock.busy_message()}. With `kb serve` running on it, give that server "
+            "KB_SLACK__APP_TOKEN instead: it runs the bot over Socket Mode itself."
+        )
+        raise typer.Exit(2)
+
+    async def run() -> str | None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await run_socket_mode_bot(settings, stop)
+
+    try:
+        configure_logging(settings.logging)
+        console.print(f"Slack bot: Socket Mode, data directory {settings.resolved_data_dir}")
+        failure = asyncio.run(run())
+    finally:
+        lock.release()
+    if failure:
+        console.print(f"[red]error:[/] {failure}")
+        raise typer.Exit(1)
+
+
 def _keys(settings: Any):
     from kb.container import build_registry
     from service.auth import ApiKeyService

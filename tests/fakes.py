@@ -3,7 +3,8 @@ above two of them), plus a loopback server that speaks vLLM's OpenAI protocol an
 
 Each does the least that shows a test what the code under test did: canned answers, every call recorded. They are
 deterministic and need no model. Contract and integration tests run the real adapters instead; the conversation
-store here is held to the registry's conversation contract (tests/contract/test_registry.py), so it cannot drift."""
+store and the event log here are held to the registry's contracts (tests/contract/test_registry.py), so they cannot
+drift."""
 
 from __future__ import annotations
 
@@ -264,7 +265,7 @@ class FakeGenerator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Registry: the conversation store
+# Registry: the conversation store and the event log
 
 
 class FakeConversations:
@@ -320,6 +321,30 @@ class FakeConversations:
             del self.owners[conversation_id]
             self.messages.pop(conversation_id, None)
             return True
+
+
+class FakeEventLog:
+    """The EventLog port in memory, with the registry's semantics (an id is claimed once, until forgotten); held to
+    the registry's event-log contract (tests/contract/test_registry.py)."""
+
+    def __init__(self) -> None:
+        self.claimed: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def claim_event(self, event_id: str) -> bool:
+        with self._lock:
+            if event_id in self.claimed:
+                return False
+            self.claimed[event_id] = datetime.now(UTC)
+            return True
+
+    def forget_events(self, before: datetime) -> int:
+        before = before if before.tzinfo else before.replace(tzinfo=UTC)
+        with self._lock:
+            old = [event_id for event_id, at in self.claimed.items() if at < before]
+            for event_id in old:
+                del self.claimed[event_id]
+            return len(old)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The Registry on SQLAlchemy: SQLite for the embedded default, PostgreSQL in production.
 
-One class implements all four smaller ports of kb.ports (DocumentStore, JobQueue, ConversationStore, KeyStore) in one
-database: a job references its document, a document and its job are written in one transaction, and deleting a
+One class implements all the smaller ports of kb.ports (DocumentStore, JobQueue, ConversationStore, KeyStore,
+FeedbackStore, EventLog) in one database: a job references its document, a document and its job are written in one transaction, and deleting a
 document ends its jobs' leases in the same one; conversations and keys share the connection pool and the schema's
 migrations rather than each opening a database of their own."""
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -160,6 +161,15 @@ class _RevokedSessionRow(_Base):
 
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class _ProcessedEventRow(_Base):
+    """An event (a Slack event_id) some process has taken in hand: a retry of it finds the row and is dropped."""
+
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
 
 
 class _ApiKeyRow(_Base):
@@ -680,6 +690,30 @@ class SqlRegistry:
     def session_revoked(self, nonce: str) -> bool:
         with self._session() as s:
             return s.get(_RevokedSessionRow, nonce) is not None
+
+    def claim_event(self, event_id: str) -> bool:
+        """One INSERT that does nothing when the id is there: the primary key decides between racing processes, in
+        the database, with no read-then-write gap (and no IntegrityError to recover from)."""
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        table = _ProcessedEventRow.__table__
+        statement = (
+            insert(table).values(event_id=event_id, claimed_at=_now()).on_conflict_do_nothing().returning(table.c.event_id)
+        )
+        with self._session() as s, s.begin():
+            return s.execute(statement).first() is not None  # a row back: this INSERT wrote it
+
+    def forget_events(self, before: datetime) -> int:
+        with self._session() as s, s.begin():
+            result = s.execute(
+                _ProcessedEventRow.__table__.delete().where(_ProcessedEventRow.claimed_at < self._stored_time(before))
+            )
+            return result.rowcount
+
+    def _stored_time(self, moment: datetime) -> datetime:
+        """`moment` as a bound value compares with stored times: UTC, and naive on SQLite (which keeps the UTC wall
+        time as text and would otherwise compare the texts of two different offsets)."""
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.replace(tzinfo=None) if self._engine.dialect.name == "sqlite" else moment
 
     def touch_api_key(self, key_id: str) -> None:
         with self._session() as s, s.begin():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ingest.chunk import sentences
 from kb.index.bm25 import Bm25Encoder
@@ -22,6 +22,7 @@ from kb.languages import embedder_covers
 from kb.models import Passage
 from kb.ports import Embedder
 from kb.text import CJK, HAN
+from service.ask.verify import unstated_facts
 
 # Weight of the dense similarity in a sentence's score where the embedder knows the language (the lexical share has
 # the rest); measured by bench.extract (bench/RESULTS.md, "Extractive answers").
@@ -71,6 +72,9 @@ class Extraction:
     quotes: list[Quote]  # the chosen sentences, in document order (source order, then offset)
     score: float  # the best sentence's score: the evidence that the sources answer the question
     text: str  # the answer: each quoted sentence followed by its [n], joined in that order
+    # The question's numbers and dates that the quoted sentences' passages do not state: they answer another question
+    # ("How many ... by 1991?" against a passage with 2005's figure), however well their words match.
+    unstated: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,7 +154,8 @@ class Extractor:
             Quote(c.n, c.passage, c.sentence, c.start, scores[i])
             for i, c in sorted(((i, candidates[i]) for i in chosen), key=lambda pair: (pair[1].n, pair[1].start))
         ]
-        return Extraction(quotes, scores[best], _joined(quotes))
+        passages = list({id(q.passage): q.passage.text for q in quotes}.values())
+        return Extraction(quotes, scores[best], _joined(quotes), unstated_facts(question, passages))
 
     def lead(self, sources: Sequence[Passage], max_sentences: int = 3) -> Extraction:
         """The opening sentences of the sources, in order: what a document the reader chose says first, for a question
@@ -160,7 +165,9 @@ class Extractor:
         return Extraction(quotes, 0.0, _joined(quotes))
 
     def answerable(self, extraction: Extraction) -> bool:
-        return bool(extraction.quotes) and extraction.score >= ANSWERABLE_SCORE
+        """The quotes answer the question: the best sentence scores enough, and its passages state the question's
+        numbers and dates."""
+        return bool(extraction.quotes) and extraction.score >= ANSWERABLE_SCORE and not extraction.unstated
 
     def _candidates(self, sources: Sequence[Passage]) -> list[_Candidate]:
         """Every sentence long enough to answer, each text once (overlapping chunks repeat sentences)."""

@@ -78,6 +78,9 @@ class AskPipeline:
         sources = self._sources(evidence, conversation, budget, question.filter)
         timings = evidence.timings_ms
         mode = first_mode(question.text, self._answers) if sources else "none"
+        # The reader chose the documents, or asks for more of what the previous answer was about: the topic is
+        # settled, and the question's own words need not match the sources to be answered from them.
+        settled = bool(scope.document_ids or (conversation.previous_sources and asks_for_more(question.text)))
 
         text, text_written = "", False
         if mode == "generate":
@@ -98,13 +101,21 @@ class AskPipeline:
             checked = annotate(text, sources)
             if self._answers.mode == "auto" and (says_no_information(text) or not checked.grounded):
                 mode = "extract"  # the model fell short: the sources speak for themselves, if they answer at all
+            elif self._answers.mode == "auto" and self._answers.require_evidence and not settled:
+                # The model's answer passed the check, but do the sources answer the question at all? A small model
+                # writes a checkable sentence about the topic for a question the documents do not answer; the
+                # evidence that decides is the quoted evidence's, the same as when quoting.
+                quotable = self._quotable(sources, evidence, question.filter)
+                extraction = await asyncio.to_thread(self._extract, question.text, evidence, quotable)
+                if not self.extractor.answerable(extraction):
+                    mode = "none"
         if mode == "extract":
             # Quoting reads no prompt: it reads the retrieval's best passages even where the model's window (or its
             # tokenizer, ~1 token a Han character for SmolLM2) packed fewer, and they become the answer's sources.
             sources = self._quotable(sources, evidence, question.filter)
             extraction = await asyncio.to_thread(self._extract, question.text, evidence, sources)
             text = extraction.text if self.extractor.answerable(extraction) else ""
-            if not text and (scope.document_ids or (conversation.previous_sources and asks_for_more(question.text))):
+            if not text and settled:
                 # The reader chose these documents, or asks for more of what the previous answer was about: the
                 # topic is settled, so the best sentences for it are quoted however weakly the words match ("Tell me
                 # more", "What does it say?"), and where none match, the opening sentences (whole documents first).

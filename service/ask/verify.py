@@ -868,6 +868,21 @@ def _stated(fact: _Fact, terms: set[str], evidence: Sequence[_Evidence]) -> bool
     return any(e.states(fact) and e.local(fact, context) for e in evidence)
 
 
+# The facts of a question its answer must be about: "How many ... by 1991?" is not answered by a passage that gives
+# another year's figure. Names are left out: a question's names are often paraphrased ("the SP" for "the Scottish
+# Parliament"), its numbers and dates rarely.
+_QUESTION_FACT_KINDS = frozenset({"number", "percent", "quantity", "amount", "date"})
+
+
+def unstated_facts(question: str, texts: Sequence[str]) -> list[str]:
+    """The numbers, amounts and dates of a question (as written there) that none of `texts` states."""
+    asked = [f for f in _scan(MARKER.sub(" ", question), generous=False).facts if f.kind in _QUESTION_FACT_KINDS]
+    if not asked:
+        return []
+    evidence = [_evidence(text) for text in texts]
+    return _unique(f.text for f in asked if not any(e.states(f) for e in evidence))
+
+
 def makes_claim(sentence: str) -> bool:
     """Whether a sentence states anything to check: a content term or a fact ("Yes." and "See [2]." do not)."""
     plain = MARKER.sub(" ", sentence)

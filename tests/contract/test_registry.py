@@ -1,11 +1,12 @@
 """One contract for the Registry port, run against SqlRegistry on SQLite (a file) and on PostgreSQL (127.0.0.1), per
 concern: documents (DocumentStore), the job queue with its leases (JobQueue), conversations (ConversationStore, also
 held against the unit tests' in-memory fake), API keys with signed-out sessions (KeyStore) and feedback on answers
-(FeedbackStore)."""
+(FeedbackStore) and the ids of events already handled (EventLog, also held against the unit tests' fake)."""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import threading
 import time
@@ -21,8 +22,17 @@ from sqlalchemy.exc import IntegrityError
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.models import ApiKey, Document, DocumentStatus
-from kb.ports import ConversationStore, DocumentStore, Feedback, FeedbackStore, JobQueue, KeyStore, Registry
-from tests.fakes import FakeConversations
+from kb.ports import (
+    ConversationStore,
+    DocumentStore,
+    EventLog,
+    Feedback,
+    FeedbackStore,
+    JobQueue,
+    KeyStore,
+    Registry,
+)
+from tests.fakes import FakeConversations, FakeEventLog
 
 pytestmark = pytest.mark.contract
 
@@ -88,7 +98,7 @@ def without_times(document: Document) -> Document:
 
 
 def test_the_adapter_implements_every_port(registry: Registry) -> None:
-    for port in (Registry, DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore):
+    for port in (Registry, DocumentStore, JobQueue, ConversationStore, KeyStore, FeedbackStore, EventLog):
         assert isinstance(registry, port), port.__name__
 
 
@@ -538,3 +548,106 @@ def test_signed_out_sessions_are_refused_until_their_expiry_then_pruned(registry
     registry.revoke_session("nonce-c", later)  # each revocation prunes the ones past their expiry
     assert not registry.session_revoked("nonce-a")
     assert registry.session_revoked("nonce-b") and registry.session_revoked("nonce-c")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events already handled (a Slack retry, or the same event at another replica, is handled once): the registry on both
+# databases, and the unit tests' fake.
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "fake"])
+def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    if request.param == "fake":
+        yield FakeEventLog()
+        return
+    with database(request.param, tmp_path) as url:
+        registry = SqlRegistry(url)
+        yield registry
+        registry.close()
+
+
+def test_an_event_is_claimed_once(event_log: EventLog) -> None:
+    assert event_log.claim_event("Ev0A1")
+    assert not event_log.claim_event("Ev0A1")  # the retry
+    assert not event_log.claim_event("Ev0A1")
+    assert event_log.claim_event("Ev0A2")  # another event
+    assert event_log.claim_event("ev0a1")  # ids are compared exactly
+    long_id = "slack:T0KB:" + "x" * 200
+    assert event_log.claim_event(long_id) and not event_log.claim_event(long_id)
+
+
+def test_forgotten_claims_are_those_made_before_the_moment(event_log: EventLog) -> None:
+    assert event_log.forget_events(datetime.now(UTC)) == 0
+    event_log.claim_event("old-1")
+    event_log.claim_event("old-2")
+    time.sleep(0.05)
+    # The moment in another offset than UTC: the same instant, whatever the database keeps.
+    moment = datetime.now(UTC).astimezone(timezone(timedelta(hours=-5)))
+    time.sleep(0.05)
+    event_log.claim_event("new")
+    assert event_log.forget_events(moment) == 2
+    assert event_log.claim_event("old-1")  # forgotten: claimable again
+    assert not event_log.claim_event("new")  # kept
+    assert event_log.forget_events(moment) == 0
+
+
+def test_claims_survive_reopening(open_registry: OpenRegistry) -> None:
+    first = open_registry()
+    assert first.claim_event("Ev-durable")
+    first.close()
+    assert not open_registry().claim_event("Ev-durable")  # a restart does not answer a retry again
+
+
+def test_of_many_threads_claiming_an_event_exactly_one_wins(event_log: EventLog) -> None:
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        results.append(event_log.claim_event("Ev-contested"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and results.count(True) == 1
+
+
+EVENTS_RACED = 40
+
+
+def _claim_in_a_process(url: str, barrier: object, won: object, name: str) -> None:
+    """A replica: its own registry (engine, pool, connections) on the shared database, claiming every event."""
+    registry = SqlRegistry(url)
+    try:
+        barrier.wait()  # type: ignore[attr-defined]
+        for i in range(EVENTS_RACED):
+            if registry.claim_event(f"Ev-{i}"):
+                won.put((name, i))  # type: ignore[attr-defined]
+    finally:
+        registry.close()
+        won.put((name, None))  # type: ignore[attr-defined]
+
+
+def test_of_processes_claiming_the_same_events_exactly_one_wins_each(database_url: str) -> None:
+    SqlRegistry(database_url).close()  # the schema, before the replicas race to create it
+    context = multiprocessing.get_context("spawn")  # not fork: no inherited connections or threads
+    barrier, won = context.Barrier(3), context.Queue()
+    replicas = [(database_url, barrier, won, f"replica-{n}") for n in range(3)]
+    processes = [context.Process(target=_claim_in_a_process, args=args) for args in replicas]
+    for process in processes:
+        process.start()
+    winners: dict[int, list[str]] = {}
+    finished = 0
+    while finished < len(processes):
+        name, event = won.get(timeout=120)
+        if event is None:
+            finished += 1
+        else:
+            winners.setdefault(event, []).append(name)
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    assert sorted(winners) == list(range(EVENTS_RACED))  # every event handled...
+    assert all(len(names) == 1 for names in winners.values()), winners  # ...by exactly one replica

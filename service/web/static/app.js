@@ -3,6 +3,9 @@
 // another origin). Text from the model, documents or the API only ever reaches the page as text nodes (textContent,
 // markdown.js), never as HTML.
 //
+// Links into the page (fragments, read here, never sent to a server): #key=… signs in (below); #doc=…&chunk=… opens
+// the source panel at that chunk, as a clicked [n] citation does (the Slack bot links its sources so), once signed in.
+//
 // Signing in: the API key comes from the link `kb serve` prints (#key=…, a fragment, so it never reaches a server
 // log) or from the paste box. The page sends it once to POST /v1/session, which answers with an HttpOnly cookie
 // holding a short-lived signed session token, and then forgets it: the key is never stored where a script could
@@ -42,6 +45,8 @@ const state = {
   uploadRows: new Map(),  // document_id -> the upload list's row, to show its live status
   turns: [],
   panelOpener: null,
+  panelGeneration: 0,     // each opening of the source panel; a passage that arrives after a newer opening is dropped
+  linkShown: null,        // "document\nchunk" of the source link (#doc=…&chunk=…) the panel shows, if it shows one
 };
 
 function api(path, options = {}) {
@@ -105,6 +110,7 @@ function showSignedOut(message) {
   state.session = null;
   showSession("signed-out", message);
   stopPolling();
+  showLinkedSource();  // a source link waits in its panel for the sign-in
 }
 
 function signedIn(body) {
@@ -115,6 +121,7 @@ function signedIn(body) {
   fillGroups();
   loadConversations();
   loadDocuments();
+  showLinkedSource({again: true});  // a source link opened before signing in (or that a lapsed session stopped)
 }
 
 async function signIn(key) {
@@ -152,10 +159,18 @@ async function checkSession() {
   else showSignedOut(response.status === 401 ? t("notSignedInPaste") : describe(await problemOf(response)));
 }
 
+/** The fragment without its key: what stays in the address bar (a source link beside the key). */
+function hashWithout(name) {
+  const params = new URLSearchParams(location.hash.slice(1));
+  params.delete(name);
+  const rest = params.toString();
+  return location.pathname + location.search + (rest ? `#${rest}` : "");
+}
+
 async function takeKeyFromLink() {
   const key = new URLSearchParams(location.hash.slice(1)).get("key");
   if (!key) return false;
-  history.replaceState(null, "", location.pathname);  // out of the address bar and the history
+  history.replaceState(history.state, "", hashWithout("key"));  // out of the address bar and the history
   // A link someone sent must not silently swap the session of a signed-in reader for the sender's key (their
   // uploads would then land in the sender's groups): replacing a session takes the reader's consent.
   const current = await api("/v1/session").catch(() => null);
@@ -172,6 +187,7 @@ async function takeKeyFromLink() {
 
 async function signOut() {
   const generation = ++sessionGeneration;
+  closeSource();  // (a source link's panel with it: signed out, the link is not one to open at the next sign-in)
   await api("/v1/session", {method: "DELETE"}).catch(() => null);
   if (generation !== sessionGeneration) return;
   showSignedOut(t("signedOut"));
@@ -462,15 +478,9 @@ function sameOriginPath(url) {
 
 async function openSource(c, opener) {
   hideTooltip();
-  state.panelOpener = opener || null;
-  const panel = $("source-panel");
+  if (!c.linked) forgetSourceLink();
+  const generation = showPanel(c.filename ? sourceName(c) : t("sourcePanel"), t("loadingPassage"), opener);
   const body = $("source-body");
-  panel.hidden = false;
-  document.body.classList.add("panel-open");
-  $("source-title").textContent = sourceName(c);
-  $("source-title").tabIndex = -1;
-  $("source-title").focus();
-  body.replaceChildren(el("p", {className: "muted", text: t("loadingPassage")}));
   const badges = el("p", {className: "badges"});
   if (c.section) badges.append(el("span", {className: "muted", text: c.section}), " ");
   if (c.supported === false) badges.append(el("span", {className: "badge warn", text: t("notSupported")}), " ");
@@ -480,11 +490,15 @@ async function openSource(c, opener) {
     const path = `/v1/documents/${encodeURIComponent(c.document_id)}/chunks/${encodeURIComponent(c.chunk_id)}?neighbours=1`;
     response = await api(path).catch(() => null);
   }
+  if (generation !== state.panelGeneration) return;  // another source was opened meanwhile
   const linkTo = (href, page) => el("a", {className: "original", text: page ? t("openOriginalAtPage", {page}) : t("openOriginal"),
     attrs: {href, target: "_blank", rel: "noopener noreferrer"}});
   if (response && response.ok) {
     const data = await response.json();
+    if (generation !== state.panelGeneration) return;
     const chunk = data.chunk || {};
+    // A source link names only its chunk: the name and page come with the passage.
+    if (!c.filename) $("source-title").textContent = sourceName({filename: data.filename || "", page: chunk.page});
     const passage = el("div", {className: "passage"});
     for (const other of data.before || []) passage.append(el("p", {className: "context", text: other.text}));
     const cited = el("p", {className: "cited"});
@@ -510,8 +524,13 @@ async function openSource(c, opener) {
     if (mark) mark.scrollIntoView({block: "center"});
     return;
   }
-  if (response && ![404, 405].includes(response.status)) {
-    body.replaceChildren(badges, el("p", {className: "error", text: describe(await problemOf(response))}));
+  if (c.linked || (response && ![404, 405].includes(response.status))) {
+    // A source link has no snippet to fall back on. kb answers 404 alike for a chunk that is gone and one the
+    // reader may not see (it never tells which exists): the words say both.
+    const problem = response ? await problemOf(response) : NETWORK;
+    if (generation !== state.panelGeneration) return;
+    const words = c.linked && response && response.status === 404 ? t("linkNotFound") : describe(problem);
+    body.replaceChildren(badges, el("p", {className: "error", attrs: {role: "alert"}, text: words}));
     return;
   }
   // The passage route is missing (an older kb) or the chunk is gone: the citation's own snippet.
@@ -521,13 +540,69 @@ async function openSource(c, opener) {
     el("p", {}, linkTo(originalUrl(c), c.page)));
 }
 
+/** Opens the source panel with `title` and a note in its body; returns the opening's generation. */
+function showPanel(title, note, opener = null) {
+  state.panelOpener = opener || null;
+  $("source-panel").hidden = false;
+  document.body.classList.add("panel-open");
+  $("source-title").textContent = title;
+  $("source-title").tabIndex = -1;
+  $("source-title").focus();
+  $("source-body").replaceChildren(el("p", {className: "muted", text: note}));
+  return ++state.panelGeneration;
+}
+
 function closeSource() {
   const panel = $("source-panel");
+  state.panelGeneration += 1;  // a passage still loading is not shown
+  forgetSourceLink();
   if (panel.hidden) return;
   panel.hidden = true;
   document.body.classList.remove("panel-open");
   if (state.panelOpener && document.contains(state.panelOpener)) state.panelOpener.focus();
   state.panelOpener = null;
+}
+
+// --- source links: #doc=<document_id>&chunk=<chunk_id> ------------------------------------------------------------
+
+/** {document_id, chunk_id} of the source link in the address bar, or null. */
+function linkedSource() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const documentId = params.get("doc"), chunkId = params.get("chunk");
+  return documentId && chunkId ? {document_id: documentId, chunk_id: chunkId} : null;
+}
+
+/** Opens the source panel at the linked chunk (once signed in), or closes the panel a link opened when the address
+ * bar no longer holds that link (Back past it). */
+function showLinkedSource({again = false} = {}) {
+  const link = linkedSource();
+  if (!link) {
+    if (state.linkShown) closeSource();
+    return;
+  }
+  const shown = `${link.document_id}\n${link.chunk_id}`;
+  if (!again && state.linkShown === shown && !$("source-panel").hidden) return;  // popstate, then hashchange
+  showView("ask");
+  state.linkShown = shown;
+  if (state.session) openSource({...link, linked: true}, null);
+  else {
+    showPanel(t("sourcePanel"), t("signInToOpenLink"));  // signedIn() opens it
+    if ($("key-box").open && !$("key-form").hidden) $("key").focus();
+  }
+}
+
+/** The panel no longer shows the linked chunk: the link leaves the address bar too (a reload does not reopen it),
+ * replacing this history entry (Back still goes where it went). */
+function forgetSourceLink() {
+  if (!state.linkShown) return;
+  state.linkShown = null;
+  if (linkedSource()) history.replaceState(history.state, "", location.pathname + location.search);
+}
+
+/** The address bar's fragment changed on an open page: a link opened again, Back or Forward. */
+async function followLink() {
+  if (await takeKeyFromLink()) return;  // signedIn() then opens a source link that came with the key
+  showLinkedSource();
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -1038,7 +1113,10 @@ function wire() {
     if (!$("source-panel").hidden) { closeSource(); return; }
     if (document.body.classList.contains("sidebar-open")) { closeSidebar(); $("menu-toggle").focus(); }
   });
-  window.addEventListener("hashchange", takeKeyFromLink);  // the link opened again on an open page
+  // A link opened again on an open page, or Back/Forward between links (popstate and hashchange both come for a
+  // fragment navigation in some browsers, one of them in others: followLink does its work once).
+  window.addEventListener("hashchange", followLink);
+  window.addEventListener("popstate", followLink);
   window.addEventListener("scroll", hideTooltip, {passive: true});
 }
 
