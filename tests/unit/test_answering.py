@@ -153,6 +153,31 @@ async def test_a_supported_written_answer_stays() -> None:
     assert answer.answer.startswith("Travel costs are reimbursed within 30 days")
 
 
+async def test_a_checked_answer_to_a_question_the_sources_do_not_answer_gives_way_to_no_information() -> None:
+    """A small model writes a sentence the check passes (every word and number is in the source) for a question the
+    sources do not answer: the quoted evidence's measure decides, and it finds nothing that answers."""
+    question = "How many days of sick leave do employees get?"
+    answers, _ = auto([TRAVEL], "Travel costs are reimbursed within 30 days of the trip [1].")
+    done = [e async for e in answers.stream(Question(question))][-1]
+    assert isinstance(done, Done) and done.mode == "none" and done.grounded is False
+    assert done.answer == no_information_answer(question)
+
+    # Configured off (a model whose answers combine passages), the checked answer stands.
+    answers, _ = auto([TRAVEL], "Travel costs are reimbursed within 30 days of the trip [1].", require_evidence=False)
+    answer = await answers.ask(question)
+    assert answer.mode == "generate" and answer.grounded is True
+
+
+async def test_an_answer_for_another_year_than_the_question_asks_is_refused() -> None:
+    """The quoted sentence scores well on its words, but the question's year is nowhere in its passage."""
+    report = passage("report", 0, "The annual revenue in 2023 was 4.2 million euros. The company employed 40 people "
+                     "at the end of the year.")  # fmt: skip
+    answers, _ = auto([report], "The annual revenue in 2023 was 4.2 million euros [1].")
+    assert (await answers.ask("What was the annual revenue in 2023?")).mode == "generate"
+    answer = await answers.ask("What was the annual revenue in 2021?")
+    assert answer.mode == "none" and answer.citations == []
+
+
 async def test_a_chinese_follow_up_is_quoted_for_its_own_words_not_only_with_the_previous_question() -> None:
     """Asked after another question, the standalone query (previous + this) diluted the follow-up's own words below
     the evidence threshold: "no information" where the same question alone was answered."""

@@ -195,6 +195,17 @@ def test_sources_on_the_topic_without_the_answer_are_not_answerable() -> None:
     assert off.score < on_topic.score
 
 
+def test_the_question_s_numbers_and_dates_must_stand_in_the_quoted_passages() -> None:
+    extractor = lexical()
+    asked = extractor.extract("How many weeks does parental leave last since 2024?", sources(LEAVE, TRAVEL))
+    assert asked.unstated == ["2024"] and not extractor.answerable(asked)
+
+    stated = extractor.extract("Does parental leave last sixteen weeks?", sources(LEAVE, TRAVEL))
+    assert stated.unstated == [] and extractor.answerable(stated)
+    # Written another way in the question than in the passage (16 / sixteen): still stated.
+    assert extractor.extract("Does parental leave last 16 weeks?", sources(LEAVE, TRAVEL)).unstated == []
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
