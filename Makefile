@@ -20,7 +20,7 @@ run: setup
 
 test:
 	bash deploy/setup.sh --with-browser
-	.venv/bin/python -m pytest -q -ra
+	.venv/bin/python -m pytest -q -ra --durations=25
 
 clean:
 	rm -rf data .pytest_cache

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "Searching…"
 STARTING = "kb is starting, try again in a minute."
-UNEXPECTED = "Something went wrong while answering; the kb service log has the details."
+UNEXPECTED = "Something went wrong while answering. Try again; if it happens again, tell your kb administrator."
 UNREADABLE_CHANNEL = (
     "I cannot see who is in this channel, so I cannot tell what everyone here may read. "
     "Add me to the channel (`/invite @kb`) and ask again, or ask me in a direct message."
@@ -57,6 +57,8 @@ UNSUPPORTED_MARK = "⚠️"
 MAX_BLOCKS = 50  # a message's blocks (Slack's limit)
 FALLBACK_CHARS = 3000  # the notification text of a message (shown where blocks are not)
 DEPENDENCY_NAMES = {"registry": "database", "index": "search index"}
+MAX_BUTTON_VALUE = 2000  # characters of a button's value (Slack's limit)
+RATE_LIMIT_RETRIES = 5  # the final answer's edit, retried after Slack's Retry-After beyond the client's own retries
 FEEDBACK_ACTIONS = {"kb_feedback_up": "up", "kb_feedback_down": "down"}
 
 
@@ -130,12 +132,21 @@ def source_url(public_url: str, citation: Citation) -> str | None:
     return f"{public_url.rstrip('/')}/#doc={document}&chunk={chunk}"
 
 
+# verbatim: Slack does not parse the text (it would link bare URLs and channel names and turn some words into
+# mentions); the text holds the links built here and nothing else that acts.
 def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
 
 
 def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text, "verbatim": True}]}
+
+
+def feedback_value(conversation: str, turn: int, groups: Sequence[str]) -> str:
+    """What a 👍/👎 button carries: the answer (conversation, turn) and the groups it was drawn from, which the vote is
+    stored with (Slack allows 2000 characters; beyond, the groups are left out and the voter's alone are used)."""
+    value = json.dumps({"c": conversation, "t": turn, "g": list(groups)})
+    return value if len(value) <= MAX_BUTTON_VALUE else json.dumps({"c": conversation, "t": turn})
 
 
 def feedback_buttons(value: str) -> dict[str, Any]:
@@ -177,7 +188,7 @@ def render_answer(done: Done, citations: Sequence[Citation], public_url: str,
             url = source_url(public_url, citation)
             name = link(url, citation.filename) if url else escape(citation.filename)
             page = f", p. {citation.page}" if citation.page is not None else ""
-            doubt = " _(doubtful)_" if not citation.supported else ""
+            doubt = " _(may not support the answer)_" if not citation.supported else ""
             lines.append(f"[{n}] {name}{page}{doubt}")
         blocks += [section(piece) for piece in split_sections("*Sources*\n" + "\n".join(lines))]
     notes = []
@@ -239,19 +250,24 @@ class SlackAnswers:
         self._directory = directory
         self._limiter = AskLimiter(settings.slack.asks_per_minute)
 
-    async def answer(self, client: AsyncWebClient, asked: SlackQuestion) -> None:
-        """Answers in the thread; says in words whatever goes wrong."""
+    def refusal(self, user_id: str, text: str) -> str | None:
+        """Why a question is not taken (the asker's rate limit, its length), in words; None: taken, and counted."""
+        if len(text) > MAX_QUESTION_CHARS:
+            return f"A question is at most {MAX_QUESTION_CHARS} characters; this one has {len(text)}."
+        wait_s = self._limiter.wait_s(user_id)
+        if wait_s:
+            limit = self._settings.slack.asks_per_minute
+            return (f"You have asked {limit} questions in the last minute, kb's limit per person; try again in "
+                    f"{max(1, round(wait_s))} s.")  # fmt: skip
+        return None
+
+    async def answer(self, client: AsyncWebClient, asked: SlackQuestion, *, taken: bool = False) -> None:
+        """Answers in the thread; says in words whatever goes wrong. `taken`: refusal() was asked already."""
         placeholder: str | None = None
         try:
-            wait_s = self._limiter.wait_s(asked.user_id)
-            if wait_s:
-                limit = self._settings.slack.asks_per_minute
-                await self._tell(client, asked, f"You have asked {limit} questions in the last minute, the most kb "
-                                                f"answers; try again in {max(1, round(wait_s))} s.")  # fmt: skip
-                return
-            if len(asked.text) > MAX_QUESTION_CHARS:
-                await self._tell(client, asked, f"A question is at most {MAX_QUESTION_CHARS} characters; this one "
-                                                f"has {len(asked.text)}.")  # fmt: skip
+            words = None if taken else self.refusal(asked.user_id, asked.text)
+            if words is not None:
+                await self._tell(client, asked, words)
                 return
             try:
                 groups = await self._groups(asked)
@@ -327,15 +343,29 @@ class SlackAnswers:
             raise RuntimeError("the answer stream ended without its done event")
         count_answer("slack", done, self._services.container.generator)
         turn = await asyncio.to_thread(self._turn_of, asked.conversation_id, asked.text, done.answer)
-        value = json.dumps({"c": asked.conversation_id, "t": turn}) if turn is not None else None
+        value = feedback_value(asked.conversation_id, turn, groups) if turn is not None else None
         first, *rest = render_answer(done, citations, self._settings.public_url, value)
         try:
-            await client.chat_update(channel=asked.channel_id, ts=placeholder, **first)
+            await self._update_patiently(client, asked.channel_id, placeholder, first)
         except SlackApiError as exc:  # e.g. a block Slack finds invalid: the thread must not stay "Writing…"
             log.warning("Slack refused an answer in %s: %s", asked.channel_id, exc.response.get("error"))
             await self._replace(client, asked.channel_id, placeholder, REFUSED.format(exc.response.get("error")))
             return []
         return rest
+
+    @staticmethod
+    async def _update_patiently(client: AsyncWebClient, channel: str, ts: str, message: dict[str, Any]) -> None:
+        """chat.update of the finished answer, waiting out Slack's rate limit as often as it takes (within reason): the
+        answer must not end as a partial one because Slack was busy."""
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                await client.chat_update(channel=channel, ts=ts, **message)
+                return
+            except SlackApiError as exc:
+                if exc.response.get("error") != "ratelimited" or attempt == RATE_LIMIT_RETRIES:
+                    raise
+                retry_after = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+                await asyncio.sleep(min(60.0, float(retry_after)) if str(retry_after or "").isdigit() else 1.0)
 
     def _turn_of(self, conversation: str, question: str, answer: str) -> int | None:
         """The index of this answer among the conversation's messages (what a feedback button names)."""
@@ -379,8 +409,13 @@ class SlackAnswers:
             log.warning("a feedback click that does not match its channel")  # the button is always our own
             return
         voter = await self._directory.user(user_id)
+        # Stored with the groups the answer drew on as well as the voter's: an administrator limited to some groups
+        # reads a vote only when they hold all of them, so the answer's text never reaches one who could not have
+        # read it (a voter who joined the channel later may hold fewer groups than its answer drew on).
+        drawn_on = [str(g) for g in value.get("g") or []] if isinstance(value.get("g"), list) else []
+        groups = list(dict.fromkeys([*drawn_on, *voter.groups]))
         stored = await asyncio.to_thread(self._store_feedback, conversation, turn, rating, f"slack:{team_id}:{user_id}",
-                                         list(voter.groups))  # fmt: skip
+                                         groups)  # fmt: skip
         words = (f"Thanks, your {'👍' if rating == 'up' else '👎'} is recorded." if stored
                  else "That answer is no longer stored, so the vote was not recorded.")  # fmt: skip
         try:

@@ -48,12 +48,16 @@ HELP = (
     "• `/kb add` (in our direct messages) adds the files you shared with me there, if you may add documents."
 )
 FILES_UNAVAILABLE = "Adding files through Slack is not available on this kb."
-NOT_HERE = (
-    "I cannot post here. Invite me to this channel (`/invite @kb`), or ask me in a direct message."
-)
+NOT_HERE = "I cannot post here. Invite me to this channel (`/invite @kb`), or ask me in a direct message."
 EVENTS_KEPT = timedelta(days=1)  # Slack retries an event for minutes; claimed ids older than this are forgotten
 FORGET_EVERY_S = 3600
 PERSON_SUBTYPES = {None, "file_share", "thread_broadcast"}  # message subtypes that are a person writing
+
+
+def is_direct_message(channel_id: str) -> bool:
+    """A one-to-one DM with the bot (ids D…). What a payload's `channel_type` or `channel_name` claims is not trusted
+    for this: the asker's own groups are used only where the asker alone reads the answer."""
+    return channel_id.startswith("D")
 
 
 def _files_feature() -> type | None:
@@ -119,8 +123,15 @@ class SlackBot:
             self.files.register(app)
         app.error(self._on_error)
 
-    async def _claim_event(self, body: dict[str, Any], next: Any) -> BoltResponse | None:  # noqa: A002 (Bolt's name)
-        """Global middleware: an event is handled only by the first delivery that claims its id."""
+    async def _claim_event(self, body: dict[str, Any], context: Any, next: Any) -> BoltResponse | None:
+        """Global middleware (`next` is Bolt's name): a request from another workspace is dropped, and an event is
+        handled only by the first delivery that claims its id."""
+        ours = context.authorize_result.team_id if context.authorize_result is not None else None
+        if ours and context.team_id and context.team_id != ours:
+            # The signing secret is the app's, not the workspace's: an app installed in several workspaces (or a
+            # leaked secret) is sent their requests too. This bot's token, groups and threads are one workspace's.
+            log.warning("a Slack request from workspace %s, not this bot's %s: ignored", context.team_id, ours)
+            return BoltResponse(status=200, body="")
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
         if event_id:
             registry = self._services.container.registry
@@ -159,13 +170,16 @@ class SlackBot:
         text = plain_text(event.get("text") or "", drop_user=context.bot_user_id)
         asked = SlackQuestion(
             team_id=body.get("team_id") or context.team_id or "", channel_id=event["channel"], user_id=event["user"],
-            text=text, thread_ts=event.get("thread_ts") or event["ts"], direct=event.get("channel_type") == "im",
+            text=text, thread_ts=event.get("thread_ts") or event["ts"], direct=is_direct_message(event["channel"]),
         )  # fmt: skip
         self.spawn(self._ask(asked))
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
         """Direct messages only (a message in a channel is a question only when it mentions the bot)."""
         if event.get("channel_type") != "im" or event.get("subtype") not in PERSON_SUBTYPES:
+            return
+        if not is_direct_message(event.get("channel") or ""):
+            log.warning("a direct message event from channel %s, which is no DM: ignored", event.get("channel"))
             return
         if event.get("bot_id") or not event.get("user") or event.get("user") == context.bot_user_id:
             return
@@ -223,6 +237,13 @@ class SlackBot:
         asked), and answered in its thread."""
         channel, user_id = command["channel_id"], command["user_id"]
         question = plain_text(text)
+        refusal = self.answers.refusal(user_id, question)
+        if refusal is not None:  # said to the asker alone, before anything is posted in the channel
+            try:
+                await respond(text=refusal, response_type="ephemeral")
+            except Exception:
+                log.warning("could not tell the asker why their /kb question was not taken")
+            return
         try:
             root = await self.client.chat_postMessage(channel=channel, text=f"<@{user_id}> asked: {escape(question)}")
         except SlackApiError as exc:
@@ -235,9 +256,9 @@ class SlackBot:
             return
         asked = SlackQuestion(
             team_id=command.get("team_id") or "", channel_id=channel, user_id=user_id, text=question,
-            thread_ts=root["ts"], direct=command.get("channel_name") == "directmessage" or channel.startswith("D"),
+            thread_ts=root["ts"], direct=is_direct_message(channel),
         )  # fmt: skip
-        await self.answers.answer(self.client, asked)
+        await self.answers.answer(self.client, asked, taken=True)
 
     async def _say(self, channel: str, text: str, thread_ts: str | None, user_id: str | None = None) -> None:
         try:

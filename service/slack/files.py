@@ -461,7 +461,8 @@ def chosen_groups(body: dict[str, Any]) -> list[str] | None:
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    # verbatim: Slack does not link or mention-parse what a file name holds (its text is escaped here already).
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
 
 
 def _option(group: str) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 `to_mrkdwn`: an answer (bold, italics, lists, headings, `code`, fenced code, links, [n] markers) as mrkdwn. Every
 `&`, `<` and `>` of the text is escaped, so nothing a document or the model wrote becomes a Slack control sequence
-(`<!channel>` would notify a whole channel, `<@U…>` a person, `<https://…|label>` a disguised link); the only links
-are the ones built here. (The PyPI package markdown-to-mrkdwn escapes nothing, formats inside code spans and hides
-its own errors, so it is not used.)
+(`<!channel>` would notify a whole channel, `<@U…>` a person, `<https://…|label>` a disguised link), and the plain
+words "@channel", "@here" and "@everyone" are defused; the only links are the ones built here. (The PyPI package
+markdown-to-mrkdwn escapes nothing, formats inside code spans and hides its own errors, so it is not used.)
 
 `plain_text`: the text of an incoming Slack message (mentions, channel names, links, escapes) as the question a
 person typed."""
@@ -33,9 +33,18 @@ _RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
 _B, _I, _S = "\x01", "\x02", "\x03"
 
 
+# "@channel", "@here" and "@everyone" typed as plain words: Slack turns them into the real mentions where it parses
+# a message's text (chat.update parses by default, and a mrkdwn text object unless it is verbatim). A word joiner
+# after the "@" keeps the word as it reads and stops that.
+_BROADCAST = re.compile(r"([@＠])(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
+
 def escape(text: str) -> str:
-    """Slack's three escapes: the text then reads as itself, never as a mention, a link or a command."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack's three escapes, and the broadcast words defused: the text then reads as itself, never as a mention, a
+    link or a command."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub(lambda m: m.group(1) + WORD_JOINER, escaped)
 
 
 def link(url: str, label: str) -> str:
@@ -52,7 +61,7 @@ def _inline(text: str, marker_link: MarkerLink | None) -> str:
     pieces: list[str] = []
     position = 0
     for match in _CODE_SPAN.finditer(text):
-        pieces.append(_formatted(text[position:match.start()], marker_link))
+        pieces.append(_formatted(text[position : match.start()], marker_link))
         pieces.append(f"`{escape(match.group(2))}`")
         position = match.end()
     pieces.append(_formatted(text[position:], marker_link))
