@@ -876,7 +876,10 @@ _QUESTION_FACT_KINDS = frozenset({"number", "percent", "quantity", "amount", "da
 
 def unstated_facts(question: str, texts: Sequence[str]) -> list[str]:
     """The numbers, amounts and dates of a question (as written there) that none of `texts` states."""
-    asked = [f for f in _scan(MARKER.sub(" ", question), generous=False).facts if f.kind in _QUESTION_FACT_KINDS]
+    # Written in digits only: a number word in a question more often counts what the answer lists ("Which two
+    # rivers…", "哪两件事…", "哪一天") than names a figure the passage must state.
+    asked = [f for f in _scan(MARKER.sub(" ", question), generous=False).facts
+             if f.kind in _QUESTION_FACT_KINDS and any(c.isdigit() for c in f.text)]  # fmt: skip
     if not asked:
         return []
     evidence = [_evidence(text) for text in texts]
