@@ -615,7 +615,60 @@ async def test_the_table_covers_every_route_of_the_app() -> None:
 # Routes the table leaves out, each with the reason.
 TABLE_EXEMPT = {
     ("DELETE", "/v1/session"),  # signing out needs no key (an expired session must still be able to sign out)
+    # Slack's door: its callers are Slack users behind Slack's signature, never a kb key, session or proxy user
+    # (test_the_slack_door_believes_no_kb_identity below; Slack users × groups × channels in
+    # tests/integration/test_slack_events.py and test_slack_adversarial.py).
+    ("POST", "/slack/events"),
 }
+
+
+async def test_the_slack_door_believes_no_kb_identity(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every kb identity of the table (an unrestricted admin key, a session cookie, the trusted proxy's user) sending
+    a well-formed Slack event without Slack's signature, or signed with another secret, gets 401 and nothing is
+    posted in Slack."""
+    from kb.settings import SlackSettings
+    from tests.slack_fake import SlackFake, event_body, signed_headers
+
+    with SlackFake(bot_token="xoxb-acl") as slack:
+        slack.channel_members["C0ENG"] = ["U0ADMIN", slack.bot_user_id]
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("acl-slack"), generator=GeneratorSettings(enabled=False),
+            rate_limit=RateLimitSettings(enabled=False), auth=AuthSettings(trusted_proxies=[PROXY_ADDRESS]),
+            slack=SlackSettings(bot_token="xoxb-acl", signing_secret="the-real-secret", api_url=slack.api_url,
+                                user_groups={"U0ADMIN": ["eng"]}),
+        )  # fmt: skip
+        async with serve_in_process(create_app(settings)) as url:
+            admin = settings.admin_key_path.read_text().strip()
+            body = json.dumps(event_body({"type": "app_mention", "user": "U0ADMIN", "channel": "C0ENG",
+                                          "text": "<@U0KBBOT> what are the eng notes?", "ts": "1.0"},
+                                         "Ev0ACL")).encode()  # fmt: skip
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                session = await client.post("/v1/session", headers={"Authorization": f"Bearer {admin}"})
+                assert session.status_code == 200
+                cookie = session.cookies.get("kb_session")
+            attempts: dict[str, tuple[dict[str, str], str]] = {
+                "admin key": ({"Authorization": f"Bearer {admin}"}, "127.0.0.1"),
+                "session cookie": ({"Cookie": f"kb_session={cookie}", "X-KB-Request": "1"}, "127.0.0.1"),
+                "trusted proxy user": (PROXY_HEADERS, PROXY_ADDRESS),
+                "another secret": (signed_headers(body, "not-the-secret"), "127.0.0.1"),
+                "admin key, another secret": ({"Authorization": f"Bearer {admin}",
+                                              **signed_headers(body, "not-the-secret")}, "127.0.0.1"),
+            }  # fmt: skip
+            for name, (headers, local) in attempts.items():
+                transport = httpx.AsyncHTTPTransport(local_address=local)
+                async with httpx.AsyncClient(base_url=url, timeout=60, transport=transport) as client:
+                    response = await client.post("/slack/events", content=body,
+                                                 headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+                assert response.status_code == 401, f"{name}: {response.status_code} {response.text[:200]}"
+            await asyncio.sleep(1)  # an answer would have been started by now
+            assert [m for m, _ in slack.calls() if m.startswith("chat.")] == []
+            # The same body with Slack's own signature is heard (and answered in words: this app runs no model).
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                response = await client.post("/slack/events", content=body, headers={
+                    **signed_headers(body, "the-real-secret"), "Content-Type": "application/json"})  # fmt: skip
+            assert response.status_code == 200
+            posted = await asyncio.to_thread(slack.wait_for, "chat.postMessage", lambda p: p.get("channel") == "C0ENG")
+            assert posted.get("thread_ts") == "1.0"
 
 
 def _route_of(path: str) -> str:
