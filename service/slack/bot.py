@@ -32,6 +32,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from kb.settings import Settings
 from service.slack.answer import SlackAnswers, SlackQuestion
+from service.slack.files import SlackFiles
 from service.slack.identity import SlackDirectory
 from service.slack.mrkdwn import escape, plain_text
 from service.state import Services
@@ -47,7 +48,6 @@ HELP = (
     "everyone in it may read; in a direct message, from yours.\n"
     "• `/kb add` (in our direct messages) adds the files you shared with me there, if you may add documents."
 )
-FILES_UNAVAILABLE = "Adding files through Slack is not available on this kb."
 NOT_HERE = "I cannot post here. Invite me to this channel (`/invite @kb`), or ask me in a direct message."
 EVENTS_KEPT = timedelta(days=1)  # Slack retries an event for minutes; claimed ids older than this are forgotten
 FORGET_EVERY_S = 3600
@@ -58,16 +58,6 @@ def is_direct_message(channel_id: str) -> bool:
     """A one-to-one DM with the bot (ids D…). What a payload's `channel_type` or `channel_name` claims is not trusted
     for this: the asker's own groups are used only where the asker alone reads the answer."""
     return channel_id.startswith("D")
-
-
-def _files_feature() -> type | None:
-    """Helper module for files shared with the bot (service.slack.files); None where it is absent."""
-    try:
-        from service.slack.files import SlackFiles
-    except ImportError:
-        log.warning("service.slack.files is missing: the bot does not add files")
-        return None
-    return SlackFiles
 
 
 class SlackBot:
@@ -82,8 +72,7 @@ class SlackBot:
                             process_before_response=False)  # fmt: skip
         self.directory = SlackDirectory(self.client, slack)
         self.answers = SlackAnswers(services, settings, self.directory)
-        files_feature = _files_feature()
-        self.files = files_feature(services, settings, self.directory) if files_feature is not None else None
+        self.files = SlackFiles(services, settings, self.directory)
         self._services = services
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forgotten_at = 0.0
@@ -105,8 +94,7 @@ class SlackBot:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self.files is not None:
-            await self.files.aclose()  # its watches of files being ingested
+        await self.files.aclose()  # its watches of files being ingested
 
     # --- listeners -------------------------------------------------------------------------------------------------
 
@@ -119,8 +107,7 @@ class SlackBot:
         app.event("member_left_channel")(self._on_membership)
         app.command("/kb")(self._on_command)
         app.action(re.compile(r"^kb_feedback_(up|down)$"))(self._on_feedback)
-        if self.files is not None:
-            self.files.register(app)
+        self.files.register(app)
         app.error(self._on_error)
 
     async def _claim_event(self, body: dict[str, Any], context: Any, next: Any) -> BoltResponse | None:
@@ -184,10 +171,7 @@ class SlackBot:
         if event.get("bot_id") or not event.get("user") or event.get("user") == context.bot_user_id:
             return
         if event.get("files"):
-            if self.files is None:
-                self.spawn(self._say(event["channel"], FILES_UNAVAILABLE, event.get("thread_ts") or event["ts"]))
-            else:
-                self.spawn(self.files.offer(event, self.client))
+            self.spawn(self.files.offer(event, self.client))
             return
         text = plain_text(event.get("text") or "", drop_user=context.bot_user_id)
         asked = SlackQuestion(
@@ -208,9 +192,6 @@ class SlackBot:
             await ack(text=HELP)
             return
         if word == "add":
-            if self.files is None:
-                await ack(text=FILES_UNAVAILABLE)
-                return
             await ack()
             self.spawn(self.files.add_command(command, self.client, respond))
             return
