@@ -4,7 +4,7 @@ measures the fusion and BM25 settings the service would search with."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,9 +26,17 @@ def scratch_index(
     entries: Sequence[IndexEntry] | None = None,
     sentence_vectors: Sequence[np.ndarray] | None = None,
     batch: int = 512,
+    *,
+    filenames: Mapping[str, str] | None = None,
+    titles: Mapping[str, str | None] | None = None,
 ) -> Iterator[VectorIndex]:
     """A fresh Qdrant Edge shard in a temporary directory holding the set's units (or `entries`), with the fusion
-    and BM25 settings of `settings.index`; removed on exit. `sentence_vectors`: per entry, its sentences' vectors."""
+    and BM25 settings of `settings.index`; removed on exit. `sentence_vectors`: per entry, its sentences' vectors.
+
+    `filenames` and `titles`, by document id: what each document is called (Chunk.filename, Chunk.title), which BM25
+    reads (IndexSettings.name_weight); a document without a file name is called by the set's name, the same for
+    all, which names none of them."""
+    filenames, titles = filenames or {}, titles or {}
     if entries is None:
         entries = [IndexEntry(u.unit_id, u.unit_id, u.document_id, 0, u.text, u.text) for u in qa_set.units]
     with tempfile.TemporaryDirectory(prefix="kb-eval-") as directory:
@@ -38,7 +46,8 @@ def scratch_index(
                 chunks = [
                     Chunk(
                         chunk_id=e.entry_id, document_id=e.document_id, ordinal=e.ordinal, text=e.text,
-                        filename=qa_set.name, embed_text=e.embed_text if e.embed_text != e.text else None,
+                        filename=filenames.get(e.document_id, qa_set.name), title=titles.get(e.document_id),
+                        embed_text=e.embed_text if e.embed_text != e.text else None,
                     )
                     for e in entries[first : first + batch]
                 ]  # fmt: skip

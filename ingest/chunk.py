@@ -3,6 +3,13 @@
 Sizes are counted in the embedding model's own tokens so that nothing is truncated unseen. Headings become the
 chunk's `section` and are prefixed to the text that is embedded; tables are kept whole as Markdown where they fit,
 and split by rows with the header repeated where they do not.
+
+Long documents (ingest.structure): a numbered title ("Item 7.", "Note 5 —", "第三章", "1.2 Scope") stays in the
+section of every chunk below it ("Item 7. … › Liquidity"); a chunk that spans sections names each ("A | B"). Layout
+debris is no section and no chunk: a "heading" that is a bare number, date, page or footnote marker is text, page
+headers and footers repeated on most pages are dropped after their first occurrence, and a chunk still smaller than
+`min_tokens` joins a neighbour. Chunks whose every block lies on a contents, exhibit-index or glossary page (or
+section) are flagged `boilerplate`, for search to down-weight.
 """
 
 from __future__ import annotations
@@ -10,10 +17,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ingest.partition import Block
+from ingest.structure import (
+    SectionPath,
+    boilerplate_blocks,
+    combine_sections,
+    is_fragment,
+    is_named_title,
+    running_lines,
+)
 from kb.models import Chunk
 from kb.text import HAN
 
@@ -55,16 +70,29 @@ class _Unit:
     page: int | None
     # Separator before this unit when it continues the previous unit's block (a split sentence or paragraph).
     continues_with: str | None = None
+    boilerplate: bool = False
+    # A copy of the previous chunk's tail (the overlap): left out when the two chunks are merged.
+    overlap: bool = False
 
 
 @dataclass
 class _Draft:
     units: list[_Unit] = field(default_factory=list)
-    section: str | None = None
+    # The sections the chunk's text belongs to, in order (more than one when a heading falls inside the chunk).
+    sections: list[str] = field(default_factory=list)
+    # One piece of a table split by rows: never merged into another chunk, and only its outer ends (before the
+    # first piece, after the last) take a small neighbour, so each piece stays its header and its rows.
+    table_piece: bool = False
+    open_start: bool = True
+    open_end: bool = True
 
     @property
     def tokens(self) -> int:
         return sum(u.tokens for u in self.units)
+
+    @property
+    def section(self) -> str | None:
+        return combine_sections(self.sections)
 
 
 class Chunker:
@@ -74,12 +102,19 @@ class Chunker:
         self._tok = tokenizer
         self.max_tokens = max_tokens
         self.overlap_tokens = min(overlap_tokens, max_tokens // 4)
+        # Smaller chunks join a neighbour: 25 tokens at the default 200, about one short sentence. It is the size the
+        # chunker already held too small to stand alone before a new section; a chunk below it is a number, a
+        # marker, a caption or a section's last words, which retrieves as noise on its own, while a real short
+        # section (a heading and its sentence) is about this size and still stands alone.
+        self.min_tokens = max_tokens // 8
 
     def count(self, text: str) -> int:
         return len(self._tok.token_spans(text))
 
-    def _split_long(self, text: str) -> list[tuple[int, int]]:
-        """Spans of text longer than a chunk: cut at sentence ends first, at token boundaries inside long sentences."""
+    def _split_long(self, text: str, limit: int | None = None) -> list[tuple[int, int]]:
+        """Spans of text longer than a chunk (or `limit` tokens): cut at sentence ends first, at token boundaries
+        inside long sentences."""
+        limit = limit or self.max_tokens
         spans: list[tuple[int, int]] = []
         start = 0
         for match in [*_SENTENCE_SPLIT.finditer(text), None]:
@@ -92,18 +127,36 @@ class Chunker:
             if not sentence:
                 continue
             tokens = self._tok.token_spans(sentence)
-            if len(tokens) <= self.max_tokens:
+            if len(tokens) <= limit:
                 spans.append((sentence_start, sentence_start + len(sentence)))
                 continue
-            for first in range(0, len(tokens), self.max_tokens):
-                window = tokens[first : first + self.max_tokens]
+            for first in range(0, len(tokens), limit):
+                window = tokens[first : first + limit]
                 spans.append((sentence_start + window[0][0], sentence_start + window[-1][1]))
         return spans
 
-    def _units(self, block: Block) -> list[_Unit]:
+    def _packed(self, text: str, budget: int) -> list[str]:
+        """`text` in as few pieces of at most `budget` tokens as its sentence and line ends allow (a piece of a table
+        is a chunk of its own, so one per sentence would make fragments)."""
+        pieces: list[str] = []
+        start: int | None = None
+        end = tokens = 0
+        for a, b in self._split_long(text, budget):
+            n = self.count(text[a:b])
+            if start is not None and tokens + n > budget:
+                pieces.append(text[start:end])
+                start = None
+            if start is None:
+                start, tokens = a, 0
+            end, tokens = b, tokens + n
+        if start is not None:
+            pieces.append(text[start:end])
+        return pieces
+
+    def _units(self, block: Block, boilerplate: bool = False) -> list[_Unit]:
         tokens = self.count(block.text)
         if tokens <= self.max_tokens:
-            return [_Unit(block.text, tokens, block.page)]
+            return [_Unit(block.text, tokens, block.page, boilerplate=boilerplate)]
         units = []
         previous_end: int | None = None
         for start, end in self._split_long(block.text):
@@ -112,16 +165,43 @@ class Chunker:
                 gap = block.text[previous_end:start]
                 joiner = "\n" if "\n" in gap else (" " if gap else "")
             piece = block.text[start:end]
-            units.append(_Unit(piece, self.count(piece), block.page, joiner))
+            units.append(_Unit(piece, self.count(piece), block.page, joiner, boilerplate))
             previous_end = end
         return units
+
+    def _prepared(self, blocks: Sequence[Block]) -> tuple[list[Block], list[bool]]:
+        """The blocks to chunk, with whether each is boilerplate: page headers and footers repeated on most pages
+        dropped after their first occurrence; "headings" that are layout debris (a bare number, a date, a page or
+        footnote marker) or entries of a boilerplate page made text, so they neither start a section nor end a
+        chunk; and a one-line text that is a named title ("PART II", "Item 7.", "Note 5 —", "第三章") made a heading."""
+        dropped = running_lines(blocks)
+        kept = [b for i, b in enumerate(blocks) if i not in dropped]
+        flagged = boilerplate_blocks(kept)
+        prepared = []
+        for index, block in enumerate(kept):
+            if block.kind == "heading" and (is_fragment(block.text) or index in flagged):
+                # Layout debris, or an entry of a contents list or exhibit index: no section of its own.
+                block = Block("text", block.text, block.page, block.html)
+            elif block.kind == "text" and index not in flagged and is_named_title(block.text):
+                # "ITEM 7. MANAGEMENT'S DISCUSSION …" that the parser left as text (filings in HTML have no titles).
+                block = Block("heading", block.text, block.page)
+            elif block.kind == "text" and index - 1 in flagged and is_fragment(block.text):
+                # A page number between the pieces of an exhibit index belongs to it.
+                flagged.add(index)
+            prepared.append(block)
+        return prepared, [i in flagged for i in range(len(kept))]
 
     def chunk(
         self, blocks: Sequence[Block], *, document_id: str, filename: str, groups: Sequence[str], version: int = 1
     ) -> list[Chunk]:
+        blocks, boilerplate = self._prepared(blocks)
         drafts: list[_Draft] = []
         current = _Draft()
+        path = SectionPath()
         section: str | None = None
+
+        def here() -> list[str]:
+            return [section] if section else []
 
         def flush(keep_overlap: bool) -> _Draft:
             if current.units:
@@ -131,66 +211,81 @@ class Chunker:
                 for unit in reversed(current.units):
                     if sum(u.tokens for u in carried) + unit.tokens > self.overlap_tokens:
                         break
-                    carried.insert(0, unit)
+                    carried.insert(0, replace(unit, overlap=True))
                 if not carried:
                     # The last sentence is longer than the overlap: carry its tail, cut at a token boundary.
                     last = current.units[-1]
                     spans = self._tok.token_spans(last.text)[-self.overlap_tokens :]
                     tail = last.text[spans[0][0] :] if spans else ""
                     if tail:
-                        carried = [_Unit(tail, len(spans), last.page)]
-            return _Draft(units=carried, section=section)
+                        carried = [_Unit(tail, len(spans), last.page, boilerplate=last.boilerplate, overlap=True)]
+            return _Draft(units=carried, sections=here())
 
-        def _heading_unit(heading: Block) -> _Unit:
-            return _Unit(heading.text, self.count(heading.text), heading.page, continues_with="\n")
+        def _heading_unit(heading: Block, flagged: bool) -> _Unit:
+            return _Unit(heading.text, self.count(heading.text), heading.page, continues_with="\n", boilerplate=flagged)
 
         # A heading not yet followed by any body: if another heading comes first (title, then subtitle), it is kept
         # as text, or it would be lost.
         bare_heading: Block | None = None
-        for block in blocks:
+        bare_flagged = False
+        for block, flagged in zip(blocks, boilerplate, strict=True):
             if block.kind == "heading":
                 # A new section starts a new chunk unless the current one is too small to stand alone; a run of
                 # headings (a title and subtitle, a list of links unstructured took for titles) stays together.
                 heading_tokens = self.count(block.text)
-                if (bare_heading is None and current.tokens >= self.max_tokens // 8) or (
+                if (bare_heading is None and current.tokens >= self.min_tokens) or (
                     current.units and current.tokens + heading_tokens > self.max_tokens
                 ):
                     current = flush(keep_overlap=False)
                     current.units = []
+                label = path.enter(block.text, follows_heading=bare_heading is not None)
                 if bare_heading is not None and not current.units:
-                    current.units.append(_heading_unit(bare_heading))
-                    section = current.section = block.text
-                    bare_heading = block
+                    current.units.append(_heading_unit(bare_heading, bare_flagged))
+                    section = label
+                    current.sections = here()
+                    bare_heading, bare_flagged = block, flagged
                     continue
-                section = block.text
+                section = label
                 if not current.units:
-                    current.section = section
+                    current.sections = here()
                 else:
-                    current.units.append(_Unit(block.text, heading_tokens, block.page))
-                bare_heading = block
+                    # The chunk goes on into the new section: it belongs to both.
+                    current.units.append(_Unit(block.text, heading_tokens, block.page, boilerplate=flagged))
+                    current.sections.append(label)
+                bare_heading, bare_flagged = block, flagged
                 continue
             bare_heading = None
             if block.kind == "table":
                 current = flush(keep_overlap=False)
                 current.units = []
-                for table_text in self._table_pieces(block):
-                    drafts.append(_Draft([_Unit(table_text, self.count(table_text), block.page)], section))
-                current.section = section
+                pieces = self._table_pieces(block)
+                for number, table_text in enumerate(pieces):
+                    unit = _Unit(table_text, self.count(table_text), block.page, boilerplate=flagged)
+                    split = len(pieces) > 1
+                    drafts.append(
+                        _Draft(
+                            [unit],
+                            here(),
+                            table_piece=split,
+                            open_start=not split or number == 0,
+                            open_end=not split or number == len(pieces) - 1,
+                        )
+                    )
+                current.sections = here()
                 continue
-            for unit in self._units(block):
+            for unit in self._units(block, flagged):
                 if current.units and current.tokens + unit.tokens > self.max_tokens:
                     current = flush(keep_overlap=True)
-                    current.section = section
                     # The carried overlap must leave room for the unit itself.
                     while current.units and current.tokens + unit.tokens > self.max_tokens:
                         current.units.pop(0)
                 current.units.append(unit)
         if bare_heading is not None and not current.units:
-            current.units.append(_heading_unit(bare_heading))
+            current.units.append(_heading_unit(bare_heading, bare_flagged))
         flush(keep_overlap=False)
 
         chunks: list[Chunk] = []
-        for ordinal, draft in enumerate(drafts):
+        for ordinal, draft in enumerate(self._merge_small(drafts)):
             text = ""
             page_starts: list[tuple[int, int]] = []
             for unit in draft.units:
@@ -200,7 +295,9 @@ class Chunker:
                     page_starts.append((len(text), unit.page))
                 text += unit.text
             pages = [u.page for u in draft.units if u.page is not None]
-            heading = _truncate_heading(draft.section)
+            own = [u for u in draft.units if not u.overlap]
+            section_label = draft.section
+            heading = _truncate_heading(section_label)
             chunks.append(
                 Chunk(
                     chunk_id=chunk_id_for(document_id, ordinal, version),
@@ -210,19 +307,54 @@ class Chunker:
                     filename=filename,
                     page=min(pages) if pages else None,
                     page_end=max(pages) if pages else None,
-                    section=draft.section,
+                    section=section_label,
                     page_starts=page_starts,
                     groups=list(groups),
                     embed_text=f"{heading}\n{text}" if heading else text,
                     version=version,
+                    # Its own text (not the overlap copied from the chunk before) all on boilerplate pages.
+                    boilerplate=bool(own) and all(u.boilerplate for u in own),
                 )
             )
         return chunks
 
+    def _merge_small(self, drafts: list[_Draft]) -> list[_Draft]:
+        """Drafts below `min_tokens` joined to a neighbour where the two fit in `max_tokens`: preferably one of the
+        same section, then one of the same boilerplate standing, then the smaller. A piece of a split table joins
+        nothing (its rows belong under its repeated header) and takes a small neighbour only at the table's outer
+        ends; a whole table may join the text around it."""
+        drafts = list(drafts)
+        i = 0
+        while i < len(drafts):
+            draft = drafts[i]
+            if draft.tokens >= self.min_tokens or draft.table_piece:
+                i += 1
+                continue
+            best: tuple[tuple[bool, bool, int], int, _Draft] | None = None
+            for j in (i - 1, i + 1):
+                if not 0 <= j < len(drafts) or not (drafts[j].open_end if j < i else drafts[j].open_start):
+                    continue
+                first, second = (drafts[j], draft) if j < i else (draft, drafts[j])
+                merged = _merged(first, second)
+                if merged.tokens > self.max_tokens:
+                    continue
+                same_section = first.sections[-1:] == second.sections[:1]
+                same_standing = _standing(first) == _standing(second)
+                key = (not same_section, not same_standing, merged.tokens)
+                if best is None or key < best[0]:
+                    best = (key, j, merged)
+            if best is None:
+                i += 1
+                continue
+            _, j, merged = best
+            i = min(i, j)
+            drafts[i : i + 2] = [merged]  # it may still be small: look at it again
+        return drafts
+
     def _table_pieces(self, block: Block) -> list[str]:
         rows = html_table_rows(block.html) if block.html else []
         if not rows:
-            return [u.text for u in self._units(block)]
+            return self._packed(block.text, self.max_tokens)
         width = max(len(r) for r in rows)
         rows = [r + [""] * (width - len(r)) for r in rows]
         header, body = _markdown_row(rows[0]), [_markdown_row(r) for r in rows[1:]]
@@ -230,12 +362,13 @@ class Chunker:
         whole = "\n".join([header, rule, *body])
         if self.count(whole) <= self.max_tokens:
             return [whole]
-        if not body:
-            # One long row (an HTML layout table): no header to repeat, split it as text rather than lose it.
-            return [u.text for u in self._units(block)]
-        pieces: list[str] = []
         head = [header, rule]
         head_tokens = self.count("\n".join(head))
+        if not body or head_tokens > self.max_tokens * 3 // 4:
+            # One long row (an HTML layout table), or a header row so long (a CSV of long texts) that repeating it
+            # would leave no room for the rows: split it as text rather than lose it or overflow every piece.
+            return self._packed(whole, self.max_tokens)
+        pieces: list[str] = []
         part: list[str] = []
         part_tokens = head_tokens
         for row in body:
@@ -245,13 +378,32 @@ class Chunker:
                 part, part_tokens = [], head_tokens
             if head_tokens + row_tokens > self.max_tokens:
                 # A single row longer than a chunk: split it as text, header first.
-                pieces.extend(header + "\n" + row[a:b] for a, b in self._split_long(row))
+                pieces.extend(header + "\n" + piece for piece in self._packed(row, self.max_tokens - head_tokens))
                 continue
             part.append(row)
             part_tokens += row_tokens
         if part:
             pieces.append("\n".join(head + part))
         return pieces
+
+
+def _merged(first: _Draft, second: _Draft) -> _Draft:
+    """`first` followed by `second`, without the overlap `second` copied from the end of `first`."""
+    units = list(second.units)
+    while units and units[0].overlap:
+        units.pop(0)
+    return _Draft(
+        [*first.units, *units],
+        [*first.sections, *second.sections],
+        table_piece=first.table_piece or second.table_piece,
+        open_start=first.open_start,
+        open_end=second.open_end,
+    )
+
+
+def _standing(draft: _Draft) -> bool:
+    own = [u for u in draft.units if not u.overlap]
+    return bool(own) and all(u.boilerplate for u in own)
 
 
 def _joiner(before: str, after: str) -> str:

@@ -109,16 +109,23 @@ MAX_PARAGRAPH_CHARS = 10_000
 _LINE_CUT_TYPES = {"text/plain", "text/markdown", "text/x-rst", "text/org"}
 
 
-def partition_file(path: Path, filename: str) -> list[Block]:
+def partition_file(path: Path, filename: str, *, pdf_tables: bool = True) -> list[Block]:
     """Blocks of the file at `path`; `filename` is the name the user gave it (shown in errors, never trusted for
-    the format). Raises ParseError with a user-facing reason."""
-    return partition_bytes(path.read_bytes(), filename)
+    the format). Raises ParseError with a user-facing reason. `pdf_tables`: rebuild the tables of text-based PDF
+    pages (ingest/pdf_tables.py); False reads PDFs exactly as before that existed."""
+    return partition_bytes(path.read_bytes(), filename, pdf_tables=pdf_tables)
 
 
 def partition_bytes(
-    data: bytes, filename: str, *, depth: int = 0, limits: ArchiveLimits = DEFAULT_LIMITS
+    data: bytes,
+    filename: str,
+    *,
+    depth: int = 0,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    pdf_tables: bool = True,
 ) -> list[Block]:
-    """`limits`: how far zip-based files may unpack; for an archive's members, what the archive left of the budget."""
+    """`limits`: how far zip-based files may unpack; for an archive's members, what the archive left of the budget.
+    `pdf_tables`: as for partition_file."""
     if not data.strip():
         raise ParseError("empty: the file has no content")
     if data[:4] == b"PK\x03\x04":
@@ -157,7 +164,7 @@ def partition_bytes(
         # line a title, and its JSON partitioner reads only its own element schema.
         return _bounded([Block("text", text.strip())])
     try:
-        elements = _run_unstructured(data, mime, EXTENSIONS[mime], filename, encoding)
+        elements = _run_unstructured(data, mime, EXTENSIONS[mime], filename, encoding, pdf_tables=pdf_tables)
     except ParseError:
         if mime not in ("text/csv", "text/tsv"):
             raise
@@ -260,13 +267,15 @@ def _check_pdf_password(data: bytes) -> None:
         raise ParseError("password protected")
 
 
-def _run_unstructured(data: bytes, mime: str, extension: str, filename: str, encoding: str | None) -> list:
+def _run_unstructured(
+    data: bytes, mime: str, extension: str, filename: str, encoding: str | None, *, pdf_tables: bool = True
+) -> list:
     with tempfile.TemporaryDirectory(prefix="kb-partition-") as tmp:
         path = Path(tmp) / f"document{extension}"
         path.write_bytes(data)
         try:
             if mime == "application/pdf":
-                return _partition_pdf(path, filename)
+                return _partition_pdf(path, filename, pdf_tables=pdf_tables)
             if mime in _IMAGE_TYPES:
                 return _ocr(path, filename, mime)
             return _partition(path, filename, mime, "fast", encoding)
@@ -284,14 +293,15 @@ def _has_text(elements: list) -> bool:
     return any((e.text or "").strip() for e in elements)
 
 
-def _partition_pdf(path: Path, filename: str) -> list:
+def _partition_pdf(path: Path, filename: str, *, pdf_tables: bool = True) -> list:
     """pdfminer's text layer; where pdfminer reads nothing (it gives up on some damaged files), poppler's
-    pdftotext; where there is no text layer at all (a scan), OCR."""
+    pdftotext; where there is no text layer at all (a scan), OCR. With `pdf_tables`, the tables of the text layer
+    are rebuilt (_with_pdf_tables); the fallbacks are read as they always were."""
     failure: Exception | None = None
     try:
         elements = _partition(path, filename, "application/pdf", "fast", None)
         if _has_text(elements):
-            return elements
+            return _with_pdf_tables(path, elements) if pdf_tables else elements
     except Exception as exc:  # noqa: BLE001 - poppler may still read it
         failure = exc
     elements = _pdftotext(path, filename)
@@ -301,6 +311,121 @@ def _partition_pdf(path: Path, filename: str) -> list:
     if not _has_text(elements) and failure is not None:
         raise failure
     return elements
+
+
+# A page is searched for tables only when pdfminer's elements on it hold this many numbers in elements that are
+# mostly numbers: a statement read column by column leaves dozens; prose pages, even with figures in the sentences,
+# leave none, and skipping them keeps table detection's cost to the pages that have tables.
+_TABLE_PAGE_MIN_NUMBERS = 6
+_NUMBER_TOKEN = re.compile(r"^[($€£¥]*[-+−]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)[)%]*$|^[—–]$")
+
+
+def _numeric_tokens(text: str) -> int:
+    """How many numbers `text` holds when it is mostly numbers ("$ 1,234", "(56)", "2019 2018"), else 0."""
+    tokens = [t for t in text.split() if t not in ("$", "€", "£", "¥", "%")]
+    numbers = sum(1 for t in tokens if _NUMBER_TOKEN.match(t))
+    return numbers if tokens and numbers >= 0.6 * len(tokens) else 0
+
+
+def _table_pages(elements: list) -> list[int]:
+    counts: dict[int, int] = {}
+    for element in elements:
+        page = getattr(element.metadata, "page_number", None)
+        if page is not None and getattr(element.metadata, "coordinates", None) is not None:
+            counts[page] = counts.get(page, 0) + _numeric_tokens(element.text or "")
+    return sorted(page for page, count in counts.items() if count >= _TABLE_PAGE_MIN_NUMBERS)
+
+
+def _with_pdf_tables(path: Path, elements: list) -> list:
+    """`elements` with each table found on the pages that look like they hold one (ingest/pdf_tables.py) in
+    place of the elements it was read from: one Table element (text_as_html = its rows) where the first of them
+    stood, so reading order holds and the numbers are not indexed a second time as loose columns. Elements
+    without coordinates stay. Table detection is an improvement, never a reason to fail a document: any error
+    leaves the elements as pdfminer read them."""
+    pages = _table_pages(elements)
+    if not pages:
+        return elements
+    try:
+        from ingest.pdf_tables import find_tables
+
+        return _replace_with_tables(elements, find_tables(path, pages))
+    except Exception:  # noqa: BLE001 - pdfplumber on a damaged file, or a bug here: keep today's reading
+        logger = logging.getLogger(__name__)
+        logger.warning("PDF table detection failed; the text is kept as pdfminer read it", exc_info=True)
+        return elements
+
+
+def _element_box(element, width: float, height: float) -> tuple[float, float, float, float] | None:
+    """The element's box in points from the page's top-left corner (the tables' space), or None."""
+    from unstructured.documents.coordinates import PixelSpace
+
+    coordinates = getattr(element.metadata, "coordinates", None)
+    if coordinates is None or not coordinates.points or coordinates.system is None:
+        return None
+    points = coordinates.system.convert_multiple_coordinates_to_new_system(
+        PixelSpace(width=width, height=height), coordinates.points
+    )
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _share_inside(box: tuple[float, float, float, float], bbox: tuple[float, float, float, float]) -> float:
+    """How much of `box` lies in `bbox` (1 pt of slack), 0..1; a box without area counts by its centre."""
+    x0, top, x1, bottom = bbox[0] - 1, bbox[1] - 1, bbox[2] + 1, bbox[3] + 1
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    if area <= 0:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return 1.0 if x0 <= cx <= x1 and top <= cy <= bottom else 0.0
+    inter = max(0.0, min(box[2], x1) - max(box[0], x0)) * max(0.0, min(box[3], bottom) - max(box[1], top))
+    return inter / area
+
+
+# An element this much inside a table is the table's; one partly inside (pdfminer joined a table's labels and the
+# paragraph after it) keeps only its words outside the table.
+_INSIDE = 0.95
+_TOUCHING = 0.05
+
+
+def _replace_with_tables(elements: list, found: dict) -> list:
+    from unstructured.documents.elements import ElementMetadata, Table
+
+    out: list = []
+    placed: set[int] = set()
+
+    def place(table, element) -> None:
+        if id(table) in placed:
+            return
+        placed.add(id(table))
+        metadata = ElementMetadata(
+            page_number=table.page,
+            filename=element.metadata.filename,
+            filetype=element.metadata.filetype,
+            text_as_html=table.html,
+        )
+        out.append(Table(text=table.text, metadata=metadata))
+
+    for element in elements:
+        page = getattr(element.metadata, "page_number", None)
+        entry = found.get(page) if getattr(element, "category", "") != "Table" else None
+        box = _element_box(element, *entry.size) if entry else None
+        shares = [(_share_inside(box, t.bbox), t) for t in entry.tables] if box is not None else []
+        share, table = max(shares, key=lambda s: s[0], default=(0.0, None))
+        if table is None or share < _TOUCHING:
+            out.append(element)
+        elif share >= _INSIDE:
+            place(table, element)
+        else:
+            rest = entry.text_outside(box, table)
+            above = box[1] < table.bbox[1]
+            if rest and above:
+                element.text = rest
+                out.append(element)
+            place(table, element)
+            if rest and not above:
+                element.text = rest
+                out.append(element)
+    return out
 
 
 def _pdftotext(path: Path, filename: str) -> list:

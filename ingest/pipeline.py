@@ -20,6 +20,7 @@ from typing import Any
 from ingest.chunk import Chunker, sentences
 from ingest.formats import sniff_content_type
 from ingest.partition import Block, ParseError
+from ingest.titles import document_title
 from kb.languages import MULTILINGUAL, embedder_covers
 from kb.models import Chunk, Document, DocumentStatus, Job
 from kb.ports import BlobStore, Embedder, Registry, VectorIndex
@@ -207,8 +208,11 @@ class IngestionPipeline:
             blocks, document_id=document_id, filename=document.filename, groups=document.groups,
             version=document.version,
         )  # fmt: skip
+        # BM25 reads the title with the file name (kb.index.plan.sparse_text): questions naming the document find it.
+        title = document_title(blocks, document.filename)
         for chunk in chunks:
             chunk.staged = True
+            chunk.title = title
             # What SearchFilter.metadata / created_after / created_before match on.
             chunk.metadata = dict(document.metadata)
             chunk.created_at = document.created_at

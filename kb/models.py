@@ -76,6 +76,11 @@ class Chunk:
     # The document's metadata (filterable as SearchFilter.metadata) and creation time (SearchFilter.created_*).
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    # The document's title (its own where the file names one, else its first heading; None: the file name stands for
+    # it): BM25 reads it with the file name, so a question naming a document finds that document's chunks.
+    title: str | None = None
+    # Every page the chunk lies on is a table of contents, glossary or exhibit index: retrieval ranks it lower.
+    boilerplate: bool = False
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,8 @@ class Chunk:
             "metadata": dict(self.metadata),
             # RFC 3339 in UTC, the form Qdrant's datetime index and range filter read.
             "created_at": _rfc3339(self.created_at) if self.created_at else None,
+            "title": self.title,
+            "boilerplate": self.boilerplate,
         }
 
 
@@ -116,6 +123,7 @@ class Passage:
     context: list[Passage] = field(default_factory=list)
     # The document's access groups: checked again before a passage leaves the service (the index filters first).
     groups: list[str] = field(default_factory=list)
+    boilerplate: bool = False  # Chunk.boilerplate
 
     def visible_to(self, groups: list[str] | None) -> bool:
         """None: an unrestricted caller (admin, or auth switched off)."""
@@ -144,6 +152,7 @@ class Passage:
             ordinal=int(payload.get("ordinal") or 0),
             page_starts=[(int(o), int(p)) for o, p in payload.get("page_starts") or []],
             groups=list(payload.get("groups") or []),
+            boilerplate=bool(payload.get("boilerplate")),
         )
 
 

@@ -55,6 +55,12 @@ class IndexSettings(BaseModel):
     # Chunks indexed before these terms existed match on words alone until they are ingested again.
     bm25_pair_weight: float = Field(default=0.25, ge=0)
     bm25_han_bigram_weight: float = Field(default=0.25, ge=0)
+    # How many times each chunk's BM25 text repeats its document's name (the file name's words and the title,
+    # kb.index.plan.sparse_text) before the chunk's own text, so a question naming a document finds its chunks; 0: off.
+    # Document-side: a change applies to chunks ingested after it. The dense vectors never read the name. 2: on
+    # TAT-QA reports named by company (bench.titles) recall@5 of the named document 0.82 -> 0.98 (1: 0.97, 3: 0.99),
+    # questions naming no document unchanged at recall@5, -0.3 points at recall@1 (bench/RESULTS.md, issue 19).
+    name_weight: int = Field(default=2, ge=0, le=10)
 
 
 class GeneratorSettings(BaseModel):
@@ -133,6 +139,10 @@ class RetrievalSettings(BaseModel):
     reranker_model: str = ""
     reranker_device: str = "cpu"
     rerank_candidates: int = 30
+    # Passages flagged boilerplate (Chunk.boilerplate: contents pages, glossaries, exhibit indexes) rank with their
+    # fused (or reranked) score times this: they match many questions' words yet rarely answer them. 0.5 lets a
+    # boilerplate passage lead only when it scores twice what the best content passage does; 1.0: off.
+    boilerplate_weight: float = Field(default=0.5, gt=0, le=1)
 
 
 class IngestSettings(BaseModel):

@@ -54,14 +54,17 @@ class Bm25Terms:
 
     pair_weight: float = 0.25
     han_bigram_weight: float = 0.25
+    # Document-side, unlike the weights: how often a chunk's sparse text repeats its document's name
+    # (kb.index.plan.sparse_text; IndexSettings.name_weight).
+    name_repeats: int = 2
 
     def __post_init__(self) -> None:
-        if self.pair_weight < 0 or self.han_bigram_weight < 0:
+        if self.pair_weight < 0 or self.han_bigram_weight < 0 or self.name_repeats < 0:
             raise ValueError("BM25 term weights must be >= 0")
 
     @classmethod
     def from_settings(cls, index: IndexSettings) -> Bm25Terms:
-        return cls(index.bm25_pair_weight, index.bm25_han_bigram_weight)
+        return cls(index.bm25_pair_weight, index.bm25_han_bigram_weight, index.name_weight)
 
 
 # Letters and digits of any script: the runs Qdrant's word tokenizer keeps (punctuation and spaces split).

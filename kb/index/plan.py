@@ -7,6 +7,7 @@ deep, what a point holds. kb.adapters.edge_index (qdrant_edge) and kb.adapters.q
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -175,6 +176,45 @@ def sentence_multivector(
     return [[float(x) for x in vector], *([float(x) for x in v] for v in sentence_vectors or ())]
 
 
+# A file name's extension: a few letters and digits after its last dot, with a letter ("pdf", "docx", "mp4").
+_EXTENSION = re.compile(r"\.(?=[A-Za-z0-9]{0,4}[A-Za-z])[A-Za-z0-9]{1,5}$")
+# Where a file name's words part: separators, and camelCase ("AnnualReport", "XMLParser" -> "XML Parser").
+_NAME_SEPARATORS = re.compile(r"[\s_.\-]+|(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NAME_WORD = re.compile(r"[^\W_]+")
+
+
+def name_words(filename: str) -> list[str]:
+    """The words of a file name that can name its document: the stem split at `_ - .`, spaces and camelCase.
+    Words without a letter are dropped: in file names they are mostly counters, dates and ids ("scan_0003",
+    "20190331", "v2" keeps its letter), which would match any question quoting a number; a year the document is about
+    is in its text anyway."""
+    stem = _EXTENSION.sub("", filename.strip())
+    words = []
+    for part in _NAME_SEPARATORS.split(stem):
+        words.extend(w for w in _NAME_WORD.findall(part) if not w.isdigit())
+    return words
+
+
+def document_name(chunk: Chunk) -> str:
+    """What names the chunk's document: its file name's words, then its title (Chunk.title) unless the title only
+    repeats them."""
+    words = name_words(chunk.filename)
+    title = (chunk.title or "").strip()
+    if title and not {w.lower() for w in _NAME_WORD.findall(title)} <= {w.lower() for w in words}:
+        words.append(title)
+    return " ".join(words)
+
+
+def sparse_text(chunk: Chunk, name_repeats: int) -> str:
+    """What BM25 encodes for a chunk: its document's name `name_repeats` times (`document_name`), then the embedded
+    text (section heading included, as the dense side sees it). The name lets a question that names a document
+    ("For Norwell Industries, what ...") find the document's chunks, which seldom repeat its name themselves; the
+    dense vector is not given it (a name shifts every chunk's vector towards the same point)."""
+    body = chunk.embed_text or chunk.text
+    name = document_name(chunk) if name_repeats > 0 else ""
+    return "\n".join([*([name] * name_repeats), body]) if name else body
+
+
 def points(
     chunks: Sequence[Chunk],
     vectors: Sequence[Sequence[float]],
@@ -182,9 +222,14 @@ def points(
     encoder: Encoder,
     *,
     with_sentences: bool,
+    name_repeats: int | None = None,
 ) -> list[IndexPoint]:
-    """The points of VectorIndex.upsert; BM25 encodes the embedded text (section heading included) like the dense
-    side. `with_sentences`: the index holds sentence vectors (one written before they existed does not)."""
+    """The points of VectorIndex.upsert; BM25 encodes `sparse_text` (the document's name and the embedded text).
+    `with_sentences`: the index holds sentence vectors (one written before they existed does not). `name_repeats`:
+    None reads the encoder's setting (Bm25Encoder.terms, IndexSettings.name_weight); an encoder without one
+    encodes the embedded text alone."""
+    if name_repeats is None:
+        name_repeats = getattr(getattr(encoder, "terms", None), "name_repeats", 0)
     per_chunk = sentence_vectors_per_chunk(chunks, vectors, sentence_vectors)
     built = []
     for chunk, vector, sentences in zip(chunks, vectors, per_chunk, strict=True):
@@ -193,7 +238,7 @@ def points(
             IndexPoint(
                 id=chunk.chunk_id,
                 dense=dense,
-                sparse=encoder.document(chunk.embed_text or chunk.text),
+                sparse=encoder.document(sparse_text(chunk, name_repeats)),
                 sentences=sentence_multivector(dense, sentences) if with_sentences else None,
                 payload=chunk.payload(),
             )

@@ -16,6 +16,7 @@ import pytest
 from kb.adapters.edge_index import EdgeVectorIndex, _config
 from kb.adapters.qdrant_server_index import QdrantServerIndex
 from kb.index.bm25 import Bm25Encoder, Bm25Terms, han_bigrams, word_pairs
+from kb.index import plan
 from kb.index.fusion import HybridFusion
 from kb.index.schema import SPARSE_VECTOR
 from kb.models import Chunk, SearchFilter
@@ -528,8 +529,10 @@ def test_both_adapters_store_identical_sparse_vectors(tmp_path: Path) -> None:
     assert dict(zip(edge_sparse.indices, edge_sparse.values, strict=True)) == pytest.approx(
         dict(zip(local_sparse.indices, local_sparse.values, strict=True))
     )
-    # Words, word pairs and Han bigrams all in the one vector.
-    assert set(Bm25Encoder().document(text).indices) == set(edge_sparse.indices)
+    # Words, word pairs and Han bigrams all in the one vector; the document's name (file name words) before the text.
+    named = plan.sparse_text(stored, Bm25Terms().name_repeats)
+    assert named != text and named.endswith(text)
+    assert set(Bm25Encoder().document(named).indices) == set(edge_sparse.indices)
     assert set(word_pairs("running notes")) <= set(edge_sparse.indices)
     assert set(han_bigrams("检察")) <= set(edge_sparse.indices)
 
