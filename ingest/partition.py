@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import email.policy
@@ -13,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -299,9 +301,10 @@ def _partition_pdf(path: Path, filename: str, *, pdf_tables: bool = True) -> lis
     are rebuilt (_with_pdf_tables); the fallbacks are read as they always were."""
     failure: Exception | None = None
     try:
-        elements = _partition(path, filename, "application/pdf", "fast", None)
+        with _page_words_capture(pdf_tables) as captured:
+            elements = _partition(path, filename, "application/pdf", "fast", None)
         if _has_text(elements):
-            return _with_pdf_tables(path, elements) if pdf_tables else elements
+            return _with_pdf_tables(path, elements, captured) if pdf_tables else elements
     except Exception as exc:  # noqa: BLE001 - poppler may still read it
         failure = exc
     elements = _pdftotext(path, filename)
@@ -336,19 +339,39 @@ def _table_pages(elements: list) -> list[int]:
     return sorted(page for page, count in counts.items() if count >= _TABLE_PAGE_MIN_NUMBERS)
 
 
-def _with_pdf_tables(path: Path, elements: list) -> list:
+def _is_table_page(page_elements: list) -> bool:
+    """The gate of _table_pages for the elements of one page, as unstructured builds them."""
+    return bool(_table_pages(page_elements))
+
+
+@contextlib.contextmanager
+def _page_words_capture(pdf_tables: bool) -> Iterator[dict]:
+    """The words of the pages that pass the table gate, kept from unstructured's own pdfminer pass while inside
+    (ingest.pdf_tables.capture_words), so table detection does not interpret those pages a second time. Nothing
+    is captured without `pdf_tables`, or where capturing is not possible (table detection then reads the pages)."""
+    if not pdf_tables:
+        yield {}
+        return
+    from ingest.pdf_tables import capture_words
+
+    with capture_words(_is_table_page) as captured:
+        yield captured
+
+
+def _with_pdf_tables(path: Path, elements: list, captured: dict | None = None) -> list:
     """`elements` with each table found on the pages that look like they hold one (ingest/pdf_tables.py) in
     place of the elements it was read from: one Table element (text_as_html = its rows) where the first of them
     stood, so reading order holds and the numbers are not indexed a second time as loose columns. Elements
-    without coordinates stay. Table detection is an improvement, never a reason to fail a document: any error
-    leaves the elements as pdfminer read them."""
+    without coordinates stay. `captured`: words of pages kept from unstructured's pass (_page_words_capture).
+    Table detection is an improvement, never a reason to fail a document: any error leaves the elements as
+    pdfminer read them."""
     pages = _table_pages(elements)
     if not pages:
         return elements
     try:
         from ingest.pdf_tables import find_tables
 
-        return _replace_with_tables(elements, find_tables(path, pages))
+        return _replace_with_tables(elements, find_tables(path, pages, captured))
     except Exception:  # noqa: BLE001 - pdfplumber on a damaged file, or a bug here: keep today's reading
         logger = logging.getLogger(__name__)
         logger.warning("PDF table detection failed; the text is kept as pdfminer read it", exc_info=True)

@@ -13,8 +13,9 @@ This module finds the shape a statement has on the page and rebuilds its rows:
 
 Why not pdfplumber's own table finder: with its "text" strategies it takes a whole page of prose for one table and
 cuts words across its guessed columns on LibreOffice-rendered TAT-QA statements (measured, issue 19). pdfplumber's
-word positions are exact, though; the clustering here works on them. Reading them costs about as much as
-unstructured's own reading of the page, so ingest.partition searches only pages that look like they hold a table.
+word positions are exact, though; the clustering here works on them. ingest.partition searches only pages that
+look like they hold a table, and takes their words from unstructured's own pdfminer pass (capture_words) instead of
+interpreting those pages a second time.
 A page without that shape (prose, multi-column papers, lists, a table of contents: lines with one number, or words
 after the numbers) yields nothing.
 
@@ -26,9 +27,12 @@ from __future__ import annotations
 
 import html
 import itertools
+import logging
 import re
 import statistics
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -748,17 +752,18 @@ class PageTables:
         return "\n".join(" ".join(c.text for c in line.cells) for line in _lines(inside_box))
 
 
-def _chars(page) -> list[dict]:
-    """The page's characters with only what word building reads (text, box, upright, size), taken from
-    pdfminer's layout objects as pdfplumber computes them. `page.chars` turns every character into a dict of all
-    its attributes (colours, graphic state, font name resolved) first: half of the cost of reading a page's words,
-    for nothing the tables use."""
+def _chars(objects: Iterable, height: float, mediabox: tuple) -> list[dict]:
+    """The characters among pdfminer layout `objects` (in the order pdfminer made them, figures walked into) with
+    only what word building reads (text, box, upright, size), computed as pdfplumber computes them for a page of
+    `height` and `mediabox`. `page.chars` turns every character into a dict of all its attributes (colours,
+    graphic state, font name resolved) first: half of the cost of reading a page's words, for nothing the tables
+    use."""
     from pdfminer.layout import LTChar, LTContainer
 
-    height = float(page.height)
-    mb_x0, mb_top = float(page.mediabox[0]), float(page.mediabox[1])
+    height = float(height)
+    mb_x0, mb_top = float(mediabox[0]), float(mediabox[1])
     chars: list[dict] = []
-    stack = list(reversed(list(page.layout)))
+    stack = list(reversed(list(objects)))
     while stack:
         obj = stack.pop()
         if isinstance(obj, LTChar):
@@ -780,11 +785,12 @@ def _chars(page) -> list[dict]:
     return chars
 
 
-def _words(page) -> list[dict]:
+def _words_of(objects: Iterable, page) -> list[dict]:
+    """The words of pdfminer layout `objects` laid out on `page` (a pdfplumber Page: its boxes, not its layout)."""
     from pdfplumber.utils.text import WordExtractor
 
     extractor = WordExtractor(x_tolerance=1.5, y_tolerance=2, keep_blank_chars=False, extra_attrs=["size"])
-    words = extractor.extract_words(_chars(page))
+    words = extractor.extract_words(_chars(objects, page.height, page.mediabox))
     if page.bbox[0] or page.bbox[1]:  # a page whose box does not start at the origin: coordinates from its corner
         for w in words:
             w["x0"] -= page.bbox[0]
@@ -794,23 +800,185 @@ def _words(page) -> list[dict]:
     return words
 
 
-def find_tables(path: Path, pages: Iterable[int]) -> dict[int, PageTables]:
-    """Tables on the given 1-based pages of the PDF at `path`, by page number; pages without any are left out."""
-    import pdfplumber
+def _words(page) -> list[dict]:
+    return _words_of(page.layout, page)
 
+
+# What table detection reads of a word, in this order: a captured page keeps its words as tuples of these (a
+# word's dict from WordExtractor holds twice as many entries).
+_WORD_KEYS = ("text", "x0", "x1", "top", "bottom", "size")
+
+
+@dataclass(frozen=True)
+class PageWords:
+    """One page's words as table detection reads them, kept from unstructured's own pdfminer pass."""
+
+    size: tuple[float, float]
+    words: list[tuple]
+
+    def dicts(self) -> list[dict]:
+        return [dict(zip(_WORD_KEYS, w)) for w in self.words]
+
+
+def find_tables(
+    path: Path, pages: Iterable[int], captured: Mapping[int, PageWords] | None = None
+) -> dict[int, PageTables]:
+    """Tables on the given 1-based pages of the PDF at `path`, by page number; pages without any are left out.
+    A page in `captured` (capture_words during unstructured's pass) is not read again; the others are read with
+    pdfplumber."""
+    captured = captured or {}
     wanted = sorted(set(pages))
     found: dict[int, PageTables] = {}
-    if not wanted:
+
+    def add(number: int, size: tuple[float, float], words: list[dict]) -> None:
+        tables = tables_from_words(words, number)
+        if tables:
+            found[number] = PageTables(
+                size, tables, [(w["x0"], w["top"], w["x1"], w["bottom"], w["text"]) for w in words]
+            )
+
+    for number in wanted:
+        if number in captured:
+            add(number, captured[number].size, captured[number].dicts())
+    missing = [number for number in wanted if number not in captured]
+    if not missing:
         return found
-    with pdfplumber.open(str(path), pages=wanted) as pdf:
+    import pdfplumber
+
+    with pdfplumber.open(str(path), pages=missing) as pdf:
         for page in pdf.pages:
-            words = _words(page)
-            tables = tables_from_words(words, page.page_number)
-            if tables:
-                found[page.page_number] = PageTables(
-                    (float(page.width), float(page.height)),
-                    tables,
-                    [(w["x0"], w["top"], w["x1"], w["bottom"], w["text"]) for w in words],
-                )
+            add(page.page_number, (float(page.width), float(page.height)), _words(page))
             page.close()
-    return found
+    return dict(sorted(found.items()))
+
+
+# --- words from unstructured's own pdfminer pass -----------------------------------------------------------------
+#
+# unstructured's fast strategy interprets every page with pdfminer (pdfminer_utils.open_pdfminer_pages_generator)
+# and then drops the layout; reading a table page's words again with pdfplumber interprets the page a second time,
+# about half of table detection's cost. capture_words keeps, for the pages that pass a gate, the words of that
+# first interpretation instead. Two hooks, both looked up by name at call time inside unstructured:
+# - pdfminer_utils.init_pdfminer: the device it makes notes each page's objects before pdfminer's layout analysis
+#   regroups them into text boxes (pdfplumber reads a page without that analysis: the same characters, in the order
+#   of the page's content stream, which word building depends on);
+# - pdf._pdfminer_page_elements: once a page's elements are built, a page the gate accepts gets its words.
+# Both hooks act only for the thread inside capture_words and are in place only while some thread is; a change in
+# unstructured that bypasses them leaves nothing captured, and find_tables then reads those pages again.
+
+_capture_state = threading.local()
+_hooks_lock = threading.Lock()
+_hooks_users = 0
+_hooks_originals: list[tuple[object, str, object]] = []
+
+
+@dataclass
+class _Capture:
+    gate: Callable[[list], bool]
+    found: dict[int, PageWords]
+    # the page pdfminer interpreted last: (its LTPage, its PDFPage, its objects before layout analysis)
+    last: tuple | None = None
+
+
+def _current() -> _Capture | None:
+    return getattr(_capture_state, "capture", None)
+
+
+def _hooked_init_pdfminer(original: Callable) -> Callable:
+    def init_pdfminer(*args, **kwargs):
+        device, interpreter = original(*args, **kwargs)
+        capture = _current()
+        end_page = getattr(device, "end_page", None)
+        if capture is not None and end_page is not None:
+
+            def noting_end_page(page, *rest, **kw):
+                layout = getattr(device, "cur_item", None)  # the page's LTPage, set by begin_page
+                capture.last = None if layout is None else (layout, page, list(layout))
+                return end_page(page, *rest, **kw)
+
+            device.end_page = noting_end_page
+        return device, interpreter
+
+    return init_pdfminer
+
+
+def _hooked_page_elements(original: Callable) -> Callable:
+    def page_elements(page, page_layout, *args, **kwargs):
+        elements = original(page, page_layout, *args, **kwargs)
+        capture = _current()
+        if capture is None or capture.last is None or capture.last[0] is not page_layout:
+            return elements
+        _, pdf_page, objects = capture.last
+        capture.last = None
+        number = kwargs.get("page_number", args[0] if args else None)
+        try:
+            if isinstance(number, int) and capture.gate(elements):
+                capture.found[number] = _page_words(pdf_page, objects, number)
+        except Exception:  # noqa: BLE001 - never fail unstructured's reading; find_tables reads the page itself
+            logging.getLogger(__name__).debug("words of page %s not captured", number, exc_info=True)
+        return elements
+
+    return page_elements
+
+
+def _page_words(pdf_page, objects: list, number: int) -> PageWords:
+    from pdfplumber.page import Page
+
+    page = Page(None, pdf_page, number)  # pdfplumber's boxes of the page (read from its dictionary alone)
+    words = _words_of(objects, page)
+    return PageWords(
+        (float(page.width), float(page.height)), [tuple(w[k] for k in _WORD_KEYS) for w in words]
+    )
+
+
+def _install_hooks() -> None:
+    global _hooks_users
+    with _hooks_lock:
+        if _hooks_users == 0:
+            from unstructured.partition import pdf
+            from unstructured.partition.pdf_image import pdfminer_utils
+
+            targets = [
+                (pdfminer_utils, "init_pdfminer", _hooked_init_pdfminer),
+                (pdf, "_pdfminer_page_elements", _hooked_page_elements),
+            ]
+            originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
+            for (module, name, hook), (_, _, original) in zip(targets, originals, strict=True):
+                setattr(module, name, hook(original))
+            _hooks_originals[:] = originals
+        _hooks_users += 1
+
+
+def _remove_hooks() -> None:
+    global _hooks_users
+    with _hooks_lock:
+        _hooks_users -= 1
+        if _hooks_users == 0:
+            for module, name, original in _hooks_originals:
+                setattr(module, name, original)
+            _hooks_originals.clear()
+
+
+@contextmanager
+def capture_words(gate: Callable[[list], bool]) -> Iterator[dict[int, PageWords]]:
+    """While inside, unstructured's fast PDF reading in this thread keeps the words (PageWords, by 1-based page
+    number) of each page whose elements `gate` accepts; other pages keep nothing (a long filing's pages would cost
+    memory for nothing). The dict yielded fills as unstructured reads; it may miss pages (unstructured read the
+    file another way, or a page failed), which find_tables then reads itself."""
+    found: dict[int, PageWords] = {}
+    try:
+        _install_hooks()
+    except Exception:  # noqa: BLE001 - unstructured moved: table detection reads the pages itself
+        logging.getLogger(__name__).debug("cannot capture pdfminer's pages", exc_info=True)
+        hooked = False
+    else:
+        hooked = True
+    if not hooked:
+        yield found
+        return
+    outer = _current()
+    _capture_state.capture = _Capture(gate, found)
+    try:
+        yield found
+    finally:
+        _capture_state.capture = outer
+        _remove_hooks()

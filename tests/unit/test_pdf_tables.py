@@ -1,7 +1,10 @@
 """The rules of ingest/pdf_tables.py on word layouts written out by hand (positions in points, as pdfplumber gives
-them), and the swap of unstructured's elements for a table (real unstructured element classes)."""
+them), the swap of unstructured's elements for a table (real unstructured element classes), and the words kept
+from unstructured's own pdfminer pass (real unstructured on small corpus PDFs)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +345,154 @@ def test_unit_centred_under_the_years_and_dollar_dashes_stay_apart():
         ["Inventories", "149", "-", "149"],
         ["Goodwill", "725", "12", "737"],
     ]
+
+
+# --- words kept from unstructured's own pdfminer pass (capture_words) ---------------------------------------------
+
+CORPUS_PDF = Path("/work/shared/corpus/docs/pdf")
+corpus = pytest.mark.skipif(not CORPUS_PDF.is_dir(), reason="the shared corpus is not mounted")
+
+
+def _read_with_capture(path: Path, gate) -> dict:
+    from ingest.partition import _partition
+    from ingest.pdf_tables import capture_words
+
+    with capture_words(gate) as captured:
+        _partition(path, path.name, "application/pdf", "fast", None)
+    return captured
+
+
+@corpus
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fake-bold-sample.pdf",  # every character drawn twice: word building depends on the characters' order
+        "rotated-page-90.pdf",  # /Rotate 90: the page's boxes turned as pdfplumber turns them
+        "negative-coords.pdf",  # a media box not at the origin
+        "figure-overlay-text.pdf",  # text inside a form XObject (a figure), walked into
+    ],
+)
+def test_captured_words_are_the_words_of_a_second_pdfplumber_pass(name: str):
+    """Every page captured (a gate that takes all) holds exactly the words (text, box, size) and page size that
+    reading the page again with pdfplumber gives, so table detection sees the same page either way."""
+    import pdfplumber
+
+    from ingest.pdf_tables import _WORD_KEYS, _words
+
+    path = CORPUS_PDF / name
+    captured = _read_with_capture(path, lambda elements: True)
+    with pdfplumber.open(str(path)) as pdf:
+        assert sorted(captured) == [page.page_number for page in pdf.pages]
+        for page in pdf.pages:
+            words = [tuple(w[k] for k in _WORD_KEYS) for w in _words(page)]
+            assert words, f"{name} page {page.page_number} has words"
+            assert captured[page.page_number].words == words
+            assert captured[page.page_number].size == (float(page.width), float(page.height))
+
+
+@corpus
+def test_capture_keeps_only_the_pages_the_gate_takes_and_then_unhooks():
+    """A 2-page paper: the gate sees each page's own elements; a refused page keeps nothing. Outside the block
+    (and in other threads during it) unstructured runs unhooked."""
+    import threading
+
+    from unstructured.partition import pdf
+    from unstructured.partition.pdf_image import pdfminer_utils
+
+    originals = (pdf._pdfminer_page_elements, pdfminer_utils.init_pdfminer)
+    path = CORPUS_PDF / "multi-column-2p.pdf"
+    seen: list[int] = []
+
+    def second_page_only(elements: list) -> bool:
+        pages = {e.metadata.page_number for e in elements}
+        assert len(pages) == 1
+        seen.extend(pages)
+        return pages == {2}
+
+    assert sorted(_read_with_capture(path, second_page_only)) == [2]
+    assert seen == [1, 2]
+    assert (pdf._pdfminer_page_elements, pdfminer_utils.init_pdfminer) == originals
+
+    from ingest.partition import _partition
+    from ingest.pdf_tables import capture_words
+
+    PDF = "application/pdf"  # noqa: N806
+    read: list = []
+    with capture_words(lambda elements: True) as captured:
+        # Another thread reading meanwhile, outside any capture: its pages are nobody's.
+        thread = threading.Thread(target=lambda: read.extend(_partition(path, path.name, PDF, "fast", None)))
+        thread.start()
+        thread.join()
+    assert read and captured == {}
+    assert (pdf._pdfminer_page_elements, pdfminer_utils.init_pdfminer) == originals
+
+
+def test_find_tables_reads_captured_pages_from_their_words_alone():
+    """A captured page is not read again: the file need not even exist."""
+    from ingest.pdf_tables import _WORD_KEYS, PageWords, find_tables
+
+    words = [tuple(w[k] for k in _WORD_KEYS) for w in statement()]
+    found = find_tables(Path("/nonexistent.pdf"), [3], {3: PageWords((612.0, 792.0), words)})
+    (table,) = found[3].tables
+    assert table.rows == tables_from_words(statement(), 3)[0].rows
+    assert found[3].size == (612.0, 792.0)
+
+
+def _statement_pdf(path: Path) -> Path:
+    """A one-page PDF written with pikepdf: a sentence, then a statement in Courier (10 pt, 6 pt a character, so
+    amounts are right-aligned exactly) under its years, without ruling lines."""
+    import pikepdf
+
+    rows = [
+        ("", ("2019", "2018", "2017")),
+        ("Net sales", ("1,496.5", "1,202.9", "1,107.7")),
+        ("Cost of sales", ("(1,010.2)", "(845.3)", "(790.1)")),
+        ("Restructuring", ("-", "12.4", "-")),
+        ("Operating income", ("284.9", "157.2", "140.7")),
+    ]
+    ops = ["BT /F1 10 Tf 72 720 Td (Results of operations are set out below.) Tj ET"]
+    for i, (name, values) in enumerate(rows):
+        y = 690 - 14 * i
+        if name:
+            ops.append(f"BT /F1 10 Tf 72 {y} Td ({name}) Tj ET")
+        for right, value in zip((350, 430, 510), values, strict=True):
+            ops.append(f"BT /F1 10 Tf {right - 6 * len(value)} {y} Td ({value}) Tj ET")
+    pdf = pikepdf.new()
+    font = pikepdf.Dictionary(Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Courier)
+    page = pdf.add_blank_page(page_size=(612, 792))
+    page.obj.Resources = pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=pdf.make_indirect(font)))
+    page.obj.Contents = pdf.make_stream("\n".join(ops).encode())
+    pdf.save(path)
+    return path
+
+
+def test_partition_with_captured_words_equals_the_second_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A statement page's words are captured during unstructured's pass (table detection gets them), and the
+    blocks are the same as when pdfplumber reads the page again (capture switched off)."""
+    import contextlib
+
+    import ingest.partition as partition_module
+    import ingest.pdf_tables
+    from ingest.partition import partition_file
+
+    path = _statement_pdf(tmp_path / "statement.pdf")
+    given: list[set[int]] = []
+    find_tables = ingest.pdf_tables.find_tables
+
+    def noting(path: Path, pages, captured=None):
+        given.append(set(captured or {}))
+        return find_tables(path, pages, captured)
+
+    monkeypatch.setattr(ingest.pdf_tables, "find_tables", noting)
+    captured = partition_file(path, path.name)
+    assert given == [{1}]
+    (table,) = [b for b in captured if b.kind == "table"]
+    assert "<td>Cost of sales</td><td>(1,010.2)</td><td>(845.3)</td><td>(790.1)</td>" in table.html
+
+    @contextlib.contextmanager
+    def nothing_captured(pdf_tables: bool):
+        yield {}
+
+    monkeypatch.setattr(partition_module, "_page_words_capture", nothing_captured)
+    assert captured == partition_file(path, path.name)
+    assert given[1] == set()
