@@ -350,7 +350,6 @@ def test_unit_centred_under_the_years_and_dollar_dashes_stay_apart():
 # --- words kept from unstructured's own pdfminer pass (capture_words) ---------------------------------------------
 
 CORPUS_PDF = Path("/work/shared/corpus/docs/pdf")
-corpus = pytest.mark.skipif(not CORPUS_PDF.is_dir(), reason="the shared corpus is not mounted")
 
 
 def _read_with_capture(path: Path, gate) -> dict:
@@ -362,7 +361,6 @@ def _read_with_capture(path: Path, gate) -> dict:
     return captured
 
 
-@corpus
 @pytest.mark.parametrize(
     "name",
     [
@@ -390,7 +388,6 @@ def test_captured_words_are_the_words_of_a_second_pdfplumber_pass(name: str):
             assert captured[page.page_number].size == (float(page.width), float(page.height))
 
 
-@corpus
 def test_capture_keeps_only_the_pages_the_gate_takes_and_then_unhooks():
     """A 2-page paper: the gate sees each page's own elements; a refused page keeps nothing. Outside the block
     (and in other threads during it) unstructured runs unhooked."""

@@ -195,7 +195,6 @@ CORPUS = Path("/work/shared/corpus/docs")
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="the shared corpus is not mounted")
 def test_a_real_filing_contents_table_is_boilerplate_and_its_cover_page_is_not() -> None:
     # The first page of a real 10-K in HTML: the cover page's check boxes and the registrant's name are content;
     # the contents table (items and page numbers, under "TABLE OF CONTENTS") is boilerplate, and nothing else is.
