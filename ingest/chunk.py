@@ -34,6 +34,8 @@ from kb.text import HAN
 
 _CHUNK_NAMESPACE = uuid.UUID("6f1c1f8e-2f55-4a8e-9a57-3d1f0d6b2c11")
 # A sentence ends at Western or CJK terminal punctuation (followed by space for Western) or at a line break.
+# A lead-in set apart from its table by another paragraph still says that a table follows.
+_ANNOUNCES = re.compile(r"\b(?:tables?|following|below|as follows)\b|如下|下表|以下", re.IGNORECASE)
 _PARAGRAPH_END = re.compile(r"[。！？.!?:：;；)）\]】\"”]$")
 _SENTENCE_SPLIT = re.compile(r"(?<=[。！？；])|(?<=[.!?;])\s+|\n+")
 
@@ -256,15 +258,28 @@ class Chunker:
                 continue
             bare_heading = None
             if block.kind == "table":
+                # The sentence that introduces the table ("The following table summarizes … (in millions):") goes
+                # with its rows, on every piece: it says what the numbers are and in which unit, and a question
+                # worded like it finds the rows, not a chunk of the sentence alone. When the text before the table
+                # is little more than that sentence (a heading and its lead-in), all of it moves to the table.
+                lead, moved = self._lead_in(current)
+                copy = [replace(lead, overlap=True)] if lead else []  # repeated: not the piece's own text
+                if moved:
+                    first_prefix, prefix = [u for u in current.units if not u.overlap], copy
+                    current.units = []
+                else:
+                    first_prefix = prefix = copy
                 current = flush(keep_overlap=False)
                 current.units = []
-                pieces = self._table_pieces(block)
+                reserve = max(sum(u.tokens for u in first_prefix), sum(u.tokens for u in prefix))
+                pieces = self._table_pieces(block, reserve)
                 for number, table_text in enumerate(pieces):
-                    unit = _Unit(table_text, self.count(table_text), block.page, boilerplate=flagged)
+                    unit = _Unit(table_text, self.count(table_text), block.page, continues_with="\n",
+                                 boilerplate=flagged)  # fmt: skip
                     split = len(pieces) > 1
                     drafts.append(
                         _Draft(
-                            [unit],
+                            [*(first_prefix if number == 0 else prefix), unit],
                             here(),
                             table_piece=split,
                             open_start=not split or number == 0,
@@ -351,34 +366,52 @@ class Chunker:
             drafts[i : i + 2] = [merged]  # it may still be small: look at it again
         return drafts
 
-    def _table_pieces(self, block: Block) -> list[str]:
+    def _lead_in(self, draft: _Draft) -> tuple[_Unit | None, bool]:
+        """The unit of `draft` that introduces a table coming next, and whether the whole draft should move to the
+        table (its other text is under `min_tokens`: a heading, a unit line). A lead-in ends with a colon, is at
+        most a quarter of a chunk, and is the draft's last unit, or the one before when it names what follows
+        ("table", "following", "below": a note set between them by the page's layout)."""
+        own = [u for u in draft.units if not u.overlap]
+        for back, unit in enumerate(reversed(own[-2:])):
+            text = unit.text.rstrip()
+            if not text.endswith((":", "：")) or unit.tokens > self.max_tokens // 4:
+                continue
+            if back and not _ANNOUNCES.search(text):
+                continue
+            rest = sum(u.tokens for u in own) - unit.tokens
+            return unit, rest < self.min_tokens
+        return None, False
+
+    def _table_pieces(self, block: Block, reserve: int = 0) -> list[str]:
+        """The table as Markdown pieces of at most `max_tokens - reserve` tokens, each with its header row."""
+        budget = self.max_tokens - reserve
         rows = html_table_rows(block.html) if block.html else []
         if not rows:
-            return self._packed(block.text, self.max_tokens)
+            return self._packed(block.text, budget)
         width = max(len(r) for r in rows)
         rows = [r + [""] * (width - len(r)) for r in rows]
         header, body = _markdown_row(rows[0]), [_markdown_row(r) for r in rows[1:]]
         rule = "| " + " | ".join("---" for _ in range(width)) + " |"
         whole = "\n".join([header, rule, *body])
-        if self.count(whole) <= self.max_tokens:
+        if self.count(whole) <= budget:
             return [whole]
         head = [header, rule]
         head_tokens = self.count("\n".join(head))
-        if not body or head_tokens > self.max_tokens * 3 // 4:
+        if not body or head_tokens > budget * 3 // 4:
             # One long row (an HTML layout table), or a header row so long (a CSV of long texts) that repeating it
             # would leave no room for the rows: split it as text rather than lose it or overflow every piece.
-            return self._packed(whole, self.max_tokens)
+            return self._packed(whole, budget)
         pieces: list[str] = []
         part: list[str] = []
         part_tokens = head_tokens
         for row in body:
             row_tokens = self.count(row) + 1
-            if part and part_tokens + row_tokens > self.max_tokens:
+            if part and part_tokens + row_tokens > budget:
                 pieces.append("\n".join(head + part))
                 part, part_tokens = [], head_tokens
-            if head_tokens + row_tokens > self.max_tokens:
+            if head_tokens + row_tokens > budget:
                 # A single row longer than a chunk: split it as text, header first.
-                pieces.extend(header + "\n" + piece for piece in self._packed(row, self.max_tokens - head_tokens))
+                pieces.extend(header + "\n" + piece for piece in self._packed(row, budget - head_tokens))
                 continue
             part.append(row)
             part_tokens += row_tokens

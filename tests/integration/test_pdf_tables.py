@@ -92,6 +92,52 @@ def chunker() -> Chunker:
     return Chunker(Tokens(), 200, 32)
 
 
+def test_a_statement_uploaded_through_the_api_is_searched_by_its_rows(filings: dict[str, Path], tmp_path: Path):
+    """The door a user meets: the statement uploaded with other PDFs through POST /v1/documents, ingested by the
+    service's own pipeline, and a question about one row answered by /v1/search with that row under its years."""
+    import time
+
+    from litestar.testing import TestClient
+
+    from kb.settings import Settings
+    from service.app import create_app
+
+    settings = Settings(data_dir=tmp_path)
+    others = [CORPUS_PDF / name for name in ("all-number-table.pdf", "fake-memo.pdf", "emphasis-text.pdf")]
+    with TestClient(app=create_app(settings, with_generator=False), timeout=120) as client:
+        headers = {"Authorization": f"Bearer {settings.admin_key_path.read_text().strip()}"}
+        files = [("files", ("acme-annual-report-2019.pdf", filings["middle"].read_bytes(), "application/pdf"))]
+        files += [("files", (path.name, path.read_bytes(), "application/pdf")) for path in others]
+        upload = client.post("/v1/documents", files=files, headers=headers)
+        assert upload.status_code in (200, 201, 202), upload.text
+        ids = {d["filename"]: d["document_id"] for d in upload.json()["documents"]}
+        deadline = time.monotonic() + 300
+        while True:
+            statuses = {n: client.get(f"/v1/documents/{i}", headers=headers).json()["status"] for n, i in ids.items()}
+            if all(s in ("ready", "failed") for s in statuses.values()):
+                break
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.3)
+        assert set(statuses.values()) == {"ready"}, statuses
+
+        def search(query: str) -> list[dict]:
+            response = client.post("/v1/search", json={"query": query, "top_k": 3}, headers=headers)
+            assert response.status_code == 200, response.text
+            return response.json()["passages"]
+
+        top = search("What were the restructuring charges in 2018?")[0]
+        assert top["filename"] == "acme-annual-report-2019.pdf" and top["page"] == 1
+        lines = top["text"].splitlines()
+        row = next(line for line in lines if line.startswith("| Restructuring charges |"))
+        assert "12.4" in row and row.count("—") == 2, row
+        header = lines[next(i for i, line in enumerate(lines) if line.startswith("| ---")) - 1]
+        assert all(f"Years Ended December 31, {year}" in header for year in YEARS), header
+        # The amounts are indexed once, as rows: every passage holding one holds it in its row.
+        for passage in search("845.3 1,010.2 cost of sales"):
+            for line in passage["text"].splitlines():
+                assert "845.3" not in line or line.startswith("| Cost of sales |"), passage["text"]
+
+
 def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d[\d,]*\.\d", text))
 

@@ -306,3 +306,49 @@ def test_a_table_whose_header_row_is_too_long_to_repeat_is_split_within_the_budg
     assert all(len(tok.token_spans(c.text)) <= 40 for c in chunks)
     assert "".join(c.text for c in chunks).count("| row ") == 10
     assert all(f"w{100 * i + 29}" in " ".join(c.text for c in chunks) for i in range(3))
+
+
+def test_a_heading_and_the_sentence_introducing_a_table_move_with_its_rows() -> None:
+    html = "<table><tr><td></td><td>2019</td><td>2018</td></tr><tr><td>United States</td><td>65.8</td><td>62.8</td></tr></table>"
+    lead = "The following table summarizes income before income taxes (in millions):"
+    blocks = [Block("heading", "11. Income Tax", page=4), Block("text", lead, page=4),
+              Block("table", "2019 2018 United States 65.8 62.8", page=4, html=html)]  # fmt: skip
+    (chunk,) = chunker(max_tokens=200).chunk(blocks, document_id="d", filename="f", groups=[])
+    assert chunk.text == f"{lead}\n|  | 2019 | 2018 |\n| --- | --- | --- |\n| United States | 65.8 | 62.8 |"
+    assert chunk.section == "11. Income Tax"  # the section, as for any chunk: in its embedded text
+    assert chunk.embed_text.startswith(f"11. Income Tax\n{lead}\n")
+
+
+def test_the_lead_in_of_a_table_after_a_paragraph_is_in_both_and_on_every_piece() -> None:
+    rows = "".join(f"<tr><td>item {i}</td><td>{i * 10} units</td></tr>" for i in range(60))
+    html = f"<table><tr><th>Item</th><th>Quantity</th></tr>{rows}</table>"
+    lead = "Stock on hand by item (units):"
+    blocks = [Block("text", words(40), page=1), Block("text", lead, page=1), Block("table", "x", page=1, html=html)]
+    chunks = chunker(max_tokens=60).chunk(blocks, document_id="d", filename="f", groups=[])
+    prose, *pieces = chunks
+    assert prose.text.endswith(lead)  # the paragraph keeps its last sentence
+    assert len(pieces) > 1
+    for piece in pieces:
+        assert piece.text.startswith(f"{lead}\n| Item | Quantity |\n| --- | --- |\n| item ")
+        assert len(WordTokens().token_spans(piece.text)) <= 60
+    assert [line for c in pieces for line in c.text.splitlines() if line.startswith("| item ")] == [
+        f"| item {i} | {i * 10} units |" for i in range(60)
+    ]
+
+
+def test_a_lead_in_one_paragraph_back_must_announce_the_table() -> None:
+    rows = "".join(f"<tr><td>row {i}</td><td>{i}</td></tr>" for i in range(8))  # a table that stands alone
+    html = f"<table><tr><td>a</td><td>b</td></tr>{rows}</table>"
+    note = "Customers above 10% of revenue change from year to year, and so do their shares of it. " + words(30)
+
+    def table_chunk(lead: str) -> str:
+        blocks = [Block("text", lead, page=1), Block("text", note, page=1), Block("table", "a b 1 2", page=1, html=html)]
+        return [c.text for c in chunker(max_tokens=200).chunk(blocks, document_id="d", filename="f", groups=[])
+                if "| a | b |" in c.text][0]  # fmt: skip
+
+    assert table_chunk("The following table presents sales by area:").startswith("The following table presents")
+    assert table_chunk("Two kinds of customer exist:").startswith("| a | b |")
+    # Without a colon, a sentence before a table is not its lead-in.
+    blocks = [Block("text", words(40), page=1), Block("table", "a b 1 2", page=1, html=html)]
+    chunks = chunker(max_tokens=200).chunk(blocks, document_id="d", filename="f", groups=[])
+    assert chunks[-1].text.startswith("| a | b |\n| --- | --- |\n| row 0 | 0 |")
