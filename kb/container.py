@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kb.ports import BlobStore, Embedder, Generator, Registry, Reranker, VectorIndex
 from kb.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def embedder_model_path(settings: Settings) -> str:
@@ -96,10 +101,43 @@ def build_generator(settings: Settings) -> Generator:
     if settings.generator.backend == "openai":
         from kb.adapters.openai_http import OpenAIHttpGenerator
 
-        return OpenAIHttpGenerator(settings.generator, model_dir)
+        if settings.generator.fallback != "engine":
+            return OpenAIHttpGenerator(settings.generator, model_dir)
+        from kb.adapters.fallback_generator import BreakerGenerator, ContinuingEngineGenerator, fallback_settings
+
+        # Behind the breaker a question need not wait out the server's restart: one quick retry, then the fallback.
+        primary = OpenAIHttpGenerator(settings.generator, model_dir, connect_attempts=2)
+        engine = fallback_settings(settings.generator)
+        fallback_dir = generator_model_path(settings.model_copy(update={"generator": engine}))
+        return BreakerGenerator(primary, ContinuingEngineGenerator(engine, fallback_dir), settings.generator)
     from kb.adapters.vllm_engine import VllmEngineGenerator
 
     return VllmEngineGenerator(settings.generator, model_dir)
+
+
+# The warm-up question's text: English and Chinese, so that the first real query finds the BM25 encoder's Chinese
+# segmenter (jieba: its dictionary loads on first use) loaded already.
+WARM_UP_TEXT = "How large may an upload be? 上传文件的大小限制是多少？"
+WARM_UP_MESSAGES = [{"role": "user", "content": "Say OK."}]
+# A warm-up that hangs (an index that does not answer) must not keep /readyz from reporting what is wrong.
+WARM_UP_TIMEOUT_S = 120.0
+
+
+async def warm_generation(generator: Generator) -> None:
+    """One generation of one token (the generator's own warm_up where it has one: the breaker warms its fallback
+    engine). The first request of an engine pays for allocations and kernels that later ones reuse."""
+    warm_up = getattr(generator, "warm_up", None)
+    if warm_up is not None:
+        await warm_up()
+        return
+    stream = generator.stream(WARM_UP_MESSAGES, 1)
+    try:
+        async for _ in stream:
+            pass
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -112,6 +150,10 @@ class Container:
     embedder: Embedder
     index: VectorIndex
     generator: Generator | None = None
+    # Warm start: True once one embedding and one index query ran (warm_up_retrieval), whatever their outcome;
+    # /readyz waits for it. The seconds each part took to load and warm, for the log and /metrics.
+    retrieval_warm: bool = False
+    warm_start_s: dict[str, float] = field(default_factory=dict)
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -123,11 +165,46 @@ class Container:
         return cls(settings=settings, registry=registry, blobs=blobs, embedder=embedder, index=index)
 
     async def start_generator(self) -> Generator:
+        """Start the generator and warm it with one generation before handing it out (the first answer would pay for
+        it otherwise); a warm-up that fails is logged, and the generator's own health check says the rest."""
         if self.generator is None:
+            started = time.perf_counter()
             generator = build_generator(self.settings)
             await generator.start()
+            # In-process engines only: a generator server warms itself before it reports healthy, and one still
+            # starting would hold this process's readiness for nothing (/readyz reports it).
+            if self.settings.generator.backend == "vllm" or hasattr(generator, "warm_up"):
+                try:
+                    await warm_generation(generator)
+                except Exception:
+                    log.exception("the generator's warm-up generation failed")
+            self._record_warm("generator", started)
             self.generator = generator
         return self.generator
+
+    async def warm_up_retrieval(self) -> None:
+        """One query embedding and one hybrid index query (the models loaded, the index's files read, the BM25 encoder
+        and its segmenter ready) before /readyz turns ready; failures are logged, the readiness checks say the rest."""
+        started = time.perf_counter()
+
+        def query() -> None:
+            vector = self.embedder.embed_query(WARM_UP_TEXT)
+            self.index.search(vector, WARM_UP_TEXT, limit=1)
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(query), WARM_UP_TIMEOUT_S)
+        except Exception:
+            log.exception("the retrieval warm-up failed")
+        finally:
+            self.retrieval_warm = True
+            self._record_warm("retrieval", started)
+
+    def _record_warm(self, part: str, started: float) -> None:
+        from kb.metrics import WARM_START_SECONDS
+
+        self.warm_start_s[part] = round(time.perf_counter() - started, 2)
+        WARM_START_SECONDS.labels(part).set(self.warm_start_s[part])
+        log.info("warm start: %s loaded and warmed in %.1f s", part, self.warm_start_s[part])
 
     async def aclose(self) -> None:
         if self._closed:

@@ -37,3 +37,24 @@ def record_answer(door: str, timings: dict[str, float], grounded: bool, tokens: 
         ANSWER_DURATION.labels(door).observe(timings["total"] / 1000)
     GENERATED_TOKENS.labels(door).inc(tokens)
     ANSWERS.labels(door, str(grounded).lower()).inc()
+
+# Degrade, don't die (kb/adapters/fallback_generator.py): the circuit breaker around a generator server.
+BREAKER_STATES = {"closed": 0, "half-opened": 1, "opened": 2}
+GENERATOR_BREAKER_STATE = Gauge(
+    "kb_generator_breaker_state",
+    "The circuit breaker around a generator server: 0 closed (the server answers), 1 half-open (a question probes "
+    "it), 2 open (the fallback generator answers)", ["generator"],
+)  # fmt: skip
+GENERATOR_BREAKER_TRANSITIONS = Counter(
+    "kb_generator_breaker_transitions_total", "Changes of the generator breaker's state, by the state it changed to "
+    "(closed, half-opened, opened)", ["generator", "state"],
+)  # fmt: skip
+GENERATOR_FALLBACK_ANSWERS = Counter(
+    "kb_generator_fallback_answers_total", "Answers the fallback generator wrote, by why: the breaker was open "
+    "(open), the server failed before its first token (failed) or in the middle of its answer (failed_mid_answer)",
+    ["generator", "fallback", "reason"],
+)  # fmt: skip
+WARM_START_SECONDS = Gauge(
+    "kb_warm_start_seconds", "How long this process took to load and warm each part before /readyz turned ready "
+    "(retrieval: one embedding and one index query; generator: start and one generation)", ["part"],
+)  # fmt: skip

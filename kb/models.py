@@ -182,6 +182,7 @@ class Answer:
     conversation_id: str | None = None
     mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
     unsupported: list[str] = field(default_factory=list)  # sentences no cited source supports
+    degraded: bool = False  # written (in part) by the fallback generator while the generator server failed
 
 
 @dataclass

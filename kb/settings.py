@@ -105,6 +105,19 @@ class GeneratorSettings(BaseModel):
     # connection; connection failures and 5xx before the first token are retried with exponential backoff.
     request_timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
+    # Degrade, don't die (backend "openai" only): "engine" starts the in-process CPU engine with the small default
+    # model beside the HTTP generator, and a circuit breaker (kb/adapters/fallback_generator.py) sends questions to
+    # it while the server fails; such answers say `degraded: true`. Off by default: the embedded default already is
+    # the engine.
+    fallback: Literal["off", "engine"] = "off"
+    fallback_model: str = ""  # its model directory; empty: SmolLM2-135M-Instruct, as for `model`
+    fallback_max_model_len: int = 8192
+    # The breaker opens after this many failures in a row (refused, 5xx, a stream cut, or no first or next token
+    # within breaker_timeout_s); after breaker_reset_s open, the next question probes the server (half-open), and
+    # an answer from it closes the breaker again.
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    breaker_timeout_s: float = Field(default=30.0, gt=0)
 
     def engine_hf_overrides(self) -> dict:
         """hf_overrides for the engine: the configured ones, with YaRN's rope_parameters when `yarn` is on."""
@@ -315,6 +328,19 @@ class SlackSettings(BaseModel):
         return value
 
 
+class McpSettings(BaseModel):
+    """The MCP server (service/mcp/): streamable HTTP at /mcp on `kb serve`, stdio through `kb mcp`."""
+
+    enabled: bool = True  # false: no /mcp route
+    # Web origins whose pages may call /mcp (an MCP client running in a browser); a request with any other Origin is
+    # refused (403). Desktop and server clients send none. KB_PUBLIC_URL's origin is always allowed.
+    allowed_origins: list[str] = []
+    # Host headers /mcp answers ("kb.example.com", "10.0.0.7:*"; DNS-rebinding protection). Empty: any, since every
+    # request needs a key; with KB_AUTH__ENABLED=false, only loopback names unless listed.
+    allowed_hosts: list[str] = []
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # one JSON-RPC message; a question is 8000 chars
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_", env_nested_delimiter="__", extra="ignore")
 
@@ -332,6 +358,7 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
     slack: SlackSettings = SlackSettings()
+    mcp: McpSettings = McpSettings()
     # The address people reach kb's web page at (https://kb.example.com), for links from elsewhere (the Slack bot's
     # sources open the cited passage there); empty: no links.
     public_url: str = ""

@@ -38,6 +38,7 @@ from service.auth import (
 )
 from service.documents.routes import DocumentController
 from service.feedback.routes import FeedbackController
+from service.mcp.http import McpMount
 from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
 from service.openapi import RedocViewer, SwaggerViewer
 from service.problems import EXCEPTION_HANDLERS
@@ -194,6 +195,8 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
     settings = settings or Settings()
     if with_generator is None:
         with_generator = settings.generator.enabled
+    # MCP over streamable HTTP at /mcp (service/mcp/http.py), behind the same middleware as every route.
+    mcp = McpMount(settings) if settings.mcp.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -209,6 +212,9 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
                 await asyncio.to_thread(services.keys.ensure_bootstrap_key, settings.admin_key_path)
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
             services.worker.start()
+            # Warm start: one embedding and one index query (and, in _start_generator, one generation) before
+            # /readyz turns ready; the first question pays for none of the loading.
+            warm_task = asyncio.create_task(container.warm_up_retrieval())
             if with_generator:
                 # The engine takes seconds to start: serve /healthz, search and uploads meanwhile; /readyz says when.
                 generator_task = asyncio.create_task(_start_generator(services))
@@ -221,6 +227,8 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
                 finally:
                     if generator_task is not None and not generator_task.done():
                         generator_task.cancel()
+                    if not warm_task.done():
+                        warm_task.cancel()
                     await asyncio.to_thread(services.worker.stop)
         finally:
             await container.aclose()
@@ -249,10 +257,10 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
         route_handlers=[
             DocumentController, search, ask, conversation, chat_completions, models, KeyController,
             healthz, readyz, index_page, static_file, MetricsController, *SESSION_ROUTES,
-            conversations, delete_conversation, FeedbackController, slack_events,
+            conversations, delete_conversation, FeedbackController, slack_events, *([mcp.handler] if mcp else []),
         ],  # fmt: skip
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        lifespan=[lifespan],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp else [])],
         middleware=middleware,
         stores=stores,
         before_send=[before_send, security_headers],

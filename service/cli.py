@@ -178,6 +178,30 @@ VerboseOption = Annotated[
 ]
 
 
+@app.command()
+def mcp(
+    key: Annotated[
+        str | None,
+        typer.Option("--key", envvar="KB_API_KEY", show_envvar=True,
+                     help="The API key whose scopes and groups the tools answer within (prefer KB_API_KEY: a "
+                     "command line is visible to other users); default: the data directory's local admin"),
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Serve the MCP tools (search, ask, list_documents) over stdio, for Claude Desktop and other MCP clients."""
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # as `kb serve`: vLLM logs through kb's handler (stderr)
+    from service.mcp.stdio import McpStartError, run_stdio
+    from service.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.logging)
+    try:
+        run_stdio(settings, key=key, url=url, say=_say)
+    except McpStartError as exc:
+        console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
 def _log_path(settings: Any, url: str | None) -> Path | None:
     """Where the libraries' messages go when not --verbose: a log in the data directory (none for a remote server)."""
     return None if url else settings.resolved_data_dir / "logs" / "cli.log"

@@ -468,7 +468,10 @@ class FakeOpenAIServer:
                 self.close_connection = True
 
         self._release.clear()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)  # allow_reuse_address: restartable
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # a burst of connections, as a vLLM server takes them (the default is 5)
+
+        self._httpd = Server(("127.0.0.1", self.port), Handler)  # allow_reuse_address: restartable
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 

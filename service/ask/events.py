@@ -41,6 +41,8 @@ class Done(_Event, tag="done"):
     # question's language, or the model's answer failed the check), "none" (the no-information text).
     mode: str = "generate"
     unsupported: list[str] = msgspec.field(default_factory=list)  # sentences of `answer` no cited source supports
+    # The fallback generator wrote (part of) it: the generator server was failing (kb/adapters/fallback_generator.py).
+    degraded: bool = False
 
 
 class Failed(_Event, tag="error", omit_defaults=True):
@@ -87,4 +89,4 @@ async def collect(events: AsyncIterator[AskEvent]) -> Answer:
     if done is None:
         raise RuntimeError("the answer stream ended without its done event")
     return Answer(done.answer, citations, done.grounded, done.timings_ms, done.conversation_id, done.mode,
-                  done.unsupported)  # fmt: skip
+                  done.unsupported, done.degraded)  # fmt: skip

@@ -1,6 +1,7 @@
 """The OpenAI mapping: chat completions over the knowledge base (model "kb"), for Open WebUI, LibreChat and any OpenAI
 SDK. The answer cites its sources as [n] in the text, lists them after it, and returns them structured in a
-`citations` field (the SDKs keep unknown fields: `completion.model_extra["citations"]`).
+`citations` field (the SDKs keep unknown fields: `completion.model_extra["citations"]`), and `degraded: true` where
+the fallback generator wrote it (kb/adapters/fallback_generator.py).
 
 Errors on these routes come in OpenAI's shape, `{"error": {"message", "type", "code", "param"}}`, so that an SDK
 shows the reason (an exception handler scoped to the two routes; the rest of the API answers problem+json)."""
@@ -160,6 +161,7 @@ class ChatCompletion(Struct):
     usage: Usage
     object: str = "chat.completion"
     model: str = MODEL
+    degraded: bool = False  # kb's extension: written (in part) by the fallback generator while the server failed
 
 
 class ModelCard(Struct):
@@ -219,7 +221,7 @@ COMPLETION_EXAMPLE = {
         "content": "Each uploaded file may be at most 100 MB by default [1].\n\nSources:\n[1] kb-administrator-guide.pdf, page 2",
     }}],
     "citations": ANSWER_EXAMPLE["citations"],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 31, "total_tokens": 40},
+    "usage": {"prompt_tokens": 9, "completion_tokens": 31, "total_tokens": 40}, "degraded": False,
 }  # fmt: skip
 MODELS = ModelList([ModelCard(MODEL, CREATED)])
 
@@ -246,9 +248,9 @@ async def models() -> ModelList:
     "/v1/chat/completions", tags=["openai"], status_code=200, guards=[requires("ask")],
     summary="OpenAI-compatible chat completion answered from the knowledge base",
     description="The last user message is the question; earlier messages are the conversation. With `stream: true`, "
-    "`chat.completion.chunk` events then `data: [DONE]`; the last content chunk carries `citations` (and lists any "
-    "sentence no cited source supports); with `stream_options: {\"include_usage\": true}` a last chunk carries "
-    "`usage`. Errors in OpenAI's shape: `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`.",
+    "`chat.completion.chunk` events then `data: [DONE]`; the last content chunk carries `citations` and `degraded` "
+    "(and lists any sentence no cited source supports); with `stream_options: {\"include_usage\": true}` a last "
+    "chunk carries `usage`. Errors in OpenAI's shape: `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`.",
     responses=ok(ChatCompletion, COMPLETION_EXAMPLE), exception_handlers=OPENAI_EXCEPTION_HANDLERS,
 )  # fmt: skip
 async def chat_completions(
@@ -277,7 +279,8 @@ async def chat_completions(
             answer.answer + unsupported_text(answer.unsupported) + sources_text(answer.citations)
         )
         usage = usage_of(generator, prompt, message.content)
-        return Response(ChatCompletion(completion_id, int(time.time()), [Choice(message)], answer.citations, usage))
+        return Response(ChatCompletion(completion_id, int(time.time()), [Choice(message)], answer.citations, usage,
+                                       degraded=answer.degraded))  # fmt: skip
 
     events = await opened(answers.stream(question))  # a dependency down is a 503/504 problem, not a broken 200
     include_usage = data.stream_options is not None and data.stream_options.include_usage
@@ -299,7 +302,8 @@ async def chat_completions(
                         content = unsupported_text(event.unsupported) + sources_text(cited)
                         sent.append(content)
                         yield ServerSentEventMessage(data=_chunk(completion_id, {"content": content}, **extra,
-                                                                 citations=msgspec.to_builtins(cited)))  # fmt: skip
+                                                                 citations=msgspec.to_builtins(cited),
+                                                                 degraded=event.degraded))  # fmt: skip
                         count_answer("openai", event, generator)
                     case Failed():  # as OpenAI and vLLM report an error once streaming has begun
                         body = error_body(event.status, event.detail, dependency_code(event.status, event.dependency))

@@ -15,7 +15,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kb.languages import MULTILINGUAL
 from kb.models import Answer, Passage, SearchFilter
@@ -83,9 +83,10 @@ class AskPipeline:
         settled = bool(scope.document_ids or (conversation.previous_sources and asks_for_more(question.text)))
 
         text, text_written = "", False
+        generator = _Watched(self._generator)
         if mode == "generate":
-            generation = Generation(self._generator, messages(question.text, sources, conversation.dialogue),
-                                    self._max_answer_tokens)  # fmt: skip
+            prompt = messages(question.text, sources, conversation.dialogue)
+            generation = Generation(cast(Generator, generator), prompt, self._max_answer_tokens)
             # Released as the final text will read (inferred markers in, markers to no source out): a client that
             # only appends, like an OpenAI stream, gets the same text and markers as the whole answer.
             released = StreamedAnswer(sources)
@@ -137,7 +138,7 @@ class AskPipeline:
         yield Done(answer=checked.text if mode != "none" else text, grounded=mode != "none" and checked.grounded,
                    timings_ms=timings, conversation_id=conversation.conversation_id, sources=len(sources),
                    whole_documents=len({p.document_id for p in evidence.whole}), mode=mode,
-                   unsupported=unsupported_sentences(checked))  # fmt: skip
+                   unsupported=unsupported_sentences(checked), degraded=generator.degraded)  # fmt: skip
 
     def _sources(
         self, evidence: Evidence, conversation: Conversation, budget: Budget, filter: SearchFilter | None
@@ -179,6 +180,24 @@ class AskPipeline:
         if isinstance(question, str):
             question = Question(question, filter, conversation_id)
         return await collect(self.stream(question))
+
+
+class _Watched:
+    """The generator as one answer uses it: remembers whether a stream it handed out was written, in part or whole,
+    by a fallback generator (a stream whose `degraded` is set: kb/adapters/fallback_generator.py), for Done."""
+
+    def __init__(self, generator: Generator) -> None:
+        self._generator = generator
+        self._streams: list[Any] = []
+
+    def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
+        stream = self._generator.stream(messages, max_tokens)
+        self._streams.append(stream)
+        return stream
+
+    @property
+    def degraded(self) -> bool:
+        return any(getattr(stream, "degraded", False) for stream in self._streams)
 
 
 def unsupported_sentences(checked: AnnotatedAnswer) -> list[str]:

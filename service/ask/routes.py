@@ -37,7 +37,8 @@ MAX_CONVERSATIONS = 500
 @post(
     "/v1/ask", tags=["ask"], status_code=200, summary="Answer a question with citations",
     description="JSON by default; with `stream: true`, Server-Sent Events: `token` (text deltas), then `citations`, "
-    "then `done` (the final answer text, timings, conversation id).",
+    "then `done` (the final answer text, timings, conversation id; `degraded: true` where the fallback generator "
+    "wrote it while the generator server failed).",
     guards=[requires("ask")], responses=ok(AskResponse, ANSWER_EXAMPLE),
 )  # fmt: skip
 async def ask(

@@ -32,11 +32,12 @@ class AskResponse(Struct):
     conversation_id: str | None
     mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
     unsupported: list[str] = msgspec.field(default_factory=list)  # sentences no cited source supports
+    degraded: bool = False  # written (in part) by the fallback generator: the generator server was failing
 
     @classmethod
     def of(cls, answer: Answer) -> "AskResponse":
         return cls(answer.answer, answer.citations, answer.grounded, answer.timings_ms, answer.conversation_id,
-                   answer.mode, answer.unsupported)  # fmt: skip
+                   answer.mode, answer.unsupported, answer.degraded)  # fmt: skip
 
 
 class SourceRef(Struct):
@@ -73,7 +74,7 @@ CITATION_EXAMPLE = {
 ANSWER_EXAMPLE: dict[str, Any] = {
     "answer": "Each uploaded file may be at most 100 MB by default [1].", "citations": [CITATION_EXAMPLE],
     "grounded": True, "timings_ms": {"retrieval": 18.2, "first_token": 212.0, "total": 1650.0},
-    "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5", "mode": "generate", "unsupported": [],
+    "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5", "mode": "generate", "unsupported": [], "degraded": False,
 }  # fmt: skip
 CONVERSATION_EXAMPLE = {"conversation_id": ANSWER_EXAMPLE["conversation_id"], "messages": [
     {"role": "user", "content": "How large may an upload be?", "sources": []},

@@ -28,16 +28,24 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-READY = {"ready": True, "checks": {"registry": "ok", "index": "ok", "generator": "ok"}}
-NOT_READY = {"ready": False, "checks": {"registry": "ok", "index": "ok",
-                                        "generator": "starting (or failed to start: see the log)"}}  # fmt: skip
+READY = {"ready": True, "degraded": False, "checks": {"registry": "ok", "index": "ok", "generator": "ok"}}
+DEGRADED = {"ready": True, "degraded": True, "checks": {"registry": "ok", "index": "ok", "generator": (
+    "degraded: the breaker to the generator server is open after: GeneratorUnavailable: cannot reach the generator "
+    "server; the fallback engine answers")}}  # fmt: skip
+NOT_READY = {"ready": False, "degraded": False, "checks": {"registry": "ok", "index": "ok",
+             "generator": "starting (or failed to start: see the log)"}}  # fmt: skip
+# A check whose value starts so is ready: the service answers, with less (kb/adapters/fallback_generator.py).
+DEGRADED_PREFIX = "degraded:"
+WARMING = "warming up: one query embedding and one index query"
 
 
 @get(
-    "/readyz", tags=["health"], summary="The service can answer: index, registry and generator reachable",
-    description="503 with the failing check's reason while not ready.", security=PUBLIC,
+    "/readyz", tags=["health"], summary="The service can answer: warmed up, index, registry and generator reachable",
+    description="503 with the failing check's reason while not ready (`warm_start` while the models are being loaded "
+    "and warmed). 200 with `degraded: true` while the answers come from the fallback generator.", security=PUBLIC,
     responses={
-        200: ResponseSpec(data_container=dict[str, Any], examples=[Example(value=READY)], generate_examples=False,
+        200: ResponseSpec(data_container=dict[str, Any], examples=[Example(summary="ready", value=READY),
+                          Example(summary="ready, degraded", value=DEGRADED)], generate_examples=False,
                           description="Ready"),
         503: ResponseSpec(data_container=dict[str, Any], examples=[Example(value=NOT_READY)],
                           generate_examples=False, description="Not ready, with the reason"),
@@ -60,9 +68,12 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
     # Concurrently, each within CHECK_TIMEOUT_S: a dependency that hangs makes /readyz say so, never hang.
     results = await asyncio.gather(*(_bounded(probe) for probe in probes.values()))
     checks.update(zip(probes, results))
-    checks = {name: checks[name] for name in ("registry", "index", "generator") if name in checks}
-    ready = all(v == "ok" for v in checks.values())
-    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    if not getattr(container, "retrieval_warm", True):
+        checks["warm_start"] = WARMING
+    checks = {name: checks[name] for name in ("warm_start", "registry", "index", "generator") if name in checks}
+    degraded = any(v.startswith(DEGRADED_PREFIX) for v in checks.values())
+    ready = all(v == "ok" or v.startswith(DEGRADED_PREFIX) for v in checks.values())
+    return Response({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)
 
 
 # Longest a check may take; its thread is left to finish on its own, and the next /readyz does not start another
@@ -87,6 +98,9 @@ async def _in_thread(key: str, check: Callable[[], Any]) -> str:
 
 async def _generator_ready(generator: Any) -> str:
     try:
+        health = getattr(generator, "health", None)
+        if health is not None:  # one with a fallback says which answers, and whether the service is degraded
+            return str(await health())
         return "ok" if await generator.ready() else "not ready (its server does not answer /models with 200)"
     except Exception as exc:
         return f"error: {_describe(exc)}"

@@ -114,3 +114,22 @@ async def test_a_silent_server_times_out_without_a_retry(serve: Serve) -> None:
         await answer(generator_for(server, request_timeout_s=0.5))
     assert time.monotonic() - started < 3
     assert len(server.requests) == 1
+
+
+async def test_more_answers_at_once_than_httpx_pools_by_default_all_start(serve: Serve) -> None:
+    """Every concurrent answer gets its own stream at once: a replica with 120 answers open does not hold the 101st
+    back until another ends (httpx's default pool of 100 connections did; vLLM queues requests itself)."""
+    import asyncio
+
+    server = serve("stall")  # each answer sends one delta, then nothing until the server stops
+    generator = generator_for(server, request_timeout_s=60)
+    streams = [generator.stream(CHAT, max_tokens=8) for _ in range(120)]
+    try:
+        async with asyncio.timeout(30):
+            firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+        assert firsts == ["Hello"] * 120
+        assert len(server.requests) == 120
+    finally:
+        for stream in streams:
+            await stream.aclose()
+        await generator.close()

@@ -282,8 +282,10 @@ function renderFinal(turn) {
     turn.label.hidden = false;
   }
   const notes = [];
+  if (done.degraded) notes.push(t("degraded"));
   if (marked) notes.push(t("unsupportedNote"));
   else if (done.grounded === false && done.mode === "generate") notes.push(t("notGrounded"));
+  turn.answer.dataset.degraded = done.degraded ? "true" : "false";
   setNote(turn, notes.join(" "));
   renderSources(turn);
   renderFeedback(turn);
