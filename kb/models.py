@@ -183,6 +183,7 @@ class Answer:
     mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
     unsupported: list[str] = field(default_factory=list)  # sentences no cited source supports
     degraded: bool = False  # written (in part) by the fallback generator while the generator server failed
+    data: Any = None  # a structured answer: `answer` parsed (JSON valid against the question's schema)
 
 
 @dataclass

@@ -115,10 +115,12 @@ class Generator(Protocol):
         ...
 
     def stream(
-        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
-    ) -> AsyncIterator[str]:
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
         """The answer's text as it is generated, in non-empty pieces, at most `max_tokens` tokens (None: the
-        settings' max_answer_tokens)."""
+        settings' max_answer_tokens). With `json_schema` (checked by the caller: service.ask.structured), decoding
+        is constrained to JSON of that schema (vLLM's structured outputs) and no stop string cuts it."""
         ...
 
     def count_tokens(self, text: str) -> int:

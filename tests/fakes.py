@@ -230,14 +230,19 @@ class FakeGenerator:
         self._max_model_len, self.separator_tokens = max_model_len, separator_tokens
         self.messages: list[dict[str, str]] = []
         self.requests: list[tuple[list[dict[str, str]], int | None]] = []
+        self.json_schemas: list[dict[str, Any] | None] = []  # each request's schema (a structured answer's)
         self.started = self.closed = False
 
     async def start(self) -> None:
         self.started = True
 
-    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
         self.messages = list(messages)
         self.requests.append((self.messages, max_tokens))
+        self.json_schemas.append(json_schema)
         for delta in self.deltas:
             yield delta
 

@@ -174,22 +174,30 @@ class BreakerGenerator:
         kb's readiness for nothing (its state is /readyz's to report)."""
         await _generate_once(self._fallback)
 
-    def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> FallbackStream:
-        return FallbackStream(lambda answer: self._answer(answer, list(messages), max_tokens))
+    def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> FallbackStream:  # fmt: skip
+        return FallbackStream(lambda answer: self._answer(answer, list(messages), max_tokens, json_schema))
 
     async def _answer(
-        self, answer: FallbackStream, messages: list[dict[str, str]], max_tokens: int | None
-    ) -> AsyncIterator[str]:
+        self, answer: FallbackStream, messages: list[dict[str, str]], max_tokens: int | None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
         breaker = await self._breakers.get_breaker(CIRCUIT)
         probe = await self._admit(breaker)
         reason = "open"
         sent: list[str] = []
+        # A structured answer is held until the server finished it: a JSON text cannot be continued by another
+        # model under its grammar, so one the server breaks off is written again, whole, by the fallback.
+        extra = {"json_schema": json_schema} if json_schema is not None else {}
         if probe is not None:
-            pieces = self._timed(self._primary.stream(messages, max_tokens))
+            pieces = self._timed(self._primary.stream(messages, max_tokens, **extra))
             try:
                 async for text in pieces:
                     sent.append(text)
-                    yield text
+                    if json_schema is None:
+                        yield text
             except FAILOVER_ERRORS as exc:
                 await self._record(breaker, exc)
                 reason = "failed_mid_answer" if sent else "failed"
@@ -202,6 +210,8 @@ class BreakerGenerator:
                 raise
             else:
                 await self._record(breaker, None)
+                if json_schema is not None and sent:
+                    yield "".join(sent)
                 return
             finally:
                 await pieces.aclose()
@@ -210,14 +220,14 @@ class BreakerGenerator:
 
         answer.degraded = True
         GENERATOR_FALLBACK_ANSWERS.labels(self._name, self._fallback_name, reason).inc()
-        partial = "".join(sent)
+        partial = "".join(sent) if json_schema is None else ""
         budget = max_tokens or self._settings.max_answer_tokens
         chat = self._fit(messages, partial, budget)
         if partial:
             # The fallback continues the text the client already has; the answer's token budget is shared.
             chat.append({"role": "assistant", "content": partial})
             budget = max(1, budget - self._fallback.count_tokens(partial))
-        stream = self._fallback.stream(chat, budget)
+        stream = self._fallback.stream(chat, budget, **extra)
         try:
             async for text in stream:
                 yield text

@@ -119,8 +119,9 @@ class OpenAIHttpGenerator:
         return AutoTokenizer.from_pretrained(str(self._model_dir))
 
     async def stream(
-        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
-    ) -> AsyncIterator[str]:
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
         body = {
             "model": self._settings.served_model_name,
             "messages": list(messages),
@@ -133,6 +134,10 @@ class OpenAIHttpGenerator:
             "presence_penalty": self._settings.presence_penalty,
             "stream": True,
         }
+        if json_schema is not None:
+            # vLLM's structured outputs through OpenAI's own field; no stop string may cut the JSON.
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json_schema}}
+            body["stop"] = None
         budget = self._settings.request_timeout_s
         wait = wait_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S)
 

@@ -114,11 +114,12 @@ class VllmEngineGenerator:
         return self._prompt_tokens.encode(prompt)
 
     async def stream(
-        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None
-    ) -> AsyncIterator[str]:
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         engine = self.engine
         # Chat template and tokenizer off the event loop: 64 questions of 4k tokens arriving together would
@@ -129,11 +130,12 @@ class VllmEngineGenerator:
                 "temperature": self._settings.temperature,
                 "top_p": self._settings.top_p,
                 "max_tokens": max_tokens or self._settings.max_answer_tokens,
-                "stop": list(self._settings.stop) or None,
+                "stop": (list(self._settings.stop) or None) if json_schema is None else None,
                 "repetition_penalty": self._settings.repetition_penalty,
                 "frequency_penalty": self._settings.frequency_penalty,
                 "presence_penalty": self._settings.presence_penalty,
                 **self._sampling_args,
+                **({"structured_outputs": StructuredOutputsParams(json=json_schema)} if json_schema is not None else {}),
                 "output_kind": RequestOutputKind.DELTA,
             }
         )

@@ -47,6 +47,7 @@ def question_for(
     document_ids: list[str] | None = None,
     conversation_id: str | None = None,
     history: Sequence[dict[str, Any]] | None = None,
+    json_schema: dict[str, Any] | None = None,
 ) -> Question:
     registry = services.container.registry
     return Question(
@@ -55,6 +56,7 @@ def question_for(
         conversation_id=claim_conversation(registry, principal, conversation_id),
         history=history,
         reader_groups=principal.visible_groups,
+        json_schema=json_schema,
     )
 
 

@@ -43,6 +43,8 @@ class Done(_Event, tag="done"):
     unsupported: list[str] = msgspec.field(default_factory=list)  # sentences of `answer` no cited source supports
     # The fallback generator wrote (part of) it: the generator server was failing (kb/adapters/fallback_generator.py).
     degraded: bool = False
+    # A structured answer (the question gave a JSON Schema): `answer` parsed, valid against it (service.ask.structured).
+    data: Any = None
 
 
 class Failed(_Event, tag="error", omit_defaults=True):
@@ -89,4 +91,4 @@ async def collect(events: AsyncIterator[AskEvent]) -> Answer:
     if done is None:
         raise RuntimeError("the answer stream ended without its done event")
     return Answer(done.answer, citations, done.grounded, done.timings_ms, done.conversation_id, done.mode,
-                  done.unsupported, done.degraded)  # fmt: skip
+                  done.unsupported, done.degraded, done.data)  # fmt: skip

@@ -29,6 +29,7 @@ from service.ask.access import count_answer, pipeline, question_for
 from service.ask.events import Citations, Done, Failed, Token, collect
 from service.ask.schemas import ANSWER_EXAMPLE
 from service.ask.streaming import opened
+from service.ask.structured import InvalidSchema, ResponseFormat, schema_of
 from service.auth import Principal, requires
 from service.openapi import ok
 from service.problems import CLIENT_CLOSED_REQUEST, RETRY_AFTER_S, dependency_failure
@@ -134,6 +135,7 @@ class ChatCompletionRequest(Struct):
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None  # json_schema: the answer is JSON valid against it
 
 
 class AssistantMessage(Struct):
@@ -264,10 +266,15 @@ async def chat_completions(
     turns = [(m.role, _text(m.content).strip()) for m in data.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1][0] != "user" or not turns[-1][1]:
         raise OpenAIError("messages must end with a non-empty user message", status_code=400, param="messages")
+    try:
+        schema = schema_of(data.response_format)
+    except InvalidSchema as exc:
+        raise OpenAIError(str(exc), status_code=422, code="invalid_schema", param="response_format") from exc
     answers = pipeline(services)
     # The client holds the conversation: each request starts a new stored one, with the client's turns as history.
     question = question_for(request.user, services, turns[-1][1], filters=data.filters, document_ids=data.document_ids,
-                            history=[{"role": role, "content": text} for role, text in turns[:-1]])  # fmt: skip
+                            history=[{"role": role, "content": text} for role, text in turns[:-1]],
+                            json_schema=schema)  # fmt: skip
     generator = services.container.generator
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     prompt = [_text(m.content) for m in data.messages]
@@ -275,9 +282,9 @@ async def chat_completions(
     if not data.stream:
         answer = await collect(answers.stream(question))
         count_answer("openai", answer, generator)
-        message = AssistantMessage(
-            answer.answer + unsupported_text(answer.unsupported) + sources_text(answer.citations)
-        )
+        # A structured answer's content is its JSON alone (a client parses it); its sources are in `citations`.
+        message = AssistantMessage(answer.answer if schema is not None else
+                                   answer.answer + unsupported_text(answer.unsupported) + sources_text(answer.citations))
         usage = usage_of(generator, prompt, message.content)
         return Response(ChatCompletion(completion_id, int(time.time()), [Choice(message)], answer.citations, usage,
                                        degraded=answer.degraded))  # fmt: skip
@@ -299,7 +306,7 @@ async def chat_completions(
                     case Citations(citations=citations):
                         cited = citations
                     case Done():
-                        content = unsupported_text(event.unsupported) + sources_text(cited)
+                        content = "" if schema is not None else unsupported_text(event.unsupported) + sources_text(cited)
                         sent.append(content)
                         yield ServerSentEventMessage(data=_chunk(completion_id, {"content": content}, **extra,
                                                                  citations=msgspec.to_builtins(cited),

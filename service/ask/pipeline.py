@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from kb.languages import MULTILINGUAL
 from kb.models import Answer, Passage, SearchFilter
-from kb.ports import ConversationStore, DocumentStore, Generator
+from kb.ports import ConversationStore, DocumentStore, Generator, GeneratorServerError
 from kb.settings import AnswerSettings, GeneratorSettings, RetrievalSettings
 from service.ask.answerability import asks_for_more, first_mode, says_no_information
 from service.ask.citations import AnnotatedAnswer, StreamedAnswer, annotate, parse_markers, visible_citations
@@ -32,6 +32,7 @@ from service.ask.prompt import REPLACED_NOTE, messages, no_information_answer
 from service.ask.query import QueryStage
 from service.ask.retrieve import Evidence, RetrieveStage
 from service.ask.scope import resolve_scope
+from service.ask.structured import StructuredAnswerError, instruction, parse
 from service.search.service import RetrievalService
 
 
@@ -44,6 +45,7 @@ class Question:
     conversation_id: str | None = None
     history: Sequence[dict[str, Any]] | None = None  # a conversation the client holds, instead of the stored one
     reader_groups: list[str] | None = None  # whom the citations are for (None: a reader who sees everything)
+    json_schema: dict[str, Any] | None = None  # answer as JSON valid against it (service.ask.structured), checked
 
 
 class AskPipeline:
@@ -81,6 +83,11 @@ class AskPipeline:
         # The reader chose the documents, or asks for more of what the previous answer was about: the topic is
         # settled, and the question's own words need not match the sources to be answered from them.
         settled = bool(scope.document_ids or (conversation.previous_sources and asks_for_more(question.text)))
+
+        if question.json_schema is not None:
+            async for event in self._structured(question, conversation, sources, timings, started):
+                yield event
+            return
 
         text, text_written = "", False
         generator = _Watched(self._generator)
@@ -140,6 +147,41 @@ class AskPipeline:
                    whole_documents=len({p.document_id for p in evidence.whole}), mode=mode,
                    unsupported=unsupported_sentences(checked), degraded=generator.degraded)  # fmt: skip
 
+    async def _structured(
+        self, question: Question, conversation: Conversation, sources: list[Passage], timings: dict[str, float],
+        started: float,
+    ) -> AsyncIterator[AskEvent]:  # fmt: skip
+        """A structured answer: the model writes JSON under the question's schema (constrained decoding), which is
+        validated and cited value by value (service.ask.structured). It comes whole, as one token: a part of a JSON
+        text is of no use to a client. Without sources it is the no-information answer (no object made up)."""
+        schema = cast(dict[str, Any], question.json_schema)
+        generator = _Watched(self._generator)
+        data: Any = None
+        if sources:
+            prompt = messages(question.text + instruction(schema), sources, conversation.dialogue)
+            pieces: list[str] = []
+            async for piece in generator.stream(prompt, self._max_answer_tokens, json_schema=schema):
+                if not pieces:
+                    timings["first_token"] = (time.perf_counter() - started) * 1000
+                pieces.append(piece)
+            text = "".join(pieces)
+            try:
+                structured = parse(text, schema, sources)
+            except StructuredAnswerError as exc:
+                raise GeneratorServerError(str(exc)) from exc
+            data, mode, grounded = structured.data, "generate", structured.grounded
+            citations = visible_citations(structured.citations, question.reader_groups, self._documents)
+            unsupported = structured.unsupported
+        else:
+            text, mode, grounded, citations, unsupported = no_information_answer(question.text), "none", False, [], []
+        yield Token(text=text)
+        yield Citations(citations=citations, invalid_markers=parse_markers(text, len(sources)).invalid)
+        self.conversation.remember(conversation, question.text, text, sources if mode != "none" else [])
+        timings["total"] = (time.perf_counter() - started) * 1000
+        yield Done(answer=text, grounded=grounded, timings_ms=timings, conversation_id=conversation.conversation_id,
+                   sources=len(sources), mode=mode, unsupported=unsupported, degraded=generator.degraded,
+                   data=data)  # fmt: skip
+
     def _sources(
         self, evidence: Evidence, conversation: Conversation, budget: Budget, filter: SearchFilter | None
     ) -> list[Passage]:
@@ -190,8 +232,13 @@ class _Watched:
         self._generator = generator
         self._streams: list[Any] = []
 
-    def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
-        stream = self._generator.stream(messages, max_tokens)
+    def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+        json_schema: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        # Only a structured answer passes a schema: a generator of a test that takes none still serves the rest.
+        extra = {"json_schema": json_schema} if json_schema is not None else {}
+        stream = self._generator.stream(messages, max_tokens, **extra)
         self._streams.append(stream)
         return stream
 

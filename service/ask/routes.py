@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException
 from litestar.params import Body, Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from msgspec import Struct
@@ -27,6 +27,7 @@ from service.ask.schemas import (
     SourceRef,
 )
 from service.ask.streaming import opened
+from service.ask.structured import InvalidSchema, schema_of
 from service.auth import Principal, requires
 from service.openapi import ok
 from service.state import Services
@@ -47,9 +48,14 @@ async def ask(
 ) -> Response[Any]:  # fmt: skip
     if not data.question.strip():
         raise ClientException("question must not be empty")
+    try:
+        schema = schema_of(data.response_format)
+    except InvalidSchema as exc:
+        raise HTTPException(str(exc), status_code=422) from exc
     answers = pipeline(services)
     question = question_for(request.user, services, data.question, filters=data.filters,
-                            document_ids=data.document_ids, conversation_id=data.conversation_id)  # fmt: skip
+                            document_ids=data.document_ids, conversation_id=data.conversation_id,
+                            json_schema=schema)  # fmt: skip
     generator = services.container.generator
     if not data.stream:
         answer = await collect(answers.stream(question))

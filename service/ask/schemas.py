@@ -9,6 +9,7 @@ from litestar.openapi.spec import Example
 from msgspec import Meta, Struct
 
 from kb.models import Answer, Citation
+from service.ask.structured import ResponseFormat
 from service.search.filters import SearchFilters
 from service.search.schemas import DOCUMENT_ID, PASSAGE_EXAMPLE
 
@@ -22,6 +23,8 @@ class AskRequest(Struct):
     conversation_id: str | None = None
     filters: SearchFilters | None = None
     document_ids: list[str] | None = None  # ask about these documents (whole, when they fit the window)
+    # JSON that validates against a schema instead of prose, as OpenAI's API takes it (service.ask.structured).
+    response_format: ResponseFormat | None = None
 
 
 class AskResponse(Struct):
@@ -33,11 +36,12 @@ class AskResponse(Struct):
     mode: str = "generate"  # generate | extract (quoted from the sources) | none (no information)
     unsupported: list[str] = msgspec.field(default_factory=list)  # sentences no cited source supports
     degraded: bool = False  # written (in part) by the fallback generator: the generator server was failing
+    data: Any = None  # with a response_format schema: the answer parsed (`answer` is its JSON text)
 
     @classmethod
     def of(cls, answer: Answer) -> "AskResponse":
         return cls(answer.answer, answer.citations, answer.grounded, answer.timings_ms, answer.conversation_id,
-                   answer.mode, answer.unsupported, answer.degraded)  # fmt: skip
+                   answer.mode, answer.unsupported, answer.degraded, answer.data)  # fmt: skip
 
 
 class SourceRef(Struct):
@@ -65,7 +69,14 @@ ASK_EXAMPLES = [
     Example(summary="a follow-up in a conversation",
             value={"question": "And for PDFs?", "conversation_id": "c1f0e2d3a4b5c6d7e8f9a0b1c2d3e4f5"}),  # fmt: skip
     Example(summary="about one document", value={"question": "Summarise it.", "document_ids": [DOCUMENT_ID]}),
-]
+    Example(summary="a structured answer (JSON valid against a schema; `data` holds it parsed)", value={
+        "question": "Extract the parties, the date and the amount of the services agreement.",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "contract", "schema": {
+            "type": "object", "required": ["parties", "signed_on", "amount"], "properties": {
+                "parties": {"type": "array", "items": {"type": "string"}}, "signed_on": {"type": "string"},
+                "amount": {"type": "string"}}}}},
+    }),
+]  # fmt: skip
 CITATION_EXAMPLE = {
     "n": 1, "document_id": DOCUMENT_ID, "filename": "kb-administrator-guide.pdf", "page": 2,
     "section": "Upload limits", "snippet": "Uploads are limited to 100 MB per file by default",

@@ -192,3 +192,26 @@ async def test_closed_it_is_not_ready_and_streams_nothing(adapter: Adapter) -> N
     assert not await generator.ready()
     with pytest.raises(RuntimeError):
         await anext(generator.stream(CHAT))
+
+
+CONTRACT_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}, "population_millions": {"type": "number"}},
+    "required": ["city", "country", "population_millions"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_json_schema_constrains_the_answer_to_valid_json_of_it(adapter: Adapter) -> None:
+    """Structured outputs (guided decoding) on both adapters: however small the model, the text is JSON that
+    validates against the schema, and no stop string of the settings cuts it."""
+    import json
+
+    from jsonschema import validate
+
+    chat = [{"role": "user", "content": "Which city is the capital of France, and how many people live there?"}]
+    async with asyncio.timeout(ANSWER_TIMEOUT_S):
+        text = "".join([d async for d in adapter.generator.stream(chat, 120, json_schema=CONTRACT_SCHEMA)])
+    data = json.loads(text)
+    validate(data, CONTRACT_SCHEMA)
+    assert set(data) == {"city", "country", "population_millions"}

@@ -27,7 +27,7 @@ def test_each_event_has_its_sse_name_and_plain_json_fields() -> None:
     done = payload(Done(answer="A [1].", grounded=True, timings_ms={"total": 3.5}, conversation_id="c1", sources=2))
     assert done == {"answer": "A [1].", "grounded": True, "timings_ms": {"total": 3.5}, "conversation_id": "c1",
                     "sources": 2, "whole_documents": 0, "mode": "generate", "unsupported": [],
-                    "degraded": False}  # fmt: skip
+                    "degraded": False, "data": None}  # fmt: skip
     # A failure without a dependency (an internal error) has no such field, as before.
     assert payload(Failed(status=500, title="Internal Server Error", detail="x")) == {
         "status": 500, "title": "Internal Server Error", "detail": "x"}  # fmt: skip

@@ -234,3 +234,29 @@ def test_the_kubernetes_manifest_turns_the_fallback_on_and_waits_for_the_warm_st
     assert startup["httpGet"]["path"] == "/readyz" and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Room for the measured warm start (~40-70 s on two busy cores) several times over.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
+
+
+async def test_a_structured_answer_the_server_breaks_off_is_written_again_whole_by_the_fallback() -> None:
+    """JSON cannot be continued under its grammar by another model: the server's pieces are held until it finished,
+    and one it breaks off is asked of the fallback again, schema and all; the client never sees the broken part."""
+
+    class JsonServer(ScriptedServer):
+        async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
+                         json_schema: dict | None = None) -> AsyncIterator[str]:  # fmt: skip
+            self.schemas = [*getattr(self, "schemas", []), json_schema]
+            async for piece in super().stream(messages, max_tokens):
+                yield piece
+
+    schema = {"type": "object", "properties": {"limit": {"type": "string"}}, "required": ["limit"]}
+    whole = JsonServer(pieces=('{"limit"', ': "100 MB', ' [1]"}'))
+    fallback = FakeGenerator('{"limit": "100 MB per file [1]"}')
+    generator = breaker(whole, fallback)
+    pieces = [p async for p in generator.stream(QUESTION, 50, json_schema=schema)]
+    assert pieces == ['{"limit": "100 MB [1]"}'] and whole.schemas == [schema]  # held, then whole
+
+    broken = JsonServer(["cut"], pieces=('{"limit"', ': "100 MB', ' [1]"}'))
+    generator = breaker(broken, fallback)
+    stream = generator.stream(QUESTION, 50, json_schema=schema)
+    assert "".join([p async for p in stream]).strip() == '{"limit": "100 MB per file [1]"}' and stream.degraded
+    assert fallback.json_schemas[-1] == schema
+    assert fallback.requests[-1][0][-1]["role"] != "assistant"  # asked again, not continued
