@@ -27,6 +27,18 @@ from kb.ports import Embedder  # noqa: E402
 from kb.settings import EmbedderSettings, GeneratorSettings, Settings  # noqa: E402
 from tests.support import free_port, log_tail, stop_process_group  # noqa: E402
 
+# The longest modules first (the full run's slowest, measured): `make test` runs modules on two workers
+# (pytest-xdist, --dist loadfile, which hands modules out in collection order), and a long one collected late runs
+# alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_crash_safety.py", "test_corpus.py", "test_cli_doors.py", "test_ask_e2e.py",
+                 "test_generator_fallback.py", "test_access_control.py", "test_ingest_worker.py", "test_cli_ingest.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every module keeps its own order
+
+
 SERVER_START_TIMEOUT_S = 300.0
 SERVER_MAX_MODEL_LEN = 4096
 
