@@ -20,7 +20,7 @@ run: setup
 
 test:
 	bash deploy/setup.sh --with-browser
-	.venv/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile
+	.venv/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf data .pytest_cache

@@ -28,8 +28,9 @@ from kb.settings import EmbedderSettings, GeneratorSettings, Settings  # noqa: E
 from tests.support import free_port, log_tail, stop_process_group  # noqa: E402
 
 # The longest modules first (the full run's slowest, measured): `make test` runs modules on two workers
-# (pytest-xdist, --dist loadfile, which hands modules out in collection order), and a long one collected late runs
-# alone at the end while the other worker idles.
+# (pytest-xdist, --dist loadfile --no-loadscope-reorder: modules handed out in collection order, not by their number
+# of tests, which put the one-test crash-safety module last), and a long one collected late runs alone at the end
+# while the other worker idles.
 LONGEST_FIRST = ("test_crash_safety.py", "test_corpus.py", "test_cli_doors.py", "test_ask_e2e.py",
                  "test_generator_fallback.py", "test_access_control.py", "test_ingest_worker.py", "test_cli_ingest.py")
 
