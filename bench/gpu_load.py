@@ -130,7 +130,7 @@ def start_server(command: list[str], log: Path, timeout: float = 900) -> tuple[s
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return process, time.perf_counter() - started
         except httpx.HTTPError:
-            pass
+            pass  # not listening yet
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"vLLM server not healthy after {timeout:.0f} s:\n{log.read_text()[-4000:]}")

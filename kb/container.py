@@ -133,7 +133,7 @@ async def warm_generation(generator: Generator) -> None:
     stream = generator.stream(WARM_UP_MESSAGES, 1)
     try:
         async for _ in stream:
-            pass
+            pass  # drained: the generation itself is the warm-up
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:

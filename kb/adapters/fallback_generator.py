@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 CIRCUIT = "generator"
 # What moves a question to the fallback: the server's errors, transport errors, timeouts (TimeoutError is an OSError).
 FAILOVER_ERRORS = (GeneratorServerError, httpx.HTTPError, OSError)
-WARM_UP_MESSAGES = [{"role": "user", "content": "Say OK."}]
 # Where a prompt packed for the server's longer window is cut to fit the fallback's.
 CUT_MARK = "\n\n[…]\n\n"
 FIT_MARGIN_TOKENS = 64  # the chat template's own tokens around the messages
@@ -172,7 +171,9 @@ class BreakerGenerator:
         """One generation on the fallback engine: it is why the service may be ready while the server is away. The
         server is not asked: vLLM warms itself before it answers /health, and a server still starting would hold
         kb's readiness for nothing (its state is /readyz's to report)."""
-        await _generate_once(self._fallback)
+        from kb.container import warm_generation  # the composition root's warm-up (one generation), not a copy
+
+        await warm_generation(self._fallback)
 
     def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
@@ -338,17 +339,6 @@ class BreakerGenerator:
             await self._primary.close()
         finally:
             await self._fallback.close()
-
-
-async def _generate_once(generator: Generator) -> None:
-    stream = generator.stream(WARM_UP_MESSAGES, 1)
-    try:
-        async for _ in stream:
-            pass
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _describe(exc: BaseException) -> str:

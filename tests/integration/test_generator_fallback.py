@@ -96,7 +96,7 @@ class ServerProcess:
                     if (await client.get(f"http://127.0.0.1:{self.port}/health")).status_code == 200:
                         return time.monotonic() - started
                 except httpx.HTTPError:
-                    pass
+                    pass  # not listening yet
                 await asyncio.sleep(0.5)
         pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S:.0f}s:\n{log_tail(self.log_path)}")
 
