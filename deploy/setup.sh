@@ -14,8 +14,10 @@ APT_PACKAGES=(tesseract-ocr tesseract-ocr-chi-sim poppler-utils libmagic1
   pandoc pandoc-data libreoffice-writer-nogui libreoffice-impress-nogui)
 # `make test` drives the web page in a real browser (Playwright with Debian's Chromium; nothing is downloaded), with
 # a small CJK font (WenQuanYi Micro Hei, ~5 MB) so that Chinese text renders in it (and its screenshots) as glyphs.
+# The deployment files are checked by the tools that read them (tests/unit/test_deploy_compose.py): Debian's
+# docker-compose (`config` needs no engine), haproxy (-c) and prometheus (for promtool; nothing is started).
 if [ "${1:-}" = "--with-browser" ]; then
-  APT_PACKAGES+=(chromium fonts-wqy-microhei)
+  APT_PACKAGES+=(chromium fonts-wqy-microhei docker-compose haproxy prometheus)
 fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -12,6 +12,7 @@ while parsing, the parser then killed; after every embedding batch) and removes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
@@ -43,6 +44,12 @@ class _InFlight:
     claimed_at: float  # time.monotonic()
     path: str
     filename: str
+    # Holds the original's local file (a temporary download for a remote blob store) until this entry is done with:
+    # the parser reads it asynchronously, and again when it is resubmitted. Closed by run_once and stop.
+    local: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    # The original could not be fetched (missing, the store unreachable): raised where the parse result is taken,
+    # so that it fails or retries the job like any other error.
+    error: Exception | None = None
 
 
 class IngestWorker:
@@ -59,12 +66,41 @@ class IngestWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: deque[_InFlight] = deque()
+        # When each job in hand last had its lease extended (time.monotonic()), by job id.
+        self._extended: dict[int, float] = {}
+        # The last sign of life (a pass of the loop, a lease kept while parsing or embedding): `kb worker`'s heartbeat
+        # stops when a worker shows none for long (ingest/tier.py).
+        self.progress_at = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _keep_leases(self, current: Job) -> bool:
+        """Whether `current` still holds its lease (a deleted document's job does not). Asked once a second while a
+        document parses and after every embedding batch; it also extends the lease of every job in hand once a third
+        of a lease has gone by since the last extension: the job being worked on, and the one parsing ahead, which
+        would otherwise be taken by another worker while this one spends longer than a lease on the current job."""
+        now = self.progress_at = time.monotonic()
+        every = self._settings.job_lease_s / 3
+        extended: bool | None = None
+        for job in (current, *(entry.job for entry in self._in_flight)):
+            if now - self._extended.get(job.job_id, now) >= every:
+                self._extended[job.job_id] = now
+                kept = self._registry.extend_lease(job, self._settings.job_lease_s)
+                if job is current:
+                    extended = kept
+        return self._registry.holds_lease(current) if extended is None else extended
 
     def _take(self) -> bool:
-        """Claim one job and hand its original to the parser; False when the queue is empty."""
+        """Claim one job and hand its original to the parser; False when the queue is empty (or the worker is
+        stopping: it takes nothing more)."""
+        if self._stop.is_set():
+            return False
         job = self._registry.claim_next_job(self.worker_id, self._settings.job_lease_s)
         if job is None:
             return False
+        self._extended[job.job_id] = time.monotonic()
         document = self._registry.get_document(job.document_id)
         if document is None:  # deleted while queued
             self._registry.finish_job(job)
@@ -73,9 +109,19 @@ class IngestWorker:
             return True  # deleted (or retaken) since the claim
         self._registry.update_progress(job.document_id, {"stage": "parsing"}, fence=job)
         # The version being ingested, which is not yet the one searches (and downloads) see.
-        path = str(self._blobs.path(blob_key(document.document_id, document.version)))
-        request_id = self._parser.submit(path, document.filename)
-        self._in_flight.append(_InFlight(job, request_id, time.monotonic(), path, document.filename))
+        local = contextlib.ExitStack()
+        try:
+            path = str(local.enter_context(self._blobs.local_file(blob_key(document.document_id, document.version))))
+        except Exception as exc:  # noqa: BLE001 - whatever stops the fetch (missing, store down) is this job's failure
+            local.close()
+            self._in_flight.append(_InFlight(job, -1, time.monotonic(), "", document.filename, local, exc))
+            return True
+        try:
+            request_id = self._parser.submit(path, document.filename)
+        except BaseException:
+            local.close()
+            raise
+        self._in_flight.append(_InFlight(job, request_id, time.monotonic(), path, document.filename, local))
         return True
 
     def run_once(self, on_done: OnDone | None = None) -> bool:
@@ -85,10 +131,14 @@ class IngestWorker:
         if not self._in_flight:
             return False
         current = self._in_flight.popleft()
-        # The next document starts parsing while this one is embedded.
-        while len(self._in_flight) < 1 and self._take():
-            pass
-        self._finish(current)
+        try:
+            # The next document starts parsing while this one is embedded.
+            while len(self._in_flight) < 1 and self._take():
+                pass
+            self._finish(current)
+        finally:
+            current.local.close()  # its local copy of the original, whatever became of the job
+            self._extended.pop(current.job.job_id, None)
         if on_done is not None:
             on_done(current.job.document_id)
         return True
@@ -99,13 +149,14 @@ class IngestWorker:
             blocks = self._parse(current)
 
             def renew(_: dict) -> None:
-                if not self._registry.extend_lease(job, self._settings.job_lease_s):
+                if not self._keep_leases(job):
                     raise LeaseLost(f"job {job.job_id} of {job.document_id} lost its lease")
 
             self._pipeline.index_blocks(job.document_id, blocks, renew, fence=job)
         except ParseError as exc:
             if self._pipeline.mark_failed(job.document_id, str(exc), fence=job):
-                self._registry.finish_job(job, error=str(exc))
+                if self._registry.finish_job(job, error=str(exc)):
+                    self._finished(current, "failed")
                 INGEST_DOCUMENTS.labels("failed").inc()
             else:
                 self._pipeline.abandon(job.document_id)
@@ -130,19 +181,30 @@ class IngestWorker:
                 log.error("ingestion of %s failed for good: %s", job.document_id, reason)
                 if self._pipeline.mark_failed(
                     job.document_id, f"failed after {job.attempts} attempts: {reason}", fence=job
-                ):
-                    self._registry.finish_job(job, error=reason)
+                ) and self._registry.finish_job(job, error=reason):
+                    self._finished(current, "failed")
                 INGEST_DOCUMENTS.labels("failed").inc()
         else:
-            self._registry.finish_job(job)
+            if self._registry.finish_job(job):
+                self._finished(current, "ready")
             INGEST_DOCUMENTS.labels("ready").inc()
             INGEST_DURATION.observe(time.monotonic() - current.claimed_at)
+
+    def _finished(self, current: _InFlight, outcome: str) -> None:
+        """One line per job this worker finished (its claim's last write landed): which, how, after how long."""
+        log.info("ingestion job finished", extra={
+            "job_id": current.job.job_id, "document_id": current.job.document_id, "outcome": outcome,
+            "attempt": current.job.attempts, "worker_id": self.worker_id,
+            "seconds": round(time.monotonic() - current.claimed_at, 2),
+        })  # fmt: skip
 
     def _parse(self, current: _InFlight) -> list:
         """The document's blocks. Checks once a second that the job still holds its lease (a deleted document's
         parse is stopped at once). A document that was still queued when the parser had to be restarted (the one
         before it overran its limit or was cancelled) is submitted again, without counting an attempt."""
         job = current.job
+        if current.error is not None:
+            raise current.error
 
         def resubmit(_: RetryCallState) -> None:
             current.request_id = self._parser.submit(current.path, current.filename)
@@ -153,7 +215,7 @@ class IngestWorker:
             reraise=True,
         )
         return resubmitting(
-            lambda: self._parser.result(current.request_id, cancelled=lambda: not self._registry.holds_lease(job))
+            lambda: self._parser.result(current.request_id, cancelled=lambda: not self._keep_leases(job))
         )
 
     def drain(self, on_done: OnDone | None = None) -> int:
@@ -172,6 +234,7 @@ class IngestWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.progress_at = time.monotonic()
             try:
                 if self.run_once():
                     continue
@@ -188,10 +251,26 @@ class IngestWorker:
         self._thread = threading.Thread(target=self._loop, name="kb-ingest-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def request_stop(self) -> None:
+        """Take no more jobs; the one being worked on is finished (stop() waits for it)."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop: the job being worked on finishes within `timeout` (else its lease runs out and another worker takes
+        it); jobs claimed but not started (the one parsing ahead) are given back to the queue at once, uncounted."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
         self._parser.close()
+        # Only once the loop has ended: a loop still running past the timeout owns its entries.
+        if self._thread is None or not self._thread.is_alive():
+            while self._in_flight:
+                entry = self._in_flight.popleft()
+                entry.local.close()
+                try:
+                    if self._registry.set_status(entry.job.document_id, DocumentStatus.QUEUED, fence=entry.job):
+                        self._registry.give_back_job(entry.job)
+                except Exception:  # the registry is down: the lease runs out instead
+                    log.exception("could not give back job %d of %s", entry.job.job_id, entry.job.document_id)
 

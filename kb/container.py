@@ -38,6 +38,14 @@ def build_registry(settings: Settings) -> Registry:
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
+    blobs = settings.blobs
+    if blobs.backend == "s3":
+        # boto3 is imported only where S3 is used.
+        from kb.adapters.s3_blob_store import S3BlobStore
+
+        return S3BlobStore(
+            blobs.s3_bucket, blobs.s3_prefix, endpoint_url=blobs.s3_endpoint_url or None, region=blobs.s3_region or None
+        )
     from kb.adapters.blob_store import FileBlobStore
 
     return FileBlobStore(settings.blob_dir)
@@ -77,11 +85,15 @@ def build_index(settings: Settings, dimension: int) -> VectorIndex:
         from kb.adapters.edge_index import EdgeVectorIndex
 
         return EdgeVectorIndex(settings.index_path, dimension, fusion=fusion, terms=terms)
-    from kb.adapters.qdrant_server_index import QdrantServerIndex
+    from kb.adapters.qdrant_server_index import ClusterLayout, QdrantServerIndex
 
-    return QdrantServerIndex.from_url(
-        settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion, terms=terms
+    layout = ClusterLayout(
+        settings.index.shards, settings.index.replication_factor, settings.index.write_consistency_factor
     )
+    return QdrantServerIndex.from_url(
+        settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion, terms=terms,
+        layout=layout,
+    )  # fmt: skip
 
 
 def build_scratch_index(settings: Settings, dimension: int, path: Path) -> VectorIndex:

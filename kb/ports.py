@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -147,16 +148,25 @@ class Generator(Protocol):
 
 @runtime_checkable
 class BlobStore(Protocol):
-    """Each document's original bytes, by document id. An id that could name anything outside the store (`../x`,
-    `a/b`) is refused with ValueError; reading an id never stored raises FileNotFoundError; deleting one is a no-op."""
+    """Each document's original bytes, by document id, where every process of every tier (API replicas, ingestion
+    workers on other machines) reaches them. An id that could name anything outside the store (`../x`, `a/b`) is
+    refused with ValueError; reading an id never stored raises FileNotFoundError; deleting one is a no-op. A put is
+    atomic: a reader sees the old bytes or the new ones, never part of them. Safe to share between threads."""
 
     def put(self, document_id: str, data: bytes) -> None: ...
 
-    def path(self, document_id: str) -> Path: ...
-
     def read(self, document_id: str) -> bytes: ...
 
+    def local_file(self, document_id: str) -> AbstractContextManager[Path]:
+        """A file on this machine holding the bytes, for a tool that opens files itself (the parser process), valid
+        until the context exits: the store's own file, or a temporary copy removed on exit. Never write to it."""
+        ...
+
     def delete(self, document_id: str) -> None: ...
+
+    def check(self) -> None:
+        """Raises (naming the store: its directory, or its bucket and endpoint) when the store cannot be used."""
+        ...
 
 
 @runtime_checkable
@@ -219,6 +229,10 @@ class JobQueue(Protocol):
     def finish_job(self, job: Job, *, error: str | None = None) -> bool: ...
 
     def retry_job(self, job: Job, *, error: str, delay_s: float) -> bool: ...
+
+    def give_back_job(self, job: Job) -> bool:
+        """A claim the worker never started on (it is stopping): queued again at once, the attempt not counted."""
+        ...
 
     def extend_lease(self, job: Job, lease_seconds: float) -> bool: ...
 

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kb.models import ALL_GROUPS, SCOPES
@@ -61,6 +61,13 @@ class IndexSettings(BaseModel):
     # TAT-QA reports named by company (bench.titles) recall@5 of the named document 0.82 -> 0.98 (1: 0.97, 3: 0.99),
     # questions naming no document unchanged at recall@5, -0.3 points at recall@1 (bench/RESULTS.md, issue 19).
     name_weight: int = Field(default=2, ge=0, le=10)
+    # A Qdrant cluster (backend "qdrant" with a server URL): the collection kb creates is split into this many shards,
+    # each kept on `replication_factor` nodes, and a write is acknowledged once `write_consistency_factor` replicas of
+    # its shard have it. Read when the collection is created; an existing collection keeps its own. Ignored by the
+    # embedded index and by qdrant-client's local mode. deploy/README.md explains the cluster's choice (3 nodes: 6, 2, 1).
+    shards: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    write_consistency_factor: int = Field(default=1, ge=1)
 
 
 class GeneratorSettings(BaseModel):
@@ -173,7 +180,44 @@ class IngestSettings(BaseModel):
     max_attempts: int = 3  # transient failures (parser crash, I/O) are retried with exponential backoff
     retry_backoff_s: float = 2.0
     job_lease_s: float = 300.0  # renewed while a job makes progress; a dead worker's job is retaken after it
-    workers: int = 1
+    # Ingestion workers this process runs, each with its parser process: `kb serve` (0: the API alone, as
+    # `kb serve --no-worker`) and `kb worker` (at least 1). Scale out with more `kb worker` processes rather than more
+    # here: one worker already overlaps parsing and embedding on two cores.
+    workers: int = Field(default=1, ge=0)
+    # `kb worker` touches this file after every pass of its loop (a job or an idle poll), so that a liveness probe can
+    # tell a live worker from a stuck one by the file's age (deploy/helm/kb); empty: no file.
+    heartbeat_path: str = ""
+    # `kb worker` serves its own kb_ingest_* metrics (documents by outcome, time per document) for Prometheus at
+    # http://0.0.0.0:PORT/metrics; the API's /metrics has the queue depth. 0: none.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+
+class BlobSettings(BaseModel):
+    """Where uploaded originals are kept: every process of every tier (API replicas, `kb worker`s on other machines)
+    must reach the same store."""
+
+    # "files": a directory (one machine, or a shared volume mounted at the same path everywhere); "s3": a bucket of
+    # AWS S3 or an S3-compatible store (MinIO, Ceph RGW, R2). Credentials for s3 are never settings of kb: boto3's
+    # standard chain finds them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, AWS_PROFILE, IRSA on
+    # Kubernetes, an ECS task or EC2 instance role).
+    backend: Literal["files", "s3"] = "files"
+    # For "files": the directory (a shared volume's mount point); empty: DATA_DIR/originals.
+    dir: Path | None = None
+    s3_bucket: str = ""
+    s3_prefix: str = "originals/"  # objects are {prefix}{id[:2]}/{id}
+    s3_endpoint_url: str = ""  # empty: AWS itself; e.g. http://minio:9000 for an S3-compatible store
+    s3_region: str = ""  # empty: from AWS_REGION / AWS_DEFAULT_REGION / the profile
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _empty_dir(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> BlobSettings:
+        if self.backend == "s3" and not self.s3_bucket.strip():
+            raise ValueError("blobs: backend 's3' needs a bucket (KB_BLOBS__S3_BUCKET)")
+        return self
 
 
 class AuthSettings(BaseModel):
@@ -354,6 +398,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     answers: AnswerSettings = AnswerSettings()
     ingest: IngestSettings = IngestSettings()
+    blobs: BlobSettings = BlobSettings()
     auth: AuthSettings = AuthSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -381,4 +426,7 @@ class Settings(BaseSettings):
 
     @property
     def blob_dir(self) -> Path:
+        """The originals' directory for the "files" blob store."""
+        if self.blobs.dir is not None:
+            return self.blobs.dir.expanduser().resolve()
         return self.resolved_data_dir / "originals"

@@ -211,7 +211,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
             if settings.auth.enabled:
                 await asyncio.to_thread(services.keys.ensure_bootstrap_key, settings.admin_key_path)
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
-            services.worker.start()
+            services.start_workers()
             # Warm start: one embedding and one index query (and, in _start_generator, one generation) before
             # /readyz turns ready; the first question pays for none of the loading.
             warm_task = asyncio.create_task(container.warm_up_retrieval())
@@ -229,7 +229,7 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
                         generator_task.cancel()
                     if not warm_task.done():
                         warm_task.cancel()
-                    await asyncio.to_thread(services.worker.stop)
+                    await asyncio.to_thread(services.stop_workers)
         finally:
             await container.aclose()
 

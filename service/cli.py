@@ -63,6 +63,11 @@ def _files(paths: list[Path]) -> list[tuple[Path, str]]:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="The API and the web page only: ingestion runs in `kb worker` processes "
+                     "sharing the registry, index and blob store (as KB_INGEST__WORKERS=0)"),
+    ] = False,
 ) -> None:
     """Run the API, the web page and the ingest worker on the data directory."""
     # vLLM's loggers then go through kb's own handler: one format (JSON lines by default), one stream, one level.
@@ -74,6 +79,8 @@ def serve(
     from service.observability import configure_logging
 
     settings = _settings()
+    if no_worker:
+        settings.ingest.workers = 0
     lock = DataDirLock(settings.resolved_data_dir)
     if not lock.try_acquire():
         console.print(f"[red]error:[/] {lock.busy_message()}")
@@ -92,6 +99,98 @@ def serve(
                     timeout_keep_alive=75, proxy_headers=not settings.auth.trusted_proxies)  # fmt: skip
     finally:
         lock.release()
+
+
+def _shared_only_message(settings: Any) -> str | None:
+    """Why this process cannot run beside others on the same stores: the parts only one process may open."""
+    alone = []
+    if not settings.registry_url:
+        alone.append("the registry is the data directory's SQLite file (set KB_REGISTRY_URL to a PostgreSQL database)")
+    if settings.index.backend == "edge" or not settings.index.url.startswith(("http://", "https://")):
+        alone.append("the index is opened in process (set KB_INDEX__BACKEND=qdrant and KB_INDEX__URL to a Qdrant "
+                     "server)")  # fmt: skip
+    return "; ".join(alone) or None
+
+
+@app.command()
+def worker(
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Ingestion workers in this process (KB_INGEST__WORKERS)")
+    ] = None,
+) -> None:
+    """Run ingestion workers only (no API, no generator): take jobs from the shared registry until stopped."""
+    import signal
+    import threading
+
+    from ingest.tier import WorkerTier
+    from service.datadir import DataDirLock
+    from service.observability import configure_logging
+
+    settings = _settings()
+    if workers is not None:
+        settings.ingest.workers = workers
+    lock = DataDirLock(settings.resolved_data_dir)
+    alone = _shared_only_message(settings)
+    # On the embedded default the stores belong to one process at a time: the data directory's lock says whose.
+    if alone and not lock.try_acquire():
+        console.print(
+            f"[red]error:[/] {lock.busy_message()}. `kb serve` runs the ingestion workers itself; separate "
+            f"`kb worker` processes need stores every process can open: {alone}."
+        )
+        raise typer.Exit(2)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    configure_logging(settings.logging)
+    tier = WorkerTier(settings)
+    try:
+        tier.open()
+        console.print(f"kb worker: {max(1, settings.ingest.workers)} ingestion worker(s), registry "
+                      f"{_redacted_url(settings.resolved_registry_url)}")  # fmt: skip
+        status = tier.run(stop)
+    finally:
+        tier.close()
+        lock.release()
+    raise typer.Exit(status)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the registry's tables and the index's collection (with its shards and payload indexes), then
+    exit: a deployment's one-shot step before its API and worker processes start. Safe to run again."""
+    from kb.container import Container
+    from service.datadir import DataDirLock
+
+    settings = _settings()
+    lock = DataDirLock(settings.resolved_data_dir)
+    if _shared_only_message(settings) and not lock.try_acquire():
+        console.print(f"[red]error:[/] {lock.busy_message()}")
+        raise typer.Exit(2)
+    try:
+        with _library_output(_log_path(settings, None), verbose=False):
+            container = Container.open(settings)  # the registry migrates itself on open; the index creates its collection
+            try:
+                container.blobs.check()
+                documents = len(container.registry.list_documents())
+                chunks = container.index.count()
+            finally:
+                import asyncio
+
+                asyncio.run(container.aclose())
+    finally:
+        lock.release()
+    index = settings.index
+    where = f"Qdrant {index.url} collection {index.collection!r}" if index.backend == "qdrant" else "Qdrant Edge"
+    layout = f" ({index.shards} shard(s), replication factor {index.replication_factor})" if index.url.startswith(
+        ("http://", "https://")) else ""  # fmt: skip
+    out.print(f"registry: {_redacted_url(settings.resolved_registry_url)}: schema up to date, {documents} document(s)")
+    out.print(f"index: {where}{layout}: ready, {chunks} point(s)")
+
+
+def _redacted_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _announce(settings: Any, url: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ingest.pipeline import IngestionPipeline
 from ingest.worker import IngestWorker
@@ -24,6 +24,19 @@ class Services:
     retrieval: RetrievalService
     answers: AskPipeline | None  # None until the generator is up
     keys: ApiKeyService
+    more_workers: list[IngestWorker] = field(default_factory=list)
+
+    def start_workers(self) -> None:
+        """The ingestion workers KB_INGEST__WORKERS asks this process for; none for an API-only process."""
+        if self.container.settings.ingest.workers > 0:
+            for worker in (self.worker, *self.more_workers):
+                worker.start()
+
+    def stop_workers(self) -> None:
+        for worker in (self.worker, *self.more_workers):
+            worker.request_stop()
+        for worker in (self.worker, *self.more_workers):
+            worker.stop()
 
     @classmethod
     async def open(cls, container: Container, *, with_generator: bool = True) -> "Services":
@@ -48,6 +61,11 @@ class Services:
         )
         keys = ApiKeyService(container.registry, settings.auth)
         services = cls(container, pipeline, worker, retrieval, None, keys)
+        # KB_INGEST__WORKERS beyond the first, each with a parser process of its own (0: `kb serve --no-worker`).
+        services.more_workers = [
+            IngestWorker(container.registry, container.blobs, pipeline, settings.ingest)
+            for _ in range(settings.ingest.workers - 1)
+        ]
         if with_generator:
             await services.start_generator()
         return services

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -19,6 +20,16 @@ from kb.models import Chunk, Passage, SearchFilter
 from kb.ports import SearchMode
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """How a collection kb creates on a Qdrant server is spread over a cluster (KB_INDEX__SHARDS, ...): fixed when the
+    collection is created (its shard count cannot change later without re-creating it, so leave room to grow)."""
+
+    shards: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
 
 _UPSERT_BATCH = 256
 
@@ -99,8 +110,10 @@ class QdrantServerIndex:
         candidates: int = 50,
         fusion: HybridFusion | None = None,
         terms: Bm25Terms | None = None,
+        layout: ClusterLayout | None = None,
     ) -> None:
         self._client = client
+        self._layout = layout or ClusterLayout()
         self._collection = collection
         self._dimension = dimension
         self._fusion = fusion or HybridFusion(candidates=candidates)
@@ -131,6 +144,7 @@ class QdrantServerIndex:
         candidates: int = 50,
         fusion: HybridFusion | None = None,
         terms: Bm25Terms | None = None,
+        layout: ClusterLayout | None = None,
     ) -> QdrantServerIndex:
         """`url`: "http(s)://host:6333" for a server, ":memory:" or "path:/dir" for local mode."""
         if url == ":memory:":
@@ -142,7 +156,7 @@ class QdrantServerIndex:
             client = QdrantClient(url=url, api_key=api_key)
         else:
             raise ValueError(f"unsupported Qdrant url {url!r}: use http(s)://..., :memory: or path:/dir")
-        return cls(client, collection, dimension, candidates=candidates, fusion=fusion, terms=terms)
+        return cls(client, collection, dimension, candidates=candidates, fusion=fusion, terms=terms, layout=layout)
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -164,27 +178,42 @@ class QdrantServerIndex:
             if self._client.collection_exists(self._collection):
                 self._check_dimension()
             else:
-                self._client.create_collection(
-                    self._collection,
-                    vectors_config={
-                        DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE),
-                        SENTENCE_VECTOR: models.VectorParams(
-                            size=self._dimension,
-                            distance=models.Distance.COSINE,
-                            multivector_config=models.MultiVectorConfig(
-                                comparator=models.MultiVectorComparator.MAX_SIM
-                            ),
-                            # Only re-scores candidates: no graph to build; float16 halves its memory.
-                            hnsw_config=models.HnswConfigDiff(m=0),
-                            datatype=models.Datatype.FLOAT16,
-                        ),
-                    },
-                    sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-                )
+                self._create_collection()
             if not self._local:  # local mode ignores payload indexes and warns about them
                 for field, kind in PAYLOAD_INDEXES.items():
                     self._client.create_payload_index(self._collection, field, field_schema=_PAYLOAD_SCHEMA[kind])
             self._set_up = True
+
+    def _create_collection(self) -> None:
+        # Local mode has no shards or replicas: the layout is for a server (a cluster).
+        layout = {} if self._local else {
+            "shard_number": self._layout.shards,
+            "replication_factor": self._layout.replication_factor,
+            "write_consistency_factor": self._layout.write_consistency_factor,
+        }  # fmt: skip
+        try:
+            self._client.create_collection(
+                self._collection,
+                vectors_config={
+                    DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE),
+                    SENTENCE_VECTOR: models.VectorParams(
+                        size=self._dimension,
+                        distance=models.Distance.COSINE,
+                        multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+                        # Only re-scores candidates: no graph to build; float16 halves its memory.
+                        hnsw_config=models.HnswConfigDiff(m=0),
+                        datatype=models.Datatype.FLOAT16,
+                    ),
+                },
+                sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                **layout,
+            )
+        except UnexpectedResponse as exc:
+            # Replicas and workers starting together (or `kb migrate` beside them) race to create it: the one that
+            # loses finds it made, with the same settings.
+            if exc.status_code != 409 and not self._client.collection_exists(self._collection):
+                raise
+            self._check_dimension()
 
     def _check_dimension(self) -> None:
         vectors = self._client.get_collection(self._collection).config.params.vectors

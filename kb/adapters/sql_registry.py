@@ -400,6 +400,11 @@ class SqlRegistry:
             run_after=_now() + timedelta(seconds=delay_s),
         )  # fmt: skip
 
+    def give_back_job(self, job: Job) -> bool:
+        return self._update_job(
+            job, state="queued", attempts=_JobRow.attempts - 1, lease_owner=None, lease_until=None, run_after=None
+        )
+
     def extend_lease(self, job: Job, lease_seconds: float) -> bool:
         return self._update_job(job, lease_until=_now() + timedelta(seconds=lease_seconds))
 

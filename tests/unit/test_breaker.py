@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import REGISTRY
 
 from kb.adapters.fallback_generator import CUT_MARK, BreakerGenerator, fallback_settings
@@ -220,16 +218,17 @@ def test_the_fallback_engine_keeps_the_servers_sampling_with_its_own_model_and_w
     assert engine.temperature == 0.2 and engine.stop == GeneratorSettings().stop and engine.fallback == "off"
 
 
-def test_the_kubernetes_manifest_turns_the_fallback_on_and_waits_for_the_warm_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    documents = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "k8s" / "kb.yaml").read_text()))
-    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
+def test_the_helm_chart_turns_the_fallback_on_and_waits_for_the_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_deploy_helm import render
+
+    documents = render()
+    config = next(d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kb")["data"]
     for name, value in config.items():
         monkeypatch.setenv(name, str(value))
     generator = Settings().generator  # the names are settings that exist, with values they accept
     assert (generator.backend, generator.fallback, generator.breaker_failures) == ("openai", "engine", 3)
-    container = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    api = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "kb-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
     startup = container["startupProbe"]
     assert startup["httpGet"]["path"] == "/readyz" and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Room for the measured warm start (~40-70 s on two busy cores) several times over.
