@@ -183,8 +183,10 @@ def migrate() -> None:
     where = f"Qdrant {index.url} collection {index.collection!r}" if index.backend == "qdrant" else "Qdrant Edge"
     layout = f" ({index.shards} shard(s), replication factor {index.replication_factor})" if index.url.startswith(
         ("http://", "https://")) else ""  # fmt: skip
-    out.print(f"registry: {_redacted_url(settings.resolved_registry_url)}: schema up to date, {documents} document(s)")
-    out.print(f"index: {where}{layout}: ready, {chunks} point(s)")
+    # One line each, however narrow the terminal: a deployment's log keeps them whole.
+    out.print(f"registry: {_redacted_url(settings.resolved_registry_url)}: schema up to date, {documents} document(s)",
+              soft_wrap=True, highlight=False, markup=False)  # fmt: skip
+    out.print(f"index: {where}{layout}: ready, {chunks} point(s)", soft_wrap=True, highlight=False, markup=False)
 
 
 def _redacted_url(url: str) -> str:

@@ -66,12 +66,15 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 30) ->
     process.wait(timeout=10)
 
 
-def start_kb_serve(env: dict[str, str], log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], str]:
-    """`kb serve` in its own process group (teardown: stop_process_group), once /readyz answers 200: (process, url)."""
+def start_kb_serve(
+    env: dict[str, str], log_path: Path, timeout: float = 300, args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`kb serve [args]` in its own process group (teardown: stop_process_group), once /readyz answers 200:
+    (process, url)."""
     port = free_port()
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

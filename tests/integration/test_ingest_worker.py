@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,64 @@ def test_an_upload_the_registry_cannot_record_leaves_no_original_behind(open_ser
     assert sorted(str(p) for p in root.rglob("*") if p.is_file()) == originals
     assert container.registry.pending_jobs() == 1 and [d.filename for d in container.registry.list_documents()] == [
         "kept.txt"]
+
+
+class SlowIndex:
+    """The real index, each upsert (one embedding batch) slowed down; after each, another worker tries to take a job
+    from the same registry, as one would while this worker spends longer than a lease on one document."""
+
+    def __init__(self, index: Any, registry: Any, delay_s: float) -> None:
+        self._index, self._registry, self._delay_s = index, registry, delay_s
+        self.stolen: list[Any] = []
+
+    def upsert(self, chunks: Any, vectors: Any, sentence_vectors: Any = None) -> None:
+        time.sleep(self._delay_s)
+        self._index.upsert(chunks, vectors, sentence_vectors)
+        self.stolen.append(self._registry.claim_next_job("another-worker", 60))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+def test_the_job_parsing_ahead_keeps_its_lease_while_the_current_one_takes_longer_than_a_lease(
+    open_services: Any,
+) -> None:
+    slow: list[SlowIndex] = []
+
+    def configure(settings: Settings) -> None:
+        settings.ingest.job_lease_s = 8.0
+
+    container, services = open_services(configure, wrap_index=lambda index: slow.append(SlowIndex(index, None, 0.5))
+                                        or slow[0])  # fmt: skip
+    slow[0]._registry = container.registry
+    long = CORPUS / "html" / "example-10k.html"  # ~400 chunks: 7 embedding batches, well past one lease
+    short = CORPUS / "txt" / "fake-text.txt"
+    first = services.pipeline.submit(long.name, long.read_bytes()).document
+    second = services.pipeline.submit(short.name, short.read_bytes()).document
+    started = time.monotonic()
+    services.worker.drain()
+    took = time.monotonic() - started
+    assert took > 8.0  # longer than a lease on the first document, with the second claimed all along
+    assert slow[0].stolen and slow[0].stolen == [None] * len(slow[0].stolen)  # nothing for another worker to take
+    for document in (first, second):
+        assert container.registry.get_document(document.document_id).status is DocumentStatus.READY
+
+
+def test_stopping_gives_back_the_job_parsing_ahead_and_finishes_the_current_one(open_services: Any) -> None:
+    container, services = open_services()
+    long = CORPUS / "html" / "example-10k.html"
+    short = CORPUS / "txt" / "fake-text.txt"
+    first = services.pipeline.submit(long.name, long.read_bytes()).document
+    second = services.pipeline.submit(short.name, short.read_bytes()).document
+    services.worker.start()
+    deadline = time.monotonic() + 120
+    while container.registry.get_document(second.document_id).status is not DocumentStatus.PROCESSING:
+        assert time.monotonic() < deadline, "the second document was never claimed"
+        time.sleep(0.1)
+    services.worker.stop(timeout=300)
+
+    assert container.registry.get_document(first.document_id).status is DocumentStatus.READY
+    given_back = container.registry.get_document(second.document_id)
+    assert given_back.status is DocumentStatus.QUEUED and container.registry.pending_jobs() == 1
+    job = container.registry.claim_next_job("the next worker", 60)  # at once, not after a lease
+    assert job is not None and job.document_id == second.document_id and job.attempts == 1

@@ -178,7 +178,11 @@ def test_two_apis_and_three_workers_drain_the_corpus_and_a_killed_worker_loses_n
             apis = {}
             for name in ("api-1", "api-2"):
                 env = environment(tmp_path, registry_url, name)
-                process, url = start_kb_serve({**env, "KB_INGEST__WORKERS": "0"}, logs[name])
+                # API only, both ways of saying it: the flag, and the setting (as compose and the chart set it).
+                if name == "api-1":
+                    process, url = start_kb_serve(env, logs[name], args=("--no-worker",))
+                else:
+                    process, url = start_kb_serve({**env, "KB_INGEST__WORKERS": "0"}, logs[name])
                 processes.append(process)
                 apis[name] = url
             # A worker is up once it touches its heartbeat file (after its models and parser are warm).
