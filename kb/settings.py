@@ -88,7 +88,7 @@ class GeneratorSettings(BaseModel):
     # The long window (production: 131072 for Qwen2.5-7B-Instruct) by static YaRN, scaled by max_model_len over the
     # model's native window. Off by default: Qwen's card warns that static YaRN can hurt short prompts, so turn it on
     # only where contexts go beyond the native 32k. Applied by the in-process engine; `vllm serve` takes the same
-    # as --hf-overrides (docker-compose.yml, deploy/k8s/).
+    # as --hf-overrides (docker-compose.yml, deploy/helm/kb).
     yarn: bool = False
     yarn_original_max_position_embeddings: int = 32768
     rope_theta: float = 1_000_000.0  # the model's own (Qwen2.5: 1e6); YaRN's rope_parameters must restate it
