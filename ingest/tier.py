@@ -44,6 +44,12 @@ class WorkerTier:
         settings = self.settings
         self.container = container = Container.open(settings)
         container.blobs.check()
+        if not settings.registry_url:
+            # The data directory's SQLite file, whose lock this process holds (service/cli.py): a job left running was
+            # left by a process that died; resume it now rather than when its lease ends (as `kb serve` does).
+            resumed = container.registry.release_leases()
+            if resumed:
+                log.info("resuming %d interrupted ingestion job(s)", resumed)
         pipeline = IngestionPipeline(
             container.registry, container.blobs, container.embedder, container.index, settings.ingest,
             settings.embedder.languages,

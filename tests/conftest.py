@@ -32,7 +32,8 @@ from tests.support import free_port, log_tail, stop_process_group  # noqa: E402
 # of tests, which put the one-test crash-safety module last), and a long one collected late runs alone at the end
 # while the other worker idles.
 LONGEST_FIRST = ("test_crash_safety.py", "test_corpus.py", "test_cli_doors.py", "test_ask_e2e.py",
-                 "test_generator_fallback.py", "test_access_control.py", "test_ingest_worker.py", "test_cli_ingest.py")
+                 "test_generator_fallback.py", "test_access_control.py", "test_ingest_worker.py", "test_scale_out.py",
+                 "test_cli_ingest.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

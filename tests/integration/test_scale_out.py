@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ SLOW_FORMATS = {".doc", ".ppt", ".xls", ".msg", ".rtf", ".odt", ".pdf", ".p7s", 
 # Short, so that the killed worker's job is taken again within the test, yet long enough for one embedding batch of
 # the long job on two cores shared by five processes (the lease is extended between batches); 300 s in production.
 LEASE_S = 30
+# With a shared Qdrant server: a collection of this run's own, removed afterwards.
+COLLECTION = f"kb_scale_out_{uuid.uuid4().hex[:8]}" if QDRANT_URL else "kb_scale_out"
 
 
 def batch() -> list[str]:
@@ -83,7 +86,7 @@ def environment(tmp: Path, registry_url: str, name: str) -> dict[str, str]:
         KB_BLOBS__DIR=str(tmp / "shared-originals"),
         KB_INDEX__BACKEND="qdrant",
         KB_INDEX__URL=QDRANT_URL or f"path:{tmp / name / 'qdrant'}",
-        KB_INDEX__COLLECTION="kb_scale_out",
+        KB_INDEX__COLLECTION=COLLECTION,
         KB_GENERATOR__ENABLED="false",  # ingestion and search: the generator tier is tested elsewhere
         KB_AUTH__BOOTSTRAP_ADMIN_KEY="false",  # as in a deployment: the operator creates the first key
         KB_AUTH__SESSION_SECRET="one secret for every replica",
@@ -224,6 +227,12 @@ def test_two_apis_and_three_workers_drain_the_corpus_and_a_killed_worker_loses_n
                 return documents if all(d["status"] in ("ready", "failed") for d in documents) else None
 
             documents = wait_for(drained, 900, "every document ready or failed", poll=2)
+            if QDRANT_URL:  # one index for every process: what the workers wrote, both APIs find
+                for url in urls:
+                    found = httpx.post(f"{url}/v1/search", json={"query": "Which Stanley Cup did the team win?"},
+                                       headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+                    assert found.status_code == 200, found.text
+                    assert any("stanley-cups" in p["filename"] for p in found.json()["passages"]), found.json()
             # Every original from the shared store, through the other API than the one it went in by. (Text is served
             # re-encoded as UTF-8, service/documents/originals.py: the binary formats' bytes are compared.)
             binary = [d for d in documents if not d["content_type"].startswith("text/")]
@@ -277,14 +286,23 @@ def test_two_apis_and_three_workers_drain_the_corpus_and_a_killed_worker_loses_n
         for job in held.values():
             assert finished[job["document_id"]][0]["process"] != victim
 
-        # Each ready document's chunks, live, in one index: the one of the worker that finished its job.
-        if QDRANT_URL:
-            return
+        # Each ready document's chunks, live, exactly once: in the shared server's collection, or else in the index of
+        # the worker that finished its job and in no other worker's.
         from kb.container import build_index
 
+        if QDRANT_URL:
+            index = build_index(Settings(index={"backend": "qdrant", "url": QDRANT_URL, "collection": COLLECTION}), 384)
+            try:
+                for document in documents:
+                    expected = document["chunks"] if document["status"] == "ready" else 0
+                    assert index.count(SearchFilter(document_ids=[document["document_id"]])) == expected, document
+            finally:
+                index._client.delete_collection(COLLECTION)
+                index.close()
+            return
         for name in workers:
             settings = Settings(data_dir=tmp_path / name, index={
-                "backend": "qdrant", "url": f"path:{tmp_path / name / 'qdrant'}", "collection": "kb_scale_out"})
+                "backend": "qdrant", "url": f"path:{tmp_path / name / 'qdrant'}", "collection": COLLECTION})
             index = build_index(settings, 384)
             try:
                 for document in documents:

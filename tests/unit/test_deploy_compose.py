@@ -91,6 +91,22 @@ def test_docker_compose_validates_the_file_with_every_profile(tmp_path: Path) ->
     assert set(listed.stdout.split()) >= {"qdrant", "postgres", "redis", "vllm", "proxy", *KB_SERVICES, *MONITORING}
 
 
+def test_the_stores_on_localhost_override_validates_and_publishes_on_loopback_only(tmp_path: Path) -> None:
+    """deploy/compose/stores-on-localhost.yml, for running tests/integration/test_scale_out.py against the stack's
+    Qdrant server and PostgreSQL."""
+    override = ROOT / "deploy" / "compose" / "stores-on-localhost.yml"
+    (tmp_path / "empty.env").write_text("")
+    command = [tool("docker-compose"), "-f", str(COMPOSE), "-f", str(override), "--env-file",
+               str(tmp_path / "empty.env"), "config"]  # fmt: skip
+    result = run(command, env=compose_env())
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    for name, port in (("postgres", 5432), ("qdrant", 6333), ("redis", 6379)):
+        published = merged[name]["ports"]  # docker-compose 1.29 writes them back short: "IP:HOST:TARGET[/proto]"
+        assert published and all(str(p).startswith("127.0.0.1:") and str(p).split("/")[0].endswith(f":{port}")
+                                 for p in published), published  # fmt: skip
+
+
 def test_docker_compose_catches_a_broken_file(tmp_path: Path) -> None:
     """The validator is not a formality: the same file with a wrong start condition is refused."""
     broken = tmp_path / "docker-compose.yml"
