@@ -197,10 +197,12 @@ class RecordingGenerator:
         self.last_messages: list[dict[str, str]] = []
         self.written: list[str] = []
 
-    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, **options: Any
+    ) -> AsyncIterator[str]:
         self.last_messages = list(messages)
         self.written = []
-        inner = self._inner.stream(messages, max_tokens)
+        inner = self._inner.stream(messages, max_tokens, **options)  # json_schema, session: as the pipeline sent them
         try:
             async for delta in inner:
                 self.written.append(delta)

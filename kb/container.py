@@ -34,7 +34,9 @@ def build_registry(settings: Settings) -> Registry:
     from kb.adapters.sql_registry import SqlRegistry
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    return SqlRegistry(settings.resolved_registry_url)
+    return SqlRegistry(
+        settings.resolved_registry_url, pool_size=settings.registry_pool_size, max_overflow=settings.registry_max_overflow
+    )
 
 
 def build_blob_store(settings: Settings) -> BlobStore:

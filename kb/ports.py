@@ -117,11 +117,13 @@ class Generator(Protocol):
 
     def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         """The answer's text as it is generated, in non-empty pieces, at most `max_tokens` tokens (None: the
         settings' max_answer_tokens). With `json_schema` (checked by the caller: service.ask.structured), decoding
-        is constrained to JSON of that schema (vLLM's structured outputs) and no stop string cuts it."""
+        is constrained to JSON of that schema (vLLM's structured outputs) and no stop string cuts it. `session`: an
+        opaque, stable id of the conversation the answer belongs to; an adapter for a server sends it (a header) so
+        that a router in front of several servers keeps a conversation on the one holding its prompt's prefix cache."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -80,6 +80,11 @@ class GeneratorSettings(BaseModel):
     # For backend "openai": the vLLM OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1
     base_url: str = "http://127.0.0.1:8001/v1"
     api_key: str = "EMPTY"
+    # Sent with each answer's request, the conversation's opaque id as its value (a hash, never the id itself): a
+    # router in front of several vLLM servers (vLLM's production-stack router with `--routing-logic session
+    # --session-key x-session-id`, or any proxy hashing on a header) keeps a conversation on the server that holds its
+    # prompt's prefix in cache, so a follow-up skips most of its prefill (deploy/README.md). Empty: no header.
+    session_header: str = "X-Session-Id"
     dtype: str = "bfloat16"  # bf16 on CPU; float16 on GPU for the production model
     max_model_len: int = 8192
     enforce_eager: bool = True
@@ -391,6 +396,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # SQLAlchemy URL of the registry; empty: a SQLite file in the data directory.
     registry_url: str = ""
+    # On PostgreSQL: connections each kb process keeps open, and may open beyond them under load. Every API replica
+    # and worker process has its own pool: (replicas + workers) x (size + overflow) must stay under the server's
+    # max_connections (100 by default) or go through a pooler such as PgBouncer (deploy/README.md).
+    registry_pool_size: int = Field(default=5, ge=1)
+    registry_max_overflow: int = Field(default=10, ge=0)
     models_dir: Path = Field(default_factory=_default_models_dir)
     embedder: EmbedderSettings = EmbedderSettings()
     index: IndexSettings = IndexSettings()

@@ -231,6 +231,7 @@ class FakeGenerator:
         self.messages: list[dict[str, str]] = []
         self.requests: list[tuple[list[dict[str, str]], int | None]] = []
         self.json_schemas: list[dict[str, Any] | None] = []  # each request's schema (a structured answer's)
+        self.sessions: list[str | None] = []  # each request's conversation (Generator.stream's `session`)
         self.started = self.closed = False
 
     async def start(self) -> None:
@@ -238,11 +239,12 @@ class FakeGenerator:
 
     async def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         self.messages = list(messages)
         self.requests.append((self.messages, max_tokens))
         self.json_schemas.append(json_schema)
+        self.sessions.append(session)
         for delta in self.deltas:
             yield delta
 

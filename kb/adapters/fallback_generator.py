@@ -177,13 +177,13 @@ class BreakerGenerator:
 
     def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> FallbackStream:  # fmt: skip
-        return FallbackStream(lambda answer: self._answer(answer, list(messages), max_tokens, json_schema))
+        return FallbackStream(lambda answer: self._answer(answer, list(messages), max_tokens, json_schema, session))
 
     async def _answer(
         self, answer: FallbackStream, messages: list[dict[str, str]], max_tokens: int | None,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         breaker = await self._breakers.get_breaker(CIRCUIT)
         probe = await self._admit(breaker)
@@ -193,7 +193,9 @@ class BreakerGenerator:
         # model under its grammar, so one the server breaks off is written again, whole, by the fallback.
         extra = {"json_schema": json_schema} if json_schema is not None else {}
         if probe is not None:
-            pieces = self._timed(self._primary.stream(messages, max_tokens, **extra))
+            # The conversation's id goes to the server only: its router is what needs it.
+            routed = {**extra, "session": session} if session is not None else extra
+            pieces = self._timed(self._primary.stream(messages, max_tokens, **routed))
             try:
                 async for text in pieces:
                     sent.append(text)

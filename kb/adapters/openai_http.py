@@ -120,7 +120,7 @@ class OpenAIHttpGenerator:
 
     async def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         body = {
             "model": self._settings.served_model_name,
@@ -138,6 +138,8 @@ class OpenAIHttpGenerator:
             # vLLM's structured outputs through OpenAI's own field; no stop string may cut the JSON.
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json_schema}}
             body["stop"] = None
+        # The conversation, for a router in front of several vLLM servers (KB_GENERATOR__SESSION_HEADER).
+        headers = {self._settings.session_header: session} if session and self._settings.session_header else None
         budget = self._settings.request_timeout_s
         wait = wait_exponential(multiplier=BACKOFF_BASE_S, max=BACKOFF_MAX_S)
 
@@ -160,7 +162,7 @@ class OpenAIHttpGenerator:
             async with asyncio.timeout(budget + self._settings.connect_timeout_s):
                 async for attempt in retrying:
                     with attempt:
-                        response, deltas, first = await self._first_delta(body)
+                        response, deltas, first = await self._first_delta(body, headers)
         except TimeoutError as exc:
             raise GeneratorTimeout(f"the generator server sent no answer within {budget:g} s") from exc
         try:
@@ -174,9 +176,11 @@ class OpenAIHttpGenerator:
             await deltas.aclose()
             await response.aclose()
 
-    async def _first_delta(self, body: dict[str, Any]) -> tuple[httpx.Response, AsyncIterator[str], str | None]:
+    async def _first_delta(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> tuple[httpx.Response, AsyncIterator[str], str | None]:
         """The open response, its remaining deltas and the first one (None: the answer is empty)."""
-        request = self._client.build_request("POST", "chat/completions", json=body)
+        request = self._client.build_request("POST", "chat/completions", json=body, headers=headers)
         response = await self._client.send(request, stream=True)
         try:
             if response.status_code != httpx.codes.OK:

@@ -227,12 +227,15 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class SqlRegistry:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
+        """`pool_size`, `max_overflow`: PostgreSQL connections this process keeps open, and may open beyond them
+        under load (SQLAlchemy's QueuePool); each API replica and worker process holds its own pool."""
         options: dict[str, Any] = {}
         if make_url(url).get_backend_name() == "postgresql":
             # A database behind a dead route would hang each connect for minutes: fail within seconds (503), and
             # test pooled connections before use, so one dropped by a restarted server is replaced, not an error.
-            options = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True}
+            options = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True, "pool_size": pool_size,
+                       "max_overflow": max_overflow}  # fmt: skip
         self._engine = create_engine(url, future=True, **options)
         if self._engine.dialect.name == "sqlite":
 

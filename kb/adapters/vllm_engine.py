@@ -115,7 +115,7 @@ class VllmEngineGenerator:
 
     async def stream(
         self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None, session: str | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

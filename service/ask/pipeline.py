@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class AskPipeline:
             return
 
         text, text_written = "", False
-        generator = _Watched(self._generator)
+        generator = _Watched(self._generator, _session(conversation.conversation_id))
         if mode == "generate":
             prompt = messages(question.text, sources, conversation.dialogue)
             generation = Generation(cast(Generator, generator), prompt, self._max_answer_tokens)
@@ -155,7 +156,7 @@ class AskPipeline:
         validated and cited value by value (service.ask.structured). It comes whole, as one token: a part of a JSON
         text is of no use to a client. Without sources it is the no-information answer (no object made up)."""
         schema = cast(dict[str, Any], question.json_schema)
-        generator = _Watched(self._generator)
+        generator = _Watched(self._generator, _session(conversation.conversation_id))
         data: Any = None
         if sources:
             prompt = messages(question.text + instruction(schema), sources, conversation.dialogue)
@@ -224,12 +225,19 @@ class AskPipeline:
         return await collect(self.stream(question))
 
 
+def _session(conversation_id: str | None) -> str | None:
+    """What the generator may pass on to a router for a conversation (Generator.stream's `session`): the same for every
+    turn of the conversation, and a hash rather than the id itself, which stays out of other systems' logs."""
+    return hashlib.sha256(conversation_id.encode()).hexdigest()[:32] if conversation_id else None
+
+
 class _Watched:
     """The generator as one answer uses it: remembers whether a stream it handed out was written, in part or whole,
     by a fallback generator (a stream whose `degraded` is set: kb/adapters/fallback_generator.py), for Done."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, session: str | None = None) -> None:
         self._generator = generator
+        self._session = session
         self._streams: list[Any] = []
 
     def stream(
@@ -237,7 +245,9 @@ class _Watched:
         json_schema: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]:  # fmt: skip
         # Only a structured answer passes a schema: a generator of a test that takes none still serves the rest.
-        extra = {"json_schema": json_schema} if json_schema is not None else {}
+        extra: dict[str, Any] = {"json_schema": json_schema} if json_schema is not None else {}
+        if self._session is not None:
+            extra["session"] = self._session
         stream = self._generator.stream(messages, max_tokens, **extra)
         self._streams.append(stream)
         return stream

@@ -213,3 +213,18 @@ async def test_a_question_about_chosen_documents_as_a_whole_quotes_their_opening
     assert answer.answer.index("[1]") < answer.answer.index("Unused leave expires") < answer.answer.index("[2]")
     assert {c.document_id for c in answer.citations} == {"handbook"} and answer.grounded
     assert unscoped.mode == "none"  # not chosen: a question its sources do not answer is still refused
+
+
+async def test_every_turn_of_a_conversation_reaches_the_generator_under_one_session_that_hides_its_id() -> None:
+    retrieval = FakeRetrieval(rounds=[[passage("a", 0, "Backups run nightly at 02:00.")]] * 3)
+    generator = FakeGenerator("Backups run nightly at 02:00.")
+    answers = AskPipeline(retrieval, generator, RetrievalSettings(), GeneratorSettings(), FakeConversations())  # type: ignore[arg-type]
+
+    one = await answers.ask("When do backups run?")
+    await answers.ask("And on Sundays?", conversation_id=one.conversation_id)
+    other = await answers.ask("When do backups run?")
+
+    first, second, third = generator.sessions
+    assert first and first == second  # one conversation, one server behind a session-routing router
+    assert third and third != first and other.conversation_id != one.conversation_id
+    assert one.conversation_id not in first  # a hash of the id, not the id

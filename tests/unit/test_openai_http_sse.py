@@ -240,3 +240,27 @@ async def test_closed_it_is_not_ready_and_streams_nothing() -> None:
     assert not await generator.ready()
     with pytest.raises(RuntimeError):
         await anext(generator.stream(CHAT))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("header", "session", "sent"), [
+    ("X-Session-Id", "c0ffee", "c0ffee"),  # a router in front of several servers keeps the conversation together
+    ("X-Session-Id", None, None),  # no conversation: nothing to route on
+    ("", "c0ffee", None),  # switched off
+])  # fmt: skip
+async def test_the_conversation_goes_to_the_server_as_a_header_for_its_router(
+    header: str, session: str | None, sent: str | None
+) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, headers=EVENT_STREAM, content=CANNED_STREAM)
+
+    settings = SETTINGS.model_copy(update={"session_header": header})
+    generator = OpenAIHttpGenerator(settings, transport=httpx.MockTransport(handler))
+    assert await collect(generator.stream(CHAT, session=session)) == ["Hello", ", wor", "ld!"]
+    await generator.close()
+    (request,) = requests
+    assert request.headers.get("x-session-id") == sent
+    assert session is None or session not in json.loads(request.content).values()  # a header, not the body
