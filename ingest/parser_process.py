@@ -71,8 +71,12 @@ def _limit_memory(memory_limit_mb: int) -> None:
 
 
 def _child(requests: Any, replies: Any, memory_limit_mb: int = 0) -> None:  # pragma: no cover - in the child
+    import signal
+
     from ingest.partition import partition_file
 
+    # Ctrl-C reaches the whole process group: the worker that owns this child decides when it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload()
     _warm_up()
     _limit_memory(memory_limit_mb)

@@ -72,6 +72,8 @@ class WorkerTier:
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set (SIGTERM, SIGINT) or a worker thread dies; the exit status of the process."""
+        if stop.is_set():  # stopped while loading: claim nothing
+            return 0
         for worker in self.workers:
             worker.start()
         log.info("kb worker: taking ingestion jobs (%s)", ", ".join(w.worker_id for w in self.workers))

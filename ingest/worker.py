@@ -29,12 +29,15 @@ from ingest.partition import ParseError
 from ingest.pipeline import IngestionPipeline, LeaseLost, blob_key
 from kb.metrics import INGEST_DOCUMENTS, INGEST_DURATION
 from kb.models import DocumentStatus, Job
+from kb.outages import store_down_in_chain
 from kb.ports import BlobStore, Registry
 from kb.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
 OnDone = Callable[[str], None]
+# How long a job interrupted by the index's or the blob store's outage waits before it is taken again (uncounted).
+OUTAGE_RETRY_S = 15.0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class IngestWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: deque[_InFlight] = deque()
+        self._current: _InFlight | None = None  # the job being worked on (run_once)
         # When each job in hand last had its lease extended (time.monotonic()), by job id.
         self._extended: dict[int, float] = {}
         # The last sign of life (a pass of the loop, a lease kept while parsing or embedding): `kb worker`'s heartbeat
@@ -130,7 +134,7 @@ class IngestWorker:
             pass
         if not self._in_flight:
             return False
-        current = self._in_flight.popleft()
+        current = self._current = self._in_flight.popleft()
         try:
             # The next document starts parsing while this one is embedded.
             while len(self._in_flight) < 1 and self._take():
@@ -139,6 +143,7 @@ class IngestWorker:
         finally:
             current.local.close()  # its local copy of the original, whatever became of the job
             self._extended.pop(current.job.job_id, None)
+            self._current = None
         if on_done is not None:
             on_done(current.job.document_id)
         return True
@@ -168,7 +173,26 @@ class IngestWorker:
             INGEST_DOCUMENTS.labels("cancelled").inc()
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            if job.attempts < self._settings.max_attempts:
+            down = store_down_in_chain(exc)
+            if down in ("index", "blobs") and not self._stop.is_set():
+                # The store's outage (a Qdrant node restarting, S3 unreachable), not the document's fault: wait for
+                # the store, the attempt uncounted, rather than spend every attempt within seconds and fail a good
+                # document for good. (The registry down: nothing can be written; the lease runs out instead.)
+                log.warning("the %s is unavailable while ingesting %s: trying again in %.0f s: %s",
+                            down, job.document_id, OUTAGE_RETRY_S, reason)  # fmt: skip
+                if self._registry.set_status(
+                    job.document_id, DocumentStatus.QUEUED, error=f"waiting for the {down}: {reason}", fence=job
+                ):
+                    self._registry.give_back_job(job, delay_s=OUTAGE_RETRY_S)
+                INGEST_DOCUMENTS.labels("retried").inc()
+            elif self._stop.is_set():
+                # Stopped mid-job: past the stop timeout the parser was closed under it (ParserCrashed). The
+                # document is not at fault: back to the queue at once, the attempt uncounted.
+                log.info("gave back %s on stopping: %s", job.document_id, reason)
+                if self._registry.set_status(job.document_id, DocumentStatus.QUEUED, fence=job):
+                    self._registry.give_back_job(job)
+                INGEST_DOCUMENTS.labels("cancelled").inc()
+            elif job.attempts < self._settings.max_attempts:
                 delay = self._settings.retry_backoff_s * 2 ** (job.attempts - 1)
                 log.warning("ingestion of %s failed (attempt %d), retrying in %.0f s: %s",
                             job.document_id, job.attempts, delay, reason)  # fmt: skip
@@ -257,20 +281,32 @@ class IngestWorker:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop: the job being worked on finishes within `timeout` (else its lease runs out and another worker takes
-        it); jobs claimed but not started (the one parsing ahead) are given back to the queue at once, uncounted."""
+        """Stop: the job being worked on may finish within `timeout`; past it, the job goes back to the queue at once,
+        uncounted (a parse is ended by closing the parser; an embedding still running is fenced out: this worker's
+        further writes are refused), and so do the jobs claimed but not started (the one parsing ahead). Nothing is
+        left held until its lease runs out, and no stop counts against a document's attempts."""
         self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
         self._parser.close()
-        # Only once the loop has ended: a loop still running past the timeout owns its entries.
-        if self._thread is None or not self._thread.is_alive():
-            while self._in_flight:
-                entry = self._in_flight.popleft()
-                entry.local.close()
-                try:
-                    if self._registry.set_status(entry.job.document_id, DocumentStatus.QUEUED, fence=entry.job):
-                        self._registry.give_back_job(entry.job)
-                except Exception:  # the registry is down: the lease runs out instead
-                    log.exception("could not give back job %d of %s", entry.job.job_id, entry.job.document_id)
+        if self._thread is not None and self._thread.is_alive():
+            # Still parsing: closing the parser ended that parse, and the loop gives its job back (_finish).
+            self._thread.join(10)
+        if self._thread is not None and self._thread.is_alive():
+            # Still embedding: the process is about to go. The loop owns its entries: only their claims are handed
+            # back (the registry then refuses the loop's writes).
+            for entry in (e for e in (self._current, *self._in_flight) if e is not None):
+                self._give_back(entry)
+            return
+        while self._in_flight:
+            entry = self._in_flight.popleft()
+            entry.local.close()
+            self._give_back(entry)
+
+    def _give_back(self, entry: _InFlight) -> None:
+        try:
+            if self._registry.set_status(entry.job.document_id, DocumentStatus.QUEUED, fence=entry.job):
+                self._registry.give_back_job(entry.job)
+        except Exception:  # the registry is down: the lease runs out instead
+            log.exception("could not give back job %d of %s", entry.job.job_id, entry.job.document_id)
 

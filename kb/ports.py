@@ -232,8 +232,9 @@ class JobQueue(Protocol):
 
     def retry_job(self, job: Job, *, error: str, delay_s: float) -> bool: ...
 
-    def give_back_job(self, job: Job) -> bool:
-        """A claim the worker never started on (it is stopping): queued again at once, the attempt not counted."""
+    def give_back_job(self, job: Job, *, delay_s: float = 0.0) -> bool:
+        """A claim handed back, the attempt not counted: one the worker never started on (it is stopping: at once), or
+        one a store's outage interrupted (after `delay_s`)."""
         ...
 
     def extend_lease(self, job: Job, lease_seconds: float) -> bool: ...

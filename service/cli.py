@@ -33,9 +33,30 @@ _SKIP_NAMES = {".DS_Store", "Thumbs.db"}
 
 
 def _settings():  # heavy imports stay out of the entry module's top level (vLLM spawns)
+    from pydantic import ValidationError
+
     from kb.settings import Settings
 
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:  # a KB_* variable wrong: which, and why, in words (no traceback)
+        for error in exc.errors():
+            where = "KB_" + "__".join(str(part) for part in error["loc"]).upper()
+            console.print(Text("error: ", style="red") + Text(f"{where}: {error['msg']}"), soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """A store that cannot be opened or used at start (down, wrong URL or database, missing bucket): one line in
+    words and status 1, not a traceback. Messages name hosts, never passwords (URLs are shown redacted)."""
+    try:
+        yield
+    except Exception as exc:  # whatever stops the start is reported the same way
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.print(Text("error: ", style="red") + Text(f"cannot start: {type(exc).__name__}: {first}"),
+                      soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from exc
 
 
 def _files(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -144,13 +165,22 @@ def worker(
     configure_logging(settings.logging)
     tier = WorkerTier(settings)
     try:
-        tier.open()
-        console.print(f"kb worker: {max(1, settings.ingest.workers)} ingestion worker(s), registry "
-                      f"{_redacted_url(settings.resolved_registry_url)}")  # fmt: skip
+        with _store_errors():
+            tier.open()
+        # A log line, like the rest of what this process says: one format (JSON lines in production) on stderr.
+        logging.getLogger("kb.worker").info("kb worker: %d ingestion worker(s), registry %s",
+                                            max(1, settings.ingest.workers),
+                                            _redacted_url(settings.resolved_registry_url))  # fmt: skip
         status = tier.run(stop)
     finally:
         tier.close()
         lock.release()
+    if any(w.running for w in tier.workers):
+        # A worker thread still inside torch or the index client past the stop timeout (its job already handed back):
+        # leave without the interpreter's shutdown, which would tear down the libraries under it (SIGABRT).
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(status)
     raise typer.Exit(status)
 
 
@@ -167,7 +197,7 @@ def migrate() -> None:
         console.print(f"[red]error:[/] {lock.busy_message()}")
         raise typer.Exit(2)
     try:
-        with _library_output(_log_path(settings, None), verbose=False):
+        with _store_errors(), _library_output(_log_path(settings, None), verbose=False):
             container = Container.open(settings)  # the registry migrates itself on open; the index creates its collection
             try:
                 container.blobs.check()

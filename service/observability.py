@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.tracebacks import ExceptionDictTransformer
 
 from kb.settings import LoggingSettings
 
@@ -52,7 +53,9 @@ def configure_logging(settings: LoggingSettings) -> None:
     renderer: Any
     if settings.format == "json":
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
-        final = [structlog.processors.dict_tracebacks, redact_secrets, renderer]
+        # Frames without their locals: a frame holding the settings would log the registry URL's password.
+        tracebacks = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        final = [tracebacks, redact_secrets, renderer]
     else:
         final = [redact_secrets, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(

@@ -96,21 +96,16 @@ def _reason(exc: BaseException) -> str:
 
 def _classify(exc: BaseException) -> DependencyFailure | None:
     import httpx
-    from sqlalchemy import exc as sql
 
+    from kb.outages import store_down
     from kb.ports import GeneratorServerError, GeneratorTimeout, GeneratorUnavailable
 
     kind, module = type(exc).__name__, type(exc).__module__
-    if isinstance(exc, sql.OperationalError | sql.TimeoutError) or (
-        isinstance(exc, sql.DBAPIError) and exc.connection_invalidated
-    ):
-        return DependencyFailure("registry", 503, _reason(exc))
-    if kind == "OperationalError" and module.startswith(("psycopg", "sqlite3")):
-        return DependencyFailure("registry", 503, _reason(exc))
-    if module.startswith("qdrant_client"):
-        status = getattr(exc, "status_code", None)
-        if kind == "ResponseHandlingException" or (kind == "UnexpectedResponse" and (status or 0) >= 500):
-            return DependencyFailure("index", 503, _reason(getattr(exc, "source", None) or exc))
+    store = store_down(exc)
+    if store == "index":
+        return DependencyFailure("index", 503, _reason(getattr(exc, "source", None) or exc))
+    if store is not None:
+        return DependencyFailure(store, 503, _reason(exc))
     if isinstance(exc, GeneratorTimeout):
         return DependencyFailure("generator", 504, _reason(exc))
     if isinstance(exc, GeneratorUnavailable):

@@ -8,7 +8,8 @@ migrations rather than each opening a database of their own."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,9 @@ from sqlalchemy import (
     func,
     select,
     update,
+)
+from sqlalchemy import (
+    text as sql_text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -226,6 +230,10 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+# pg_advisory_lock key of the registry's schema changes (any constant: "kbschema" in ASCII, cut to 63 bits).
+_SCHEMA_LOCK_KEY = 0x6B62736368656D61
+
+
 class SqlRegistry:
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
         """`pool_size`, `max_overflow`: PostgreSQL connections this process keeps open, and may open beyond them
@@ -250,11 +258,28 @@ class SqlRegistry:
                 cursor.execute("PRAGMA busy_timeout=10000")
                 cursor.close()
 
-        _Base.metadata.create_all(self._engine)
-        self._migrate_api_keys_expiry()
-        self._migrate_jobs_autoincrement()
-        self._migrate_owner_width()
+        with self._schema_lock():
+            _Base.metadata.create_all(self._engine)
+            self._migrate_api_keys_expiry()
+            self._migrate_jobs_autoincrement()
+            self._migrate_owner_width()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """One process at a time creates or upgrades the tables: two `kb migrate` at once, or API and worker pods
+        starting together on an empty database, would otherwise race in CREATE TABLE (a duplicate pg_type row).
+        PostgreSQL: a session advisory lock on a connection of its own; SQLite: the data directory's lock."""
+        if self._engine.dialect.name != "postgresql":
+            yield
+            return
+        with self._engine.connect() as connection:
+            connection.execute(sql_text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sql_text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                connection.commit()
 
     def _migrate_jobs_autoincrement(self) -> None:
         """Registries created before 2026-11-30 have a SQLite jobs table that reuses ids: rebuild it as
@@ -403,9 +428,10 @@ class SqlRegistry:
             run_after=_now() + timedelta(seconds=delay_s),
         )  # fmt: skip
 
-    def give_back_job(self, job: Job) -> bool:
+    def give_back_job(self, job: Job, *, delay_s: float = 0.0) -> bool:
+        run_after = _now() + timedelta(seconds=delay_s) if delay_s > 0 else None
         return self._update_job(
-            job, state="queued", attempts=_JobRow.attempts - 1, lease_owner=None, lease_until=None, run_after=None
+            job, state="queued", attempts=_JobRow.attempts - 1, lease_owner=None, lease_until=None, run_after=run_after
         )
 
     def extend_lease(self, job: Job, lease_seconds: float) -> bool:

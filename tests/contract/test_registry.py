@@ -238,6 +238,13 @@ def test_a_claim_given_back_unstarted_is_taken_at_once_without_counting_an_attem
     again = registry.claim_next_job("other-worker", lease_seconds=60)
     assert (again.document_id, again.attempts) == ("d1", 1)  # first in line still, no attempt used up
     assert registry.pending_jobs() == 2
+    # An outage's give-back waits out its delay (the store is down), still uncounted.
+    assert registry.give_back_job(again, delay_s=0.5)
+    assert registry.claim_next_job("other-worker", lease_seconds=60).document_id == "d2"
+    assert registry.claim_next_job("other-worker", lease_seconds=60) is None
+    time.sleep(0.6)
+    later = registry.claim_next_job("other-worker", lease_seconds=60)
+    assert (later.document_id, later.attempts) == ("d1", 1)
 
 
 def test_release_leases_requeues_every_running_job_at_start(registry: Registry) -> None:

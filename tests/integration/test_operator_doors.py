@@ -147,3 +147,43 @@ def test_a_worker_stopped_while_it_reads_a_document_gives_the_job_back_uncounted
             process.wait()
         engine.dispose()
     assert after == "queued", f"{after}\n{log_tail(stderr, 8)}"
+
+
+@pytest.mark.slow
+def test_a_document_ingested_while_qdrant_is_briefly_down_is_not_failed_for_good(tmp_path: Path) -> None:
+    """A Qdrant node restarting (a rolling update takes tens of seconds) is the index's outage, not the document's
+    fault: the worker must not spend every attempt within seconds and fail the document for good."""
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    container = Container.open(settings)
+    services = asyncio.run(Services.open(container, with_generator=False))
+    path = CORPUS / "txt" / "norwich-city.txt"
+    document_id = services.pipeline.submit(path.name, path.read_bytes()).document.document_id
+    asyncio.run(container.aclose())
+    stderr = tmp_path / "stderr"
+    env = kb_env(KB_DATA_DIR=str(data), KB_INDEX__BACKEND="qdrant", KB_INDEX__URL=f"http://127.0.0.1:{free_port()}")
+    with stderr.open("wb") as err:
+        process = subprocess.Popen([str(KB), "worker"], stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                   start_new_session=True)  # fmt: skip
+    engine = create_engine(settings.resolved_registry_url)
+    try:
+        deadline = time.monotonic() + 60
+        while b"taking ingestion jobs" not in stderr.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log_tail(stderr)
+            time.sleep(0.3)
+        time.sleep(20)  # the index stays down for 20 s
+        with engine.connect() as connection:
+            status = connection.execute(text("SELECT status FROM documents WHERE document_id = :id"),
+                                        {"id": document_id}).scalar_one()  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=50)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        engine.dispose()
+    # Waiting for the index (queued for a later attempt, or still held), never given up on.
+    assert status in ("queued", "processing"), f"{status}\n{log_tail(stderr, 6)}"
+    assert "failed for good" not in stderr.read_text(), log_tail(stderr, 6)
