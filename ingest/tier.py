@@ -95,7 +95,8 @@ class WorkerTier:
         return status
 
     def close(self) -> None:
-        """Stop taking jobs, let the jobs in hand finish within the stop timeout, give back those not started."""
+        """Stop taking jobs; a job in hand may finish within the stop timeout, else it goes back to the queue, as do
+        those read ahead (IngestWorker.stop): none is counted as an attempt or left held until its lease runs out."""
         for worker in self.workers:
             worker.request_stop()
         for worker in self.workers:
