@@ -237,19 +237,21 @@ def test_the_job_parsing_ahead_keeps_its_lease_while_the_current_one_takes_longe
     slow: list[SlowIndex] = []
 
     def configure(settings: Settings) -> None:
-        settings.ingest.job_lease_s = 8.0
+        # Longer than one embedding batch takes under the full suite's load (the lease is extended between batches),
+        # shorter than the first document's time with its slowed batches.
+        settings.ingest.job_lease_s = 20.0
 
-    container, services = open_services(configure, wrap_index=lambda index: slow.append(SlowIndex(index, None, 0.5))
+    container, services = open_services(configure, wrap_index=lambda index: slow.append(SlowIndex(index, None, 3.0))
                                         or slow[0])  # fmt: skip
     slow[0]._registry = container.registry
-    long = CORPUS / "html" / "example-10k.html"  # ~400 chunks: 7 embedding batches, well past one lease
+    long = CORPUS / "html" / "example-10k.html"  # ~400 chunks: 7 embedding batches of 3 s and more, past one lease
     short = CORPUS / "txt" / "fake-text.txt"
     first = services.pipeline.submit(long.name, long.read_bytes()).document
     second = services.pipeline.submit(short.name, short.read_bytes()).document
     started = time.monotonic()
     services.worker.drain()
     took = time.monotonic() - started
-    assert took > 8.0  # longer than a lease on the first document, with the second claimed all along
+    assert took > 20.0  # longer than a lease on the first document, with the second claimed all along
     assert slow[0].stolen and slow[0].stolen == [None] * len(slow[0].stolen)  # nothing for another worker to take
     for document in (first, second):
         assert container.registry.get_document(document.document_id).status is DocumentStatus.READY
