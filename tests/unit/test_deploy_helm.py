@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from kb.settings import GeneratorSettings
+from tests.unit.test_answering_generation_settings import flags
 
 pytestmark = pytest.mark.unit
 
@@ -551,16 +552,6 @@ def test_blobs_on_a_shared_volume_or_in_s3() -> None:
 
 
 # --- vLLM -------------------------------------------------------------------------------------------------------------
-
-
-def flags(args: list[str]) -> dict[str, str]:
-    """--name value / --name=value pairs of a command line."""
-    found: dict[str, str] = {}
-    for i, arg in enumerate(args):
-        if arg.startswith("--"):
-            name, _, value = arg.partition("=")
-            found[name] = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "")
-    return found
 
 
 def test_vllm_serves_the_128k_window_with_prefix_caching_on_one_gpu() -> None:
