@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -214,16 +216,35 @@ def test_an_upload_the_registry_cannot_record_leaves_no_original_behind(open_ser
         "kept.txt"]
 
 
-class SlowIndex:
-    """The real index, each upsert (one embedding batch) slowed down; after each, another worker tries to take a job
-    from the same registry, as one would while this worker spends longer than a lease on one document."""
+class LeaseClock:
+    """The clock leases are kept by, on both sides (the registry's lease deadlines, the worker's "a third of a lease
+    has gone by"): the real clock plus an offset the test moves forward. A job then outlives its lease in the clock's
+    terms however fast or slow this machine runs the embedding, so the test proves the extension, not a race."""
 
-    def __init__(self, index: Any, registry: Any, delay_s: float) -> None:
-        self._index, self._registry, self._delay_s = index, registry, delay_s
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import kb.adapters.sql_registry as sql_registry
+        import ingest.worker as worker
+
+        self.offset_s = 0.0
+        real_now, real_monotonic = sql_registry._now, time.monotonic
+        monkeypatch.setattr(sql_registry, "_now", lambda: real_now() + timedelta(seconds=self.offset_s))
+        clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+        clock.monotonic = lambda: real_monotonic() + self.offset_s
+        monkeypatch.setattr(worker, "time", clock)
+
+
+class SlowIndex:
+    """The real index, each upsert (one embedding batch) taking `batch_s` on the lease clock; after each, another
+    worker tries to take a job from the same registry, as one would while this worker spends longer than a lease on
+    one document."""
+
+    def __init__(self, index: Any, clock: LeaseClock, batch_s: float) -> None:
+        self._index, self._clock, self._batch_s = index, clock, batch_s
+        self._registry: Any = None
         self.stolen: list[Any] = []
 
     def upsert(self, chunks: Any, vectors: Any, sentence_vectors: Any = None) -> None:
-        time.sleep(self._delay_s)
+        self._clock.offset_s += self._batch_s
         self._index.upsert(chunks, vectors, sentence_vectors)
         self.stolen.append(self._registry.claim_next_job("another-worker", 60))
 
@@ -232,27 +253,32 @@ class SlowIndex:
 
 
 def test_the_job_parsing_ahead_keeps_its_lease_while_the_current_one_takes_longer_than_a_lease(
-    open_services: Any,
+    open_services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow: list[SlowIndex] = []
+    lease_s = 60.0
 
     def configure(settings: Settings) -> None:
-        # Longer than one embedding batch takes under the full suite's load (the lease is extended between batches),
-        # shorter than the first document's time with its slowed batches.
-        settings.ingest.job_lease_s = 20.0
+        settings.ingest.job_lease_s = lease_s
 
-    container, services = open_services(configure, wrap_index=lambda index: slow.append(SlowIndex(index, None, 3.0))
-                                        or slow[0])  # fmt: skip
-    slow[0]._registry = container.registry
-    long = CORPUS / "html" / "example-10k.html"  # ~400 chunks: 7 embedding batches of 3 s and more, past one lease
+    clock = LeaseClock(monkeypatch)
+    # Each batch takes 0.45 of a lease, so the worker extends after every one (past a third of a lease); the real time
+    # a batch takes adds to that, up to 0.55 of a lease (33 s) before a slow machine could lose the current job.
+    slow = SlowIndex(None, clock, 0.45 * lease_s)
+
+    def wrap(index: Any) -> SlowIndex:
+        slow._index = index
+        return slow
+
+    container, services = open_services(configure, wrap_index=wrap)
+    slow._registry = container.registry
+    long = CORPUS / "html" / "example-10k.html"  # ~400 chunks: 7 embedding batches, 3 leases on the lease clock
     short = CORPUS / "txt" / "fake-text.txt"
     first = services.pipeline.submit(long.name, long.read_bytes()).document
     second = services.pipeline.submit(short.name, short.read_bytes()).document
-    started = time.monotonic()
     services.worker.drain()
-    took = time.monotonic() - started
-    assert took > 20.0  # longer than a lease on the first document, with the second claimed all along
-    assert slow[0].stolen and slow[0].stolen == [None] * len(slow[0].stolen)  # nothing for another worker to take
+    first_batches = len(slow.stolen) - 1  # the short document is one batch
+    assert first_batches * 0.45 * lease_s > 2 * lease_s  # the second was claimed, parsing ahead, for over two leases
+    assert slow.stolen == [None] * len(slow.stolen)  # nothing for another worker to take
     for document in (first, second):
         assert container.registry.get_document(document.document_id).status is DocumentStatus.READY
 
