@@ -67,8 +67,9 @@ class WorkerTier:
             from prometheus_client import start_http_server
 
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
-            start_http_server(settings.ingest.metrics_port)
-            log.info("kb worker: metrics at http://0.0.0.0:%d/metrics", settings.ingest.metrics_port)
+            start_http_server(settings.ingest.metrics_port, addr=settings.ingest.metrics_host)
+            log.info("kb worker: metrics at http://%s:%d/metrics", settings.ingest.metrics_host,
+                     settings.ingest.metrics_port)  # fmt: skip
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set (SIGTERM, SIGINT) or a worker thread dies; the exit status of the process."""

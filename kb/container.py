@@ -90,7 +90,8 @@ def build_index(settings: Settings, dimension: int) -> VectorIndex:
     from kb.adapters.qdrant_server_index import ClusterLayout, QdrantServerIndex
 
     layout = ClusterLayout(
-        settings.index.shards, settings.index.replication_factor, settings.index.write_consistency_factor
+        settings.index.shards, settings.index.replication_factor, settings.index.write_consistency_factor,
+        settings.index.storage,
     )
     return QdrantServerIndex.from_url(
         settings.index.url, settings.index.api_key, settings.index.collection, dimension, fusion=fusion, terms=terms,

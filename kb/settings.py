@@ -68,6 +68,10 @@ class IndexSettings(BaseModel):
     shards: int = Field(default=1, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     write_consistency_factor: int = Field(default=1, ge=1)
+    # Where that collection keeps its data, also read when it is created: "memory" (Qdrant's defaults: all in RAM) or
+    # "disk" (an int8 copy of the chunk vectors and their graph in RAM; originals, sentence vectors, the BM25 index
+    # and the payload on disk): ~10 GB of RAM per 10M chunks instead of ~140 GB (deploy/README.md, layouts A and B).
+    storage: Literal["memory", "disk"] = "memory"
 
 
 class GeneratorSettings(BaseModel):
@@ -193,8 +197,10 @@ class IngestSettings(BaseModel):
     # tell a live worker from a stuck one by the file's age (deploy/helm/kb); empty: no file.
     heartbeat_path: str = ""
     # `kb worker` serves its own kb_ingest_* metrics (documents by outcome, time per document) for Prometheus at
-    # http://0.0.0.0:PORT/metrics; the API's /metrics has the queue depth. 0: none.
+    # http://METRICS_HOST:PORT/metrics, without a key; the API's /metrics has the queue depth. 0: none. The host is
+    # loopback unless set: a container scraped from its pod or compose network sets 0.0.0.0 (deploy/).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class BlobSettings(BaseModel):

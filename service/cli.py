@@ -109,7 +109,8 @@ def serve(
     try:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         lock.publish_server(url)
-        _announce(settings, url)
+        with _store_errors():  # the registry holds the bootstrap key: down, wrong URL
+            _announce(settings, url)
         configure_logging(settings.logging)
         # uvicorn's own logging config and access log would bypass the JSON lines (ours carry the request id).
         # Keep-alive longer than the idle timeout of the proxies and load balancers in front (often 60 s): a proxy

@@ -30,6 +30,10 @@ class ClusterLayout:
     shards: int = 1
     replication_factor: int = 1
     write_consistency_factor: int = 1
+    # "memory": Qdrant's defaults, every vector and the payload in RAM. "disk" (deploy/README.md, layout B): an int8
+    # copy of the chunk vectors and their HNSW graph stay in RAM; the float32 originals (read to rescore), the
+    # sentence vectors, the BM25 index and the payload go on disk, held in the page cache as far as RAM allows.
+    storage: str = "memory"
 
 _UPSERT_BATCH = 256
 
@@ -191,11 +195,22 @@ class QdrantServerIndex:
             "replication_factor": self._layout.replication_factor,
             "write_consistency_factor": self._layout.write_consistency_factor,
         }  # fmt: skip
+        # Where the data lives (ClusterLayout.storage), for a server: local mode keeps everything in its own arrays.
+        on_disk = self._layout.storage == "disk" and not self._local
+        dense: dict[str, Any] = {}
+        if on_disk:
+            dense = {
+                "on_disk": True,  # the float32 originals, read only to rescore the quantised search's candidates
+                "hnsw_config": models.HnswConfigDiff(on_disk=False),  # the graph is walked at random: RAM
+                "quantization_config": models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True)),  # fmt: skip
+            }
+            layout["on_disk_payload"] = True  # the filtered fields have payload indexes, which stay in RAM
         try:
             self._client.create_collection(
                 self._collection,
                 vectors_config={
-                    DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE),
+                    DENSE_VECTOR: models.VectorParams(size=self._dimension, distance=models.Distance.COSINE, **dense),
                     SENTENCE_VECTOR: models.VectorParams(
                         size=self._dimension,
                         distance=models.Distance.COSINE,
@@ -203,9 +218,13 @@ class QdrantServerIndex:
                         # Only re-scores candidates: no graph to build; float16 halves its memory.
                         hnsw_config=models.HnswConfigDiff(m=0),
                         datatype=models.Datatype.FLOAT16,
+                        on_disk=on_disk or None,  # ~800 rows read per query: random reads, not a scan
                     ),
                 },
-                sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(
+                    modifier=models.Modifier.IDF,
+                    index=models.SparseIndexParams(on_disk=True) if on_disk else None,  # read per query term
+                )},  # fmt: skip
                 **layout,
             )
         except UnexpectedResponse as exc:

@@ -77,7 +77,8 @@ class AskPipeline:
         conversation = self.conversation.load(question.conversation_id, question.history, question.filter)
         scope = resolve_scope(question.text, question.filter, conversation)
         budget = self.packer.budget(question.text, conversation.dialogue)
-        evidence = await self.retrieve.gather(scope, budget, lambda: self.query.standalone(question.text, conversation))
+        evidence = await self.retrieve.gather(scope, budget, lambda: self.query.standalone(
+            question.text, conversation, _session(conversation.conversation_id)))
         sources = self._sources(evidence, conversation, budget, question.filter)
         timings = evidence.timings_ms
         mode = first_mode(question.text, self._answers) if sources else "none"

@@ -81,18 +81,29 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
 # Longest a check may take; its thread is left to finish on its own, and the next /readyz does not start another
 # while it is still running (a hung database never holds more than one thread per check).
 CHECK_TIMEOUT_S = 3.0
+# A check's answer serves every /readyz within this long: the route needs no key, and probes from the kubelet, the load
+# balancer and whoever polls it must not each run a database query, an index count and a blob-store write.
+CHECK_REUSE_S = 1.0
 _EXECUTOR = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kb-readyz")
 _RUNNING: dict[str, tuple[float, Future[Any]]] = {}
 
 
 async def _in_thread(key: str, check: Callable[[], Any]) -> str:
+    now = time.monotonic()
     running = _RUNNING.get(key)
-    if running is not None and not running[1].done():
-        return f"error: no answer for {time.monotonic() - running[0]:.0f} s (the last check is still waiting)"
-    future = _EXECUTOR.submit(check)
-    _RUNNING[key] = (time.monotonic(), future)
+    if running is not None:
+        started, future = running
+        if not future.done() and now - started >= CHECK_TIMEOUT_S:
+            return f"error: no answer for {now - started:.0f} s (the last check is still waiting)"
+        if future.done() and now - getattr(future, "finished_at", started) >= CHECK_REUSE_S:
+            running = None
+    if running is None:  # none yet, or its answer is too old: start one; calls meanwhile wait for the same one
+        future = _EXECUTOR.submit(check)
+        future.add_done_callback(lambda done: setattr(done, "finished_at", time.monotonic()))
+        _RUNNING[key] = (now, future)
     try:
-        await asyncio.wrap_future(future)
+        # Shielded: one caller's timeout must not cancel the check the others wait for.
+        await asyncio.shield(asyncio.wrap_future(future))
     except Exception as exc:
         return f"error: {_describe(exc)}"
     return "ok"

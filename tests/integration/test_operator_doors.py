@@ -47,18 +47,26 @@ def assert_short_error(run: subprocess.CompletedProcess[str], *words: str) -> No
     assert PASSWORD not in run.stderr
 
 
-@pytest.mark.parametrize("command", ["migrate", "worker"])
+# Each operator door that opens the stores at start: `kb serve` for an API-only replica as well.
+DOORS = ["migrate", "worker", "serve --no-worker"]
+
+
+def door(command: str) -> list[str]:
+    return [str(KB), *command.split(), *(["--port", str(free_port())] if command.startswith("serve") else [])]
+
+
+@pytest.mark.parametrize("command", DOORS)
 def test_a_misconfigured_blob_store_is_one_line_of_error_not_a_traceback(tmp_path: Path, command: str) -> None:
     env = kb_env(KB_DATA_DIR=str(tmp_path / "data"), KB_BLOBS__BACKEND="s3")  # and no bucket
-    run = subprocess.run([str(KB), command], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(door(command), env=env, capture_output=True, text=True, timeout=60, check=False)
     assert_short_error(run, "KB_BLOBS__S3_BUCKET")
 
 
-@pytest.mark.parametrize("command", ["migrate", "worker"])
+@pytest.mark.parametrize("command", DOORS)
 def test_an_unreachable_registry_is_one_line_of_error_without_its_password(tmp_path: Path, command: str) -> None:
     closed = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{free_port()}/test"
     env = kb_env(KB_DATA_DIR=str(tmp_path / "data"), KB_REGISTRY_URL=closed)
-    run = subprocess.run([str(KB), command], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(door(command), env=env, capture_output=True, text=True, timeout=60, check=False)
     assert_short_error(run, "Connection refused")
 
 

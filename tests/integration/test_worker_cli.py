@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kb.adapters.sql_registry import SqlRegistry
@@ -19,7 +20,7 @@ from kb.models import DocumentStatus
 from kb.settings import Settings
 from service.datadir import DataDirLock
 from service.state import Services
-from tests.support import log_tail, postgres_schema
+from tests.support import free_port, log_tail, postgres_schema
 
 pytestmark = pytest.mark.integration
 
@@ -56,11 +57,13 @@ def test_kb_worker_ingests_what_is_queued_keeps_its_heartbeat_and_stops_cleanly_
     asyncio.run(container.aclose())
 
     heartbeat = tmp_path / "alive"
+    metrics_port = free_port()
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
             [str(KB), "worker"], stdout=out, stderr=err, start_new_session=True,
-            env=kb_env(KB_DATA_DIR=str(data), KB_INGEST__HEARTBEAT_PATH=str(heartbeat), KB_LOGGING__FORMAT="json"),
+            env=kb_env(KB_DATA_DIR=str(data), KB_INGEST__HEARTBEAT_PATH=str(heartbeat), KB_LOGGING__FORMAT="json",
+                       KB_INGEST__METRICS_PORT=str(metrics_port)),
         )  # fmt: skip
     registry = SqlRegistry(settings.resolved_registry_url)
     try:
@@ -70,6 +73,14 @@ def test_kb_worker_ingests_what_is_queued_keeps_its_heartbeat_and_stops_cleanly_
             assert time.monotonic() < deadline, log_tail(stderr)
             time.sleep(0.5)
         assert heartbeat.exists() and time.time() - heartbeat.stat().st_mtime < 30
+        # Its own metrics, for Prometheus: on loopback unless KB_INGEST__METRICS_HOST says otherwise.
+        def scrape() -> str:
+            return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+
+        while 'kb_ingest_documents_total{outcome="ready"} 1.0' not in (metrics := scrape()):  # counted after READY
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
+        assert "kb_ingest_queue_depth 0.0" in metrics and "kb_ingest_document_duration_seconds_count 1.0" in metrics
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0, log_tail(stderr)
         ready = registry.get_document(document.document_id)

@@ -228,3 +228,16 @@ async def test_every_turn_of_a_conversation_reaches_the_generator_under_one_sess
     assert first and first == second  # one conversation, one server behind a session-routing router
     assert third and third != first and other.conversation_id != one.conversation_id
     assert one.conversation_id not in first  # a hash of the id, not the id
+
+
+async def test_a_follow_up_rewritten_by_the_model_goes_to_the_conversations_session_too() -> None:
+    retrieval = FakeRetrieval(rounds=[[passage("a", 0, "Backups run nightly at 02:00.")]] * 2)
+    generator = FakeGenerator("Backups run nightly at 02:00.")
+    answers = AskPipeline(retrieval, generator, RetrievalSettings(followup_rewrite="llm"), GeneratorSettings(),  # type: ignore[arg-type]
+                          FakeConversations())  # fmt: skip
+
+    one = await answers.ask("When do backups run?")
+    await answers.ask("And on Sundays?", conversation_id=one.conversation_id)
+
+    answer, rewrite, follow_up = generator.sessions  # the first answer, the follow-up's rewrite, its answer
+    assert answer and answer == rewrite == follow_up

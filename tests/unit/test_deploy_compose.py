@@ -260,6 +260,7 @@ def test_prometheus_finds_every_replica_worker_and_vllm(services: dict[str, Any]
     jobs = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
     api_port = int(services["api"]["command"][services["api"]["command"].index("--port") + 1])
     worker_port = int(services["worker"]["environment"]["KB_INGEST__METRICS_PORT"])
+    assert services["worker"]["environment"]["KB_INGEST__METRICS_HOST"] == "0.0.0.0"  # not loopback: scraped by name
     assert jobs["kb-api"]["dns_sd_configs"] == [
         {"names": ["api"], "type": "A", "port": api_port, "refresh_interval": "15s"}
     ]

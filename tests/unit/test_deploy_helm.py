@@ -359,6 +359,7 @@ def test_the_worker_runs_kb_worker_and_is_alive_while_its_heartbeat_is_recent() 
     heartbeat = env["KB_INGEST__HEARTBEAT_PATH"]
     assert "readinessProbe" not in worker  # no API: nothing to route to it
     assert [p["name"] for p in worker["ports"]] == ["metrics"] and env["KB_INGEST__METRICS_PORT"] == "9101"
+    assert env["KB_INGEST__METRICS_HOST"] == "0.0.0.0"  # scraped through the pod's address, not loopback
     for probe in (worker["livenessProbe"], worker["startupProbe"]):
         shell, flag, script = probe["exec"]["command"]
         assert (shell, flag) == ("sh", "-c") and heartbeat in script

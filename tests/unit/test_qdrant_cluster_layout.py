@@ -1,5 +1,6 @@
 """The collection kb creates on a Qdrant server carries the cluster layout of the settings (KB_INDEX__SHARDS,
-REPLICATION_FACTOR, WRITE_CONSISTENCY_FACTOR); replicas and workers racing to create it all end up using it."""
+REPLICATION_FACTOR, WRITE_CONSISTENCY_FACTOR) and storage (KB_INDEX__STORAGE); replicas and workers racing to create
+it all end up using it."""
 
 from __future__ import annotations
 
@@ -82,3 +83,30 @@ def test_local_mode_ignores_the_layout(tmp_path) -> None:
 def test_a_layout_below_one_is_refused(field: str) -> None:
     with pytest.raises(ValueError):
         Settings(index={field: 0})
+
+
+def test_disk_storage_keeps_an_int8_copy_in_ram_and_the_rest_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = ServerLike()
+    open_index(monkeypatch, client, storage="disk")
+    [created] = client.created
+    dense, sentences = created["vectors_config"]["dense"], created["vectors_config"]["sentences"]
+    assert dense.on_disk is True and dense.hnsw_config.on_disk is False  # originals on disk, the graph in RAM
+    scalar = dense.quantization_config.scalar
+    assert (scalar.type.value, scalar.always_ram) == ("int8", True)
+    assert sentences.on_disk is True and sentences.datatype.value == "float16"
+    assert created["sparse_vectors_config"]["bm25"].index.on_disk is True
+    assert created["on_disk_payload"] is True
+
+
+def test_memory_storage_is_qdrants_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = ServerLike()
+    open_index(monkeypatch, client)
+    [created] = client.created
+    dense, sentences = created["vectors_config"]["dense"], created["vectors_config"]["sentences"]
+    assert dense.on_disk is None and dense.quantization_config is None and sentences.on_disk is None
+    assert created["sparse_vectors_config"]["bm25"].index is None and "on_disk_payload" not in created
+
+
+def test_an_unknown_storage_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Settings(index={"storage": "ssd"})

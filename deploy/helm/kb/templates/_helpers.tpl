@@ -71,7 +71,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The ConfigMap's data: the free settings, then what the chart's own sections decide. */}}
 {{- define "kb.configData" -}}
-{{- range $managed := list "KB_GENERATOR__BASE_URL" "KB_INDEX__BACKEND" "KB_INDEX__URL" "KB_INDEX__API_KEY" "KB_INDEX__SHARDS" "KB_INDEX__REPLICATION_FACTOR" "KB_INDEX__WRITE_CONSISTENCY_FACTOR" "KB_BLOBS__BACKEND" "KB_BLOBS__DIR" "KB_BLOBS__S3_BUCKET" "KB_BLOBS__S3_PREFIX" "KB_BLOBS__S3_ENDPOINT_URL" "KB_BLOBS__S3_REGION" "KB_RATE_LIMIT__REDIS_URL" "KB_REGISTRY_URL" "KB_AUTH__SESSION_SECRET" "KB_INGEST__WORKERS" "KB_INGEST__HEARTBEAT_PATH" "KB_INGEST__METRICS_PORT" }}
+{{- range $managed := list "KB_GENERATOR__BASE_URL" "KB_INDEX__BACKEND" "KB_INDEX__URL" "KB_INDEX__API_KEY" "KB_INDEX__SHARDS" "KB_INDEX__REPLICATION_FACTOR" "KB_INDEX__WRITE_CONSISTENCY_FACTOR" "KB_INDEX__STORAGE" "KB_BLOBS__BACKEND" "KB_BLOBS__DIR" "KB_BLOBS__S3_BUCKET" "KB_BLOBS__S3_PREFIX" "KB_BLOBS__S3_ENDPOINT_URL" "KB_BLOBS__S3_REGION" "KB_RATE_LIMIT__REDIS_URL" "KB_REGISTRY_URL" "KB_AUTH__SESSION_SECRET" "KB_INGEST__WORKERS" "KB_INGEST__HEARTBEAT_PATH" "KB_INGEST__METRICS_PORT" "KB_INGEST__METRICS_HOST" }}
 {{- if hasKey $.Values.settings $managed }}
 {{- fail (printf "settings.%s: set it through the chart's own values (index, blobs, redis, secrets, vllm, worker)" $managed) }}
 {{- end }}
@@ -85,6 +85,7 @@ KB_INDEX__URL: {{ required "index.url is required" .Values.index.url | quote }}
 KB_INDEX__SHARDS: {{ .Values.index.shards | toString | quote }}
 KB_INDEX__REPLICATION_FACTOR: {{ .Values.index.replicationFactor | toString | quote }}
 KB_INDEX__WRITE_CONSISTENCY_FACTOR: {{ .Values.index.writeConsistencyFactor | toString | quote }}
+KB_INDEX__STORAGE: {{ .Values.index.storage | quote }}
 KB_BLOBS__BACKEND: {{ .Values.blobs.backend | quote }}
 {{- if eq .Values.blobs.backend "s3" }}
 KB_BLOBS__S3_BUCKET: {{ required "blobs.s3.bucket is required with blobs.backend=s3" .Values.blobs.s3.bucket | quote }}
