@@ -252,7 +252,13 @@ class ConversationStore(Protocol):
         self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
     ) -> None: ...
 
-    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]: ...
+    def conversation(
+        self, conversation_id: str, limit: int = 20, sources: Literal["all", "last"] = "all"
+    ) -> list[dict[str, Any]]:
+        """The last `limit` messages, oldest first: {"role", "content", "sources"}. `sources="last"`: only the newest
+        assistant message's sources are read (a follow-up needs no others; each answer's are ~95 KB at 32k), the
+        other messages' come back empty."""
+        ...
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool: ...
 
@@ -266,6 +272,11 @@ class ConversationStore(Protocol):
 
     def delete_conversation(self, conversation_id: str, owner: str) -> bool:
         """The conversation and its messages, if it belongs to `owner`; False (nothing deleted) otherwise."""
+        ...
+
+    def forget_conversations(self, before: datetime) -> int:
+        """Delete every conversation last continued before `before` (its newest message; with none, its claim), with
+        its messages; how many conversations went. Retention (KB_CONVERSATIONS__RETENTION_DAYS)."""
         ...
 
 

@@ -336,6 +336,13 @@ class AnswerSettings(BaseModel):
     require_evidence: bool = True
 
 
+class ConversationSettings(BaseModel):
+    # Conversations last continued longer ago than this are deleted with their messages (and the sources each answer
+    # was given, ~95 KB per answered question at a 32k context: deploy/README.md, PostgreSQL sizing). Checked by every
+    # API process at start and then hourly. 0: kept until their owner deletes them. Feedback keeps its own copy.
+    retention_days: float = Field(default=0, ge=0)
+
+
 class SlackSettings(BaseModel):
     """The Slack bot (service/slack/): on when `bot_token` is set and `signing_secret` (the HTTP Events API at
     POST /slack/events) or `app_token` (Socket Mode, no public URL) is. deploy/slack/ holds the app manifest."""
@@ -413,6 +420,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     answers: AnswerSettings = AnswerSettings()
+    conversations: ConversationSettings = ConversationSettings()
     ingest: IngestSettings = IngestSettings()
     blobs: BlobSettings = BlobSettings()
     auth: AuthSettings = AuthSettings()

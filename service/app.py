@@ -42,6 +42,7 @@ from service.mcp.http import McpMount
 from service.observability import INGEST_QUEUE_DEPTH, RequestContextMiddleware, before_send
 from service.openapi import RedocViewer, SwaggerViewer
 from service.problems import EXCEPTION_HANDLERS
+from service.retention import keep_conversations
 from service.routes.health import healthz, readyz
 from service.routes.keys import KeyController
 from service.routes.session import SESSION_COOKIE, SESSION_ROUTES, SessionRevocations, SessionTokens
@@ -219,9 +220,15 @@ def create_app(settings: Settings | None = None, *, with_generator: bool | None 
                 # The engine takes seconds to start: serve /healthz, search and uploads meanwhile; /readyz says when.
                 generator_task = asyncio.create_task(_start_generator(services))
             slack = await _start_slack(app, services, settings)
+            retention = (
+                asyncio.create_task(keep_conversations(container.registry, settings.conversations.retention_days))
+                if settings.conversations.retention_days > 0 else None
+            )  # fmt: skip
             try:
                 yield
             finally:
+                if retention is not None:
+                    retention.cancel()
                 try:
                     await _stop_slack(slack)
                 finally:

@@ -282,6 +282,7 @@ class FakeConversations:
     def __init__(self) -> None:
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.owners: dict[str, str] = {}
+        self._claimed_at: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._order = itertools.count()
 
@@ -292,14 +293,19 @@ class FakeConversations:
         message |= {"_at": datetime.now(UTC), "_order": next(self._order)}  # for list_conversations
         self.messages.setdefault(conversation_id, []).append(message)
 
-    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    def conversation(self, conversation_id: str, limit: int = 20, sources: str = "all") -> list[dict[str, Any]]:
+        messages = self.messages.get(conversation_id, [])[-limit:] if limit > 0 else []
+        answers = [m for m in messages if m["role"] == "assistant"]
+        last = answers[-1] if answers else None
         return [
-            {"role": m["role"], "content": m["content"], "sources": list(m["sources"])}
-            for m in self.messages.get(conversation_id, [])[-limit:]
-        ]
+            {"role": m["role"], "content": m["content"],
+             "sources": list(m["sources"]) if sources == "all" or m is last else []}
+            for m in messages
+        ]  # fmt: skip
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
         with self._lock:
+            self._claimed_at.setdefault(conversation_id, datetime.now(UTC))
             return self.owners.setdefault(conversation_id, owner) == owner
 
     def conversation_owner(self, conversation_id: str) -> str | None:
@@ -328,6 +334,16 @@ class FakeConversations:
             del self.owners[conversation_id]
             self.messages.pop(conversation_id, None)
             return True
+
+    def forget_conversations(self, before: datetime) -> int:
+        with self._lock:
+            last = {c: m[-1]["_at"] for c, m in self.messages.items() if m}
+            stale = {c for c in {*self.messages, *self.owners} if last.get(c, self._claimed_at.get(c, before)) < before}
+            for conversation_id in stale:
+                self.messages.pop(conversation_id, None)
+                self.owners.pop(conversation_id, None)
+                self._claimed_at.pop(conversation_id, None)
+            return len(stale)
 
 
 class FakeEventLog:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -37,6 +37,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from kb.models import ApiKey, Document, DocumentStatus, Feedback, FeedbackRating, Job
+
+
+_FORGET_BATCH = 500  # conversations per transaction (forget_conversations)
 
 
 def _now() -> datetime:
@@ -516,16 +519,33 @@ class SqlRegistry:
         with self._session() as s, s.begin():
             s.add(_MessageRow(conversation_id=conversation_id, role=role, content=content, sources=sources or []))
 
-    def conversation(self, conversation_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The last `limit` messages, oldest first: {"role", "content", "sources"}."""
+    def conversation(
+        self, conversation_id: str, limit: int = 20, sources: Literal["all", "last"] = "all"
+    ) -> list[dict[str, Any]]:
+        """The last `limit` messages, oldest first: {"role", "content", "sources"} (ConversationStore)."""
         with self._session() as s:
-            rows = s.scalars(
-                select(_MessageRow)
+            if sources == "all":
+                rows = s.scalars(
+                    select(_MessageRow)
+                    .where(_MessageRow.conversation_id == conversation_id)
+                    .order_by(_MessageRow.message_id.desc())
+                    .limit(limit)
+                ).all()
+                return [{"role": r.role, "content": r.content, "sources": list(r.sources or [])} for r in reversed(rows)]
+            # The sources column of one row only: the others' are never read from the database.
+            lines = s.execute(
+                select(_MessageRow.message_id, _MessageRow.role, _MessageRow.content)
                 .where(_MessageRow.conversation_id == conversation_id)
                 .order_by(_MessageRow.message_id.desc())
                 .limit(limit)
             ).all()
-            return [{"role": r.role, "content": r.content, "sources": list(r.sources or [])} for r in reversed(rows)]
+            last = next((line.message_id for line in lines if line.role == "assistant"), None)
+            kept = s.scalar(select(_MessageRow.sources).where(_MessageRow.message_id == last)) if last else None
+            return [
+                {"role": line.role, "content": line.content,
+                 "sources": list(kept or []) if line.message_id == last else []}
+                for line in reversed(lines)
+            ]  # fmt: skip
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
         """True if the conversation is new (it now belongs to `owner`) or already belongs to `owner`."""
@@ -603,6 +623,38 @@ class SqlRegistry:
             s.execute(_MessageRow.__table__.delete().where(_MessageRow.conversation_id == conversation_id))
             s.delete(row)
             return True
+
+    def forget_conversations(self, before: datetime) -> int:
+        """In transactions of at most _FORGET_BATCH conversations: a large first run holds no long lock on the table
+        every question writes to. A conversation continued meanwhile is kept (the condition is checked again)."""
+        cutoff = self._stored_time(before)
+        last = func.max(_MessageRow.created_at)
+        stale_messages = (
+            select(_MessageRow.conversation_id).group_by(_MessageRow.conversation_id).having(last < cutoff)
+        )
+        unanswered = select(_ConversationRow.conversation_id).where(
+            _ConversationRow.created_at < cutoff,
+            ~select(_MessageRow.message_id).where(_MessageRow.conversation_id == _ConversationRow.conversation_id)
+            .exists(),
+        )  # fmt: skip
+        forgotten = 0
+        while True:
+            with self._session() as s, s.begin():
+                ids = list(s.scalars(stale_messages.limit(_FORGET_BATCH)).all())
+                if len(ids) < _FORGET_BATCH:
+                    ids += s.scalars(unanswered.limit(_FORGET_BATCH - len(ids))).all()
+                if not ids:
+                    return forgotten
+                recent = select(_MessageRow.conversation_id).where(
+                    _MessageRow.conversation_id.in_(ids), _MessageRow.created_at >= cutoff
+                )  # fmt: skip
+                kept = set(s.scalars(recent).all())
+                ids = [i for i in ids if i not in kept]
+                s.execute(_MessageRow.__table__.delete().where(_MessageRow.conversation_id.in_(ids)))
+                s.execute(_ConversationRow.__table__.delete().where(_ConversationRow.conversation_id.in_(ids)))
+                forgotten += len(set(ids))
+                if kept and not ids:
+                    return forgotten
 
     def add_feedback(self, feedback: Feedback) -> Feedback:
         with self._session() as s, s.begin():

@@ -56,7 +56,8 @@ class ConversationStage:
         if self._store is not None:
             conversation_id = conversation_id or uuid.uuid4().hex
             if history is None:
-                turns = self._store.conversation(conversation_id, self._max_messages)
+                # Only the newest answer's sources: a follow-up reuses no others (load, below).
+                turns = self._store.conversation(conversation_id, self._max_messages, sources="last")
         if history is not None:
             turns = [{"role": m["role"], "content": m["content"], "sources": []} for m in history][-self._max_messages:]
         previous = next((m for m in reversed(turns) if m["role"] == "assistant"), None)

@@ -352,6 +352,26 @@ def test_a_conversation_gives_its_last_messages_oldest_first(conversations: Conv
     assert conversations.conversation("unknown") == []
 
 
+def test_a_follow_up_reads_the_sources_of_the_newest_answer_only(conversations: ConversationStore) -> None:
+    first = [{"document_id": "d1", "chunk_id": "c1", "filename": "a.pdf", "page": 2}]
+    second = [{"document_id": "d2", "chunk_id": "c7", "filename": "b.pdf", "page": 9}]
+    conversations.add_message("c-1", "user", "When do backups run?")
+    conversations.add_message("c-1", "assistant", "Nightly [1].", first)
+    conversations.add_message("c-1", "user", "Where are they kept?")
+    conversations.add_message("c-1", "assistant", "In the vault [1].", second)
+    conversations.add_message("c-1", "user", "For how long?")  # asked, its answer not yet written
+
+    last = conversations.conversation("c-1", sources="last")
+    assert [m["content"] for m in last] == [m["content"] for m in conversations.conversation("c-1")]
+    assert [m["sources"] for m in last] == [[], [], [], second, []]
+    assert [m["sources"] for m in conversations.conversation("c-1", limit=2, sources="last")] == [second, []]
+    assert conversations.conversation("c-2", sources="last") == []
+    conversations.add_message("c-3", "user", "A question without an answer")
+    assert conversations.conversation("c-3", sources="last") == [
+        {"role": "user", "content": "A question without an answer", "sources": []}
+    ]
+
+
 def test_a_conversation_belongs_to_whoever_claimed_it_first(conversations: ConversationStore) -> None:
     assert conversations.conversation_owner("c-1") is None
     assert conversations.claim_conversation("c-1", "key-a")
@@ -359,6 +379,47 @@ def test_a_conversation_belongs_to_whoever_claimed_it_first(conversations: Conve
     assert not conversations.claim_conversation("c-1", "key-b")
     assert conversations.conversation_owner("c-1") == "key-a"
     assert conversations.claim_conversation("c-2", "key-b") and conversations.conversation_owner("c-2") == "key-b"
+
+
+def test_conversations_last_continued_before_the_moment_are_forgotten_with_their_messages(
+    conversations: ConversationStore,
+) -> None:
+    assert conversations.forget_conversations(datetime.now(UTC)) == 0
+    for conversation_id, owner in (("old", "key-a"), ("continued", "key-a"), ("unanswered", "key-b")):
+        assert conversations.claim_conversation(conversation_id, owner)
+    conversations.add_message("old", "user", "When do backups run?")
+    conversations.add_message("old", "assistant", "Nightly [1].", [{"document_id": "d1", "chunk_id": "c1"}])
+    conversations.add_message("continued", "user", "Where are the backups kept?")
+    conversations.add_message("ownerless", "user", "Asked with authentication off")  # messages, no claim
+    time.sleep(0.05)
+    # The moment in another offset than UTC: the same instant, whatever the database keeps.
+    moment = datetime.now(UTC).astimezone(timezone(timedelta(hours=8)))
+    time.sleep(0.05)
+    conversations.add_message("continued", "user", "And for how long?")  # continued since: kept whole
+    conversations.claim_conversation("new", "key-b")
+
+    assert conversations.forget_conversations(moment) == 3  # old, unanswered, ownerless
+    assert conversations.conversation("old") == [] and conversations.conversation("ownerless") == []
+    assert conversations.conversation_owner("old") is None and conversations.conversation_owner("unanswered") is None
+    assert [m["content"] for m in conversations.conversation("continued")] == [
+        "Where are the backups kept?", "And for how long?"
+    ]  # fmt: skip
+    assert conversations.conversation_owner("continued") == "key-a" and conversations.conversation_owner("new")
+    assert [c["conversation_id"] for c in conversations.list_conversations("key-a")] == ["continued"]
+    assert conversations.forget_conversations(moment) == 0
+    assert conversations.claim_conversation("old", "key-b")  # forgotten: the id is free again
+
+
+def test_forgetting_more_conversations_than_one_batch_takes_them_all(
+    conversations: ConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kb.adapters.sql_registry._FORGET_BATCH", 2)  # the SQL registry's transactions
+    for i in range(5):
+        conversations.claim_conversation(f"c-{i}", "key-a")
+        conversations.add_message(f"c-{i}", "user", f"question {i}")
+    conversations.claim_conversation("c-5", "key-a")  # never answered
+    assert conversations.forget_conversations(datetime.now(UTC) + timedelta(seconds=1)) == 6
+    assert conversations.list_conversations("key-a") == [] and conversations.conversation_owner("c-5") is None
 
 
 def test_of_many_claims_at_once_exactly_one_wins(conversations: ConversationStore) -> None:
