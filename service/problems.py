@@ -126,11 +126,22 @@ def _classify(exc: BaseException) -> DependencyFailure | None:
     return None
 
 
-def dependency_failure(exc: BaseException) -> DependencyFailure | None:
+def classify_failure(exc: BaseException) -> DependencyFailure | None:
     """The dependency that `exc` (or the error it was raised from) says is down; None for any other error."""
     from kb.outages import causes
 
     return next((failure for cause in causes(exc) if (failure := _classify(cause)) is not None), None)
+
+
+def dependency_failure(exc: BaseException) -> DependencyFailure | None:
+    """As classify_failure, for a door that met the error while serving a request: /readyz then asks that dependency
+    again on its next call instead of repeating an answer from before the failure (service.routes.health)."""
+    failure = classify_failure(exc)
+    if failure is not None:
+        from service.routes.health import forget_answers
+
+        forget_answers(failure.dependency)
+    return failure
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

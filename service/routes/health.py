@@ -13,7 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.response import Response
 
-from service.problems import dependency_failure
+from service.problems import classify_failure
 from service.state import Services
 
 PUBLIC: list[dict[str, list[str]]] = [{}]  # no key needed
@@ -109,6 +109,14 @@ async def _in_thread(key: str, check: Callable[[], Any]) -> str:
     return "ok"
 
 
+def forget_answers(dependency: str) -> None:
+    """A request has just seen `dependency` fail: its next check runs at once rather than repeat an earlier "ok".
+    A check still running is kept (one thread per hung check)."""
+    for key, (_, future) in list(_RUNNING.items()):
+        if key.startswith(f"{dependency}:") and future.done():
+            _RUNNING.pop(key, None)
+
+
 async def _generator_ready(generator: Any) -> str:
     try:
         health = getattr(generator, "health", None)
@@ -127,5 +135,5 @@ async def _bounded(probe: Any) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    failure = dependency_failure(exc)
+    failure = classify_failure(exc)
     return failure.reason if failure is not None else f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -64,3 +64,27 @@ async def test_a_hung_check_times_out_for_its_callers_and_holds_one_thread(monke
         assert check.calls == 1
     finally:
         release.set()
+
+
+async def test_a_dependency_failure_met_by_a_request_is_asked_again_at_once() -> None:
+    """A door that meets the registry down (a 503 to its caller) must not leave /readyz repeating its "ok" from
+    before: readiness says so on the next call."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from service.problems import dependency_failure
+
+    state = {"down": False}
+
+    def check() -> int:
+        if state["down"]:
+            raise ConnectionError("registry unreachable")
+        return 1
+
+    assert await health._in_thread("registry:forgotten", check) == "ok"
+    state["down"] = True
+    assert await health._in_thread("registry:forgotten", check) == "ok"  # the answer of a moment ago
+    down = OperationalError("SELECT 1", {}, sqlite3.OperationalError("unable to open database file"))
+    assert dependency_failure(down).dependency == "registry"  # as a route's error handler classifies it
+    assert (await health._in_thread("registry:forgotten", check)).startswith("error:")
