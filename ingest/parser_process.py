@@ -276,8 +276,11 @@ class ParserProcess:
             process, self._process = self._process, None
         if process is not None:
             try:
-                self._requests.put(None)
-                process.join(5)
+                if self._ready.is_set():  # at work or idle: it finishes what it reads, then sees the end
+                    self._requests.put(None)
+                    process.join(5)
+                else:  # still importing its libraries: it holds no document, nothing to wait for
+                    process.kill()
             finally:
                 if process.is_alive():
                     process.kill()
