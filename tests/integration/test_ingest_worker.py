@@ -63,7 +63,7 @@ def open_services(tmp_path: Path) -> Iterator[Any]:
 def test_transient_index_errors_are_retried_with_backoff(open_services: Any) -> None:
     flaky: list[FlakyIndex] = []
     container, services = open_services(wrap_index=lambda index: flaky.append(FlakyIndex(index, 2)) or flaky[0])
-    path = CORPUS / "txt" / "norwich-city.txt"
+    path = CORPUS / "txt" / "book-war-and-peace-1p.txt"  # a few chunks: each of the three attempts parses it again
     document = services.pipeline.submit(path.name, path.read_bytes()).document
     services.worker.drain()
     done = container.registry.get_document(document.document_id)

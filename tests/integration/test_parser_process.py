@@ -19,7 +19,7 @@ def test_closing_a_parser_still_importing_its_libraries_is_immediate_and_leaves_
     child = psutil.Process(parser._process.pid)
     started = time.monotonic()
     parser.close()
-    assert time.monotonic() - started < 2.0  # was 5 s: a join on a child that cannot read the request yet
+    assert time.monotonic() - started < 4.0  # was 5 s and more: a join on a child that cannot read the request yet
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -58,9 +57,8 @@ async def test_a_hung_check_times_out_for_its_callers_and_holds_one_thread(monke
     try:
         first = await asyncio.gather(*(health._bounded(health._in_thread("hung", check)) for _ in range(3)))
         assert all(answer.startswith("error: no answer within") for answer in first)
-        started = time.monotonic()
         later = await health._in_thread("hung", check)  # past the timeout: answered at once, no new thread
-        assert later.startswith("error: no answer for") and time.monotonic() - started < 0.1
+        assert later.startswith("error: no answer for")  # said without waiting (waiting would say "within")
         assert check.calls == 1
     finally:
         release.set()
