@@ -1,6 +1,7 @@
 """Several keys, groups and documents; many generated questions through every door (search, ask as JSON and as
 Server-Sent Events, the OpenAI-compatible endpoint through the official `openai` client, documents, originals,
-conversations). No forbidden document id, chunk id, text or file may ever come back.
+conversations). No forbidden document id, chunk id, text or file may ever come back. The access table below joins
+every door (MCP's /mcp and its tools included) with every identity.
 
 Every part is real: uvicorn serving the app in this process, unstructured, MiniLM, Qdrant Edge, SQLite and the
 in-process vLLM engine."""
@@ -359,9 +360,21 @@ class Door:
     data: dict[str, str] | None = None
     eng_only: int | None = None  # the status for an authorised key outside group eng (the thing is eng's)
     prepare: str | None = None  # "document": a fresh eng document; "key": a fresh eng key (consumed by the cell)
+    # MCP (JSON-RPC over streamable HTTP at /mcp): the HTTP layer admits any caller who signs in (200); a tool then
+    # refuses a caller without its scope inside the JSON-RPC result (isError, naming the scope), as MCP clients expect.
+    mcp: bool = False
 
 
 ASK_BODY = {"question": "What is the deployment codeword?"}
+
+
+def _mcp_call(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+
+
+MCP_INITIALIZE = _mcp_call("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                          "clientInfo": {"name": "acl-table", "version": "1"}})  # fmt: skip
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
 OPENAI_PATHS = {"/v1/chat/completions", "/v1/models"}
 DOORS: list[Door] = [
     # Add a row for every new door (Slack, MCP, new web routes): the table then proves it against every identity.
@@ -459,6 +472,13 @@ DOORS: list[Door] = [
     Door("metrics", "GET", "/metrics", frozenset({"metrics"}), 200),
     Door("session-start", "POST", "/v1/session", EVERY_VALID_KEY, 200),
     Door("session-who", "GET", "/v1/session", EVERY_VALID_KEY, 200),
+    Door("mcp-initialize", "POST", "/mcp", EVERY_VALID_KEY, 200, json=MCP_INITIALIZE, mcp=True),
+    Door("mcp-search", "POST", "/mcp", frozenset({"search"}), 200, mcp=True,
+         json=_mcp_call("tools/call", {"name": "search", "arguments": {"query": "deployment runbook"}})),
+    Door("mcp-documents", "POST", "/mcp", frozenset({"search"}), 200, mcp=True, prepare="document",
+         json=_mcp_call("tools/call", {"name": "list_documents", "arguments": {}})),
+    Door("mcp-ask", "POST", "/mcp", frozenset({"ask"}), 200, mcp=True,
+         json=_mcp_call("tools/call", {"name": "ask", "arguments": {"question": ASK_BODY["question"]}})),
 ]
 
 
@@ -498,6 +518,8 @@ PROXY_HEADERS = {"X-Forwarded-User": "ana", "X-Forwarded-Email": "ana@example.co
 def expected_status(door: Door, who: Identity) -> int:
     if not who.authenticated:
         return 401
+    if door.mcp:
+        return 200  # the tool's refusal is in the JSON-RPC result: mcp_refusal
     if door.name == "session-start" and who.credential == "proxy":
         return 400  # the proxy signs its users in on every request: there is no key to trade for a cookie
     if door.scopes and "admin" not in who.scopes and not door.scopes & set(who.scopes):
@@ -575,7 +597,9 @@ async def test_every_door_admits_exactly_whom_the_rule_says(table: Table, door: 
         path = await _prepare(client, door, f"{door.name}-{who.name}")
     headers = {"Authorization": table.credentials[who.name]} if table.credentials[who.name] else {}
     if who.credential.startswith("proxy"):
-        headers = PROXY_HEADERS
+        headers = dict(PROXY_HEADERS)
+    if door.mcp:
+        headers.update(MCP_HEADERS)
     # The proxy identity's connection comes from the trusted proxy's address; every other one from 127.0.0.1.
     local = PROXY_ADDRESS if who.credential == "proxy" else "127.0.0.1"
     transport = httpx.AsyncHTTPTransport(local_address=local)
@@ -584,6 +608,8 @@ async def test_every_door_admits_exactly_whom_the_rule_says(table: Table, door: 
                                         headers=headers)  # fmt: skip
     expected = expected_status(door, who)
     assert response.status_code == expected, f"{door.name} as {who.name}: {response.status_code} {response.text[:300]}"
+    if door.mcp and expected == 200:
+        _assert_mcp_outcome(door, who, response)
     detail = ""
     if expected >= 400 and door.path in OPENAI_PATHS:  # OpenAI's error shape, for its SDKs (service/ask/openai.py)
         assert response.headers["content-type"] == "application/json"
@@ -606,10 +632,14 @@ async def test_the_table_covers_every_route_of_the_app() -> None:
     routes = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
               if method not in ("HEAD", "OPTIONS") and route.path not in public and not route.path.startswith("/schema")
               and not route.path.startswith("/static")}  # fmt: skip
+    # An ASGI route (MCP's /mcp) takes every method: it needs at least one row, each row's method is its own.
+    mounts = {route.path for route in app.routes if not getattr(route, "methods", None)}
     covered = {(door.method, _route_of(door.path)) for door in DOORS}
     unexempt = {(m, p) for m, p in routes if (m, p) not in covered and (m, p) not in TABLE_EXEMPT}
     assert not unexempt, f"routes without a DOORS row: {sorted(unexempt)}"
-    assert covered <= routes, f"DOORS rows for routes that do not exist: {sorted(covered - routes)}"
+    assert mounts <= {path for _, path in covered}, f"ASGI routes without a DOORS row: {sorted(mounts)}"
+    stray = {(m, p) for m, p in covered - routes if p not in mounts}
+    assert not stray, f"DOORS rows for routes that do not exist: {sorted(stray)}"
 
 
 # Routes the table leaves out, each with the reason.
@@ -669,6 +699,39 @@ async def test_the_slack_door_believes_no_kb_identity(tmp_path_factory: pytest.T
             assert response.status_code == 200
             posted = await asyncio.to_thread(slack.wait_for, "chat.postMessage", lambda p: p.get("channel") == "C0ENG")
             assert posted.get("thread_ts") == "1.0"
+
+
+def _mcp_result(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC message of a /mcp answer (one Server-Sent Event, or plain JSON)."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        assert len(data) == 1, response.text[:500]
+        return json.loads(data[0])
+    return response.json()
+
+
+def _assert_mcp_outcome(door: Door, who: Identity, response: httpx.Response) -> None:
+    message = _mcp_result(response)
+    assert "error" not in message, f"{door.name} as {who.name}: {message}"
+    result = message["result"]
+    if door.name == "mcp-initialize":
+        assert result["serverInfo"]["name"] and "tools" in result["capabilities"]
+        return
+    text = " ".join(c.get("text", "") for c in result["content"])
+    refused = bool(door.scopes) and "admin" not in who.scopes and not door.scopes & set(who.scopes)
+    if refused:
+        assert result["isError"] and any(scope in text for scope in door.scopes), f"{door.name} as {who.name}: {text}"
+    elif door.name == "mcp-ask":  # past the scope check: refused only because this app runs no generator
+        assert result["isError"] and "generator" in text, f"{door.name} as {who.name}: {text}"
+    else:
+        assert not result.get("isError"), f"{door.name} as {who.name}: {text[:300]}"
+        structured = result["structuredContent"]
+        sees_eng = bool({"eng", "*"} & set(who.groups))  # every document of the table is eng's
+        if door.name == "mcp-documents":
+            groups = [set(d["groups"]) for d in structured["documents"]]
+            assert bool(groups) == sees_eng and all(g <= {"eng"} for g in groups), f"{who.name}: {groups}"
+        elif not sees_eng:
+            assert structured["passages"] == [], f"{door.name} as {who.name}: {structured}"
 
 
 def _route_of(path: str) -> str:
