@@ -19,12 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 from kb.models import Citation
 from service.slack.answer import source_url
-from tests.e2e.test_web_page import CHROMIUM, GUIDE, Watched, shot
+from tests.browser import chromium
+from tests.e2e.test_web_page import GUIDE, Watched, shot
 from tests.support import start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.e2e
@@ -81,12 +82,8 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def wait_for_chunk(page: Page, chunk: dict[str, Any]) -> None:

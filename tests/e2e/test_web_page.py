@@ -26,14 +26,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
+from tests.browser import WATCH_CSP, chromium
 from tests.support import free_port, start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 GUIDE = ROOT / "samples" / "kb-administrator-guide.pdf"
 HANDBOOK = ROOT / "samples" / "kb-operations-handbook.docx"
 QUESTION = "What is the default upload size limit?"
@@ -41,9 +41,7 @@ FOLLOW_UP = "How often does Prometheus scrape /metrics?"
 PROXY_ADDRESS = "127.0.0.2"  # the authenticating proxy's address, the only one whose headers kb believes
 ARTIFACTS = Path(os.environ.get("KB_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "web"
 ANSWER_TIMEOUT = 180_000
-WATCH = """
-document.addEventListener("securitypolicyviolation",
-  (e) => (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI));
+WATCH = WATCH_CSP + """
 window.__streamed = [];
 new MutationObserver(() => {
   for (const body of document.querySelectorAll(".answer[data-state=streaming] .answer-body")) {
@@ -134,12 +132,8 @@ def proxies(server: tuple[str, str]) -> Iterator[dict[str, AuthProxy]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 class Watched:

@@ -22,13 +22,13 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
+from tests.browser import WATCH_CSP, chromium
 from tests.support import free_port, start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
 ORIGINAL_CSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
 PAYLOAD = """
 (async () => {
@@ -132,16 +132,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
-
-
-WATCH_CSP = """document.addEventListener("securitypolicyviolation",
-  (e) => (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI));"""
 
 
 def open_page(context: BrowserContext, url: str, problems: list[str]) -> Page:

@@ -14,16 +14,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from litestar.testing import TestClient
-from playwright.sync_api import Browser, Route, sync_playwright
+from playwright.sync_api import Browser, Route
 
 from kb.settings import GeneratorSettings, Settings
 from service.app import create_app
 from service.openapi import DOCS_CSP
+from tests.browser import WATCH_CSP, chromium
 from tests.support import start_kb_serve, stop_process_group
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 PAGES = {"/schema/redoc": "ReDoc", "/schema/swagger": "Swagger UI"}
 # An operation's summary, as both viewers show it.
 OPERATION = "Upload one or several files"
@@ -97,16 +97,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    with chromium() as launched:
         yield launched
-        launched.close()
-
-
-WATCH_CSP = """document.addEventListener("securitypolicyviolation",
-  (e) => (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI));"""
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -31,12 +31,12 @@ from playwright.async_api import async_playwright
 
 from kb.settings import AnswerSettings, AuthSettings, GeneratorSettings, Settings
 from service.app import create_app
+from tests.browser import CHROMIUM, LAUNCH_ARGS, require_chromium
 from tests.support import free_port, log_tail, serve_in_process, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 SERVER_MAX_MODEL_LEN = 4096  # as the shared vllm_server fixture serves it
-CHROMIUM = Path("/usr/bin/chromium")
 SERVER_START_TIMEOUT_S = 300.0
 NOTE = (
     "# Office guide\n\nThe office opens at 08:00 and closes at 19:00 on working days. Visitors sign in at the front "
@@ -354,10 +354,9 @@ async def test_the_server_goes_away_mid_answer_and_comes_back_and_no_question_fa
 
 async def page_note(url: str, question: str) -> str:
     """The note under the web page's answer to `question` (async Playwright: the app shares this event loop)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium (deploy/setup.sh --with-browser)")
+    require_chromium()
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(url)
