@@ -67,7 +67,13 @@ class WorkerTier:
             from prometheus_client import start_http_server
 
             INGEST_QUEUE_DEPTH.set_function(container.registry.pending_jobs)
-            start_http_server(settings.ingest.metrics_port, addr=settings.ingest.metrics_host)
+            try:
+                start_http_server(settings.ingest.metrics_port, addr=settings.ingest.metrics_host)
+            except OSError as exc:  # a name that does not resolve, an address not on this host, a port in use
+                raise RuntimeError(
+                    f"cannot serve metrics on {settings.ingest.metrics_host}:{settings.ingest.metrics_port} "
+                    f"(KB_INGEST__METRICS_HOST, KB_INGEST__METRICS_PORT): {exc}"
+                ) from exc
             log.info("kb worker: metrics at http://%s:%d/metrics", settings.ingest.metrics_host,
                      settings.ingest.metrics_port)  # fmt: skip
 

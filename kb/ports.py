@@ -249,8 +249,12 @@ class ConversationStore(Protocol):
     """The turns of each conversation and who it belongs to (durable)."""
 
     def add_message(
-        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
-    ) -> None: ...
+        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        """Append a message; True once written. With `owner`, only while the conversation is claimed by `owner` (in
+        the same statement): a conversation deleted meanwhile keeps nothing more. Without, as is (a Slack thread)."""
+        ...
 
     def conversation(
         self, conversation_id: str, limit: int = 20, sources: Literal["all", "last"] = "all"
@@ -260,7 +264,10 @@ class ConversationStore(Protocol):
         other messages' come back empty."""
         ...
 
-    def claim_conversation(self, conversation_id: str, owner: str) -> bool: ...
+    def claim_conversation(self, conversation_id: str, owner: str) -> bool:
+        """True if the conversation is new (now `owner`'s) or already `owner`'s; False if another owns it, or if it
+        has messages and no owner (a Slack thread's: no key may read it through the API)."""
+        ...
 
     def conversation_owner(self, conversation_id: str) -> str | None: ...
 

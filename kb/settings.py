@@ -340,7 +340,7 @@ class ConversationSettings(BaseModel):
     # Conversations last continued longer ago than this are deleted with their messages (and the sources each answer
     # was given, ~95 KB per answered question at a 32k context: deploy/README.md, PostgreSQL sizing). Checked by every
     # API process at start and then hourly. 0: kept until their owner deletes them. Feedback keeps its own copy.
-    retention_days: float = Field(default=0, ge=0)
+    retention_days: float = Field(default=0, ge=0, le=36_500)  # at most 100 years (a date's range ends in 9999)
 
 
 class SlackSettings(BaseModel):

@@ -53,10 +53,18 @@ def _store_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # whatever stops the start is reported the same way
+        from kb.outages import store_down_in_chain
+
         first = (str(exc).strip().splitlines() or [""])[0]
-        console.print(Text("error: ", style="red") + Text(f"cannot start: {type(exc).__name__}: {first}"),
+        setting = _STORE_SETTINGS.get(store_down_in_chain(exc) or "")
+        hint = f" (the {store_down_in_chain(exc)}: check {setting})" if setting else ""
+        console.print(Text("error: ", style="red") + Text(f"cannot start: {type(exc).__name__}: {first}{hint}"),
                       soft_wrap=True)  # fmt: skip
         raise typer.Exit(1) from exc
+
+
+# Where each store is set, for the one line an unreachable store gets at start.
+_STORE_SETTINGS = {"registry": "KB_REGISTRY_URL", "index": "KB_INDEX__URL", "blobs": "KB_BLOBS__*"}
 
 
 def _files(paths: list[Path]) -> list[tuple[Path, str]]:

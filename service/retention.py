@@ -18,8 +18,8 @@ RETENTION_EVERY_S = 3600.0
 async def keep_conversations(store: ConversationStore, retention_days: float) -> None:
     """Runs until cancelled. A registry outage is logged and tried again at the next round."""
     while True:
-        before = datetime.now(UTC) - timedelta(days=retention_days)
         try:
+            before = datetime.now(UTC) - timedelta(days=retention_days)
             forgotten = await asyncio.to_thread(store.forget_conversations, before)
         except Exception as exc:  # noqa: BLE001 - the registry's outage: the next round tries again
             log.warning("forgetting conversations older than %g day(s) failed: %s: %s",

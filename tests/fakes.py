@@ -287,11 +287,16 @@ class FakeConversations:
         self._order = itertools.count()
 
     def add_message(
-        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
-    ) -> None:
+        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None,
+        owner: str | None = None,
+    ) -> bool:
         message = {"role": role, "content": content, "sources": list(sources or [])}
         message |= {"_at": datetime.now(UTC), "_order": next(self._order)}  # for list_conversations
-        self.messages.setdefault(conversation_id, []).append(message)
+        with self._lock:
+            if owner is not None and self.owners.get(conversation_id) != owner:
+                return False
+            self.messages.setdefault(conversation_id, []).append(message)
+            return True
 
     def conversation(self, conversation_id: str, limit: int = 20, sources: str = "all") -> list[dict[str, Any]]:
         messages = self.messages.get(conversation_id, [])[-limit:] if limit > 0 else []
@@ -305,6 +310,8 @@ class FakeConversations:
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
         with self._lock:
+            if conversation_id not in self.owners and self.messages.get(conversation_id):
+                return False  # messages nobody owns (a Slack thread's)
             self._claimed_at.setdefault(conversation_id, datetime.now(UTC))
             return self.owners.setdefault(conversation_id, owner) == owner
 

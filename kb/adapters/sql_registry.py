@@ -21,10 +21,14 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     case,
     create_engine,
     event,
+    exists,
     func,
+    insert,
+    literal,
     select,
     update,
 )
@@ -514,10 +518,25 @@ class SqlRegistry:
             )
 
     def add_message(
-        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None
-    ) -> None:
+        self, conversation_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None,
+        owner: str | None = None,
+    ) -> bool:
         with self._session() as s, s.begin():
-            s.add(_MessageRow(conversation_id=conversation_id, role=role, content=content, sources=sources or []))
+            if owner is None:
+                s.add(_MessageRow(conversation_id=conversation_id, role=role, content=content, sources=sources or []))
+                return True
+            # One statement: the row is written only while the conversation is `owner`'s. Deleted meanwhile (its
+            # owner, or retention), the turn is not kept: it must not outlive its conversation, ownerless.
+            values = select(
+                literal(conversation_id, String), literal(role, String), literal(content, Text),
+                bindparam("sources", sources or [], type_=JSON), literal(_now(), DateTime(timezone=True)),
+            ).where(exists().where(
+                _ConversationRow.conversation_id == conversation_id, _ConversationRow.owner == owner
+            ))  # fmt: skip
+            written = s.execute(insert(_MessageRow).from_select(
+                ["conversation_id", "role", "content", "sources", "created_at"], values
+            ).returning(_MessageRow.message_id))  # fmt: skip
+            return written.first() is not None  # (psycopg gives no rowcount for INSERT ... SELECT)
 
     def conversation(
         self, conversation_id: str, limit: int = 20, sources: Literal["all", "last"] = "all"
@@ -548,13 +567,16 @@ class SqlRegistry:
             ]  # fmt: skip
 
     def claim_conversation(self, conversation_id: str, owner: str) -> bool:
-        """True if the conversation is new (it now belongs to `owner`) or already belongs to `owner`."""
+        """True if the conversation is new (it now belongs to `owner`) or already belongs to `owner`. An id whose
+        messages have no owner (a Slack thread's, which no key owns) is nobody's to claim."""
         with self._session() as s:
             try:
                 with s.begin():
                     row = s.get(_ConversationRow, conversation_id)
                     if row is not None:
                         return row.owner == owner
+                    if s.scalar(select(exists().where(_MessageRow.conversation_id == conversation_id))):
+                        return False
                     s.add(_ConversationRow(conversation_id=conversation_id, owner=owner))
                 return True
             except IntegrityError:  # claimed at the same moment by another request

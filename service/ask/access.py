@@ -57,6 +57,7 @@ def question_for(
         history=history,
         reader_groups=principal.visible_groups,
         json_schema=json_schema,
+        owner=principal.key_id,
     )
 
 

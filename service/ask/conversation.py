@@ -4,6 +4,7 @@ sources checked again for this reader; and the question and its answer kept for 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from typing import Any
 
 from kb.models import Passage, SearchFilter
 from kb.ports import ConversationStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,9 +73,18 @@ class ConversationStage:
             sources = [p for p in sources if p.document_id in filter.document_ids]
         return Conversation(conversation_id, turns, (previous or {}).get("content", ""), sources)
 
-    def remember(self, conversation: Conversation, question: str, answer: str, sources: Sequence[Passage]) -> None:
+    def remember(
+        self, conversation: Conversation, question: str, answer: str, sources: Sequence[Passage],
+        owner: str | None = None,
+    ) -> None:
+        """`owner`: who claimed the conversation (service.ask.access); the turn is kept only while it is still
+        theirs. Deleted while the answer was written (by its owner, or by retention), it keeps nothing: a turn
+        without its owner would be nobody's, and the conversation is gone for its owner anyway."""
         if self._store is None or conversation.conversation_id is None:
             return
-        self._store.add_message(conversation.conversation_id, "user", question)
+        if not self._store.add_message(conversation.conversation_id, "user", question, owner=owner):
+            log.info("conversation %s was deleted while its answer was written: the turn is not kept",
+                     conversation.conversation_id)  # fmt: skip
+            return
         stored = [dataclasses.asdict(dataclasses.replace(p, context=[])) for p in sources]
-        self._store.add_message(conversation.conversation_id, "assistant", answer, stored)
+        self._store.add_message(conversation.conversation_id, "assistant", answer, stored, owner=owner)

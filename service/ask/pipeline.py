@@ -47,6 +47,7 @@ class Question:
     history: Sequence[dict[str, Any]] | None = None  # a conversation the client holds, instead of the stored one
     reader_groups: list[str] | None = None  # whom the citations are for (None: a reader who sees everything)
     json_schema: dict[str, Any] | None = None  # answer as JSON valid against it (service.ask.structured), checked
+    owner: str | None = None  # who claimed the conversation (service.ask.access): its turn is kept while it is theirs
 
 
 class AskPipeline:
@@ -142,7 +143,7 @@ class AskPipeline:
         citations = visible_citations(checked.citations, question.reader_groups, self._documents)
         yield Citations(citations=citations, invalid_markers=parse_markers(text, len(sources)).invalid)
         self.conversation.remember(conversation, question.text, checked.text if mode != "none" else text,
-                                   sources if mode != "none" else [])  # fmt: skip
+                                   sources if mode != "none" else [], owner=question.owner)  # fmt: skip
         timings["total"] = (time.perf_counter() - started) * 1000
         yield Done(answer=checked.text if mode != "none" else text, grounded=mode != "none" and checked.grounded,
                    timings_ms=timings, conversation_id=conversation.conversation_id, sources=len(sources),
@@ -178,7 +179,8 @@ class AskPipeline:
             text, mode, grounded, citations, unsupported = no_information_answer(question.text), "none", False, [], []
         yield Token(text=text)
         yield Citations(citations=citations, invalid_markers=parse_markers(text, len(sources)).invalid)
-        self.conversation.remember(conversation, question.text, text, sources if mode != "none" else [])
+        self.conversation.remember(conversation, question.text, text, sources if mode != "none" else [],
+                                   owner=question.owner)  # fmt: skip
         timings["total"] = (time.perf_counter() - started) * 1000
         yield Done(answer=text, grounded=grounded, timings_ms=timings, conversation_id=conversation.conversation_id,
                    sources=len(sources), mode=mode, unsupported=unsupported, degraded=generator.degraded,

@@ -422,6 +422,28 @@ def test_forgetting_more_conversations_than_one_batch_takes_them_all(
     assert conversations.list_conversations("key-a") == [] and conversations.conversation_owner("c-5") is None
 
 
+def test_a_turn_is_kept_only_while_the_conversation_is_its_owners(conversations: ConversationStore) -> None:
+    assert conversations.claim_conversation("c-1", "key-a")
+    assert conversations.add_message("c-1", "user", "When do backups run?", owner="key-a")
+    assert not conversations.add_message("c-1", "user", "Written by another key", owner="key-b")
+    assert conversations.delete_conversation("c-1", "key-a")  # deleted while an answer was being written
+    assert not conversations.add_message("c-1", "assistant", "Nightly [1].", [{"chunk_id": "c"}], owner="key-a")
+    assert conversations.conversation("c-1") == [] and conversations.conversation_owner("c-1") is None
+    assert not conversations.add_message("never-claimed", "user", "?", owner="key-a")
+    assert conversations.add_message("slack-T1-C1-1.0", "user", "A Slack thread's question")  # no owner: as is
+    assert [m["content"] for m in conversations.conversation("slack-T1-C1-1.0")] == ["A Slack thread's question"]
+
+
+def test_messages_nobody_owns_are_nobody_to_claim(conversations: ConversationStore) -> None:
+    """A Slack thread's conversation has messages and no owner: a key that guesses its id must not take it (and read
+    the thread's answers through GET /v1/conversations/{id})."""
+    conversations.add_message("slack-T1-C1-1.0", "user", "What is the Q3 margin?")
+    conversations.add_message("slack-T1-C1-1.0", "assistant", "31 % [1].", [{"chunk_id": "c"}])
+    assert not conversations.claim_conversation("slack-T1-C1-1.0", "key-a")
+    assert conversations.conversation_owner("slack-T1-C1-1.0") is None
+    assert conversations.claim_conversation("fresh", "key-a")  # an unused id is claimed as before
+
+
 def test_of_many_claims_at_once_exactly_one_wins(conversations: ConversationStore) -> None:
     results: dict[str, bool] = {}
     barrier = threading.Barrier(6)

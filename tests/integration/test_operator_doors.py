@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,7 +68,17 @@ def test_an_unreachable_registry_is_one_line_of_error_without_its_password(tmp_p
     closed = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{free_port()}/test"
     env = kb_env(KB_DATA_DIR=str(tmp_path / "data"), KB_REGISTRY_URL=closed)
     run = subprocess.run(door(command), env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert_short_error(run, "Connection refused")
+    assert_short_error(run, "Connection refused", "KB_REGISTRY_URL")
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_settings(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = kb_env(KB_DATA_DIR=str(tmp_path / "data"), KB_INGEST__METRICS_PORT=str(port))
+        run = subprocess.run([str(KB), "worker"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert_short_error(run, f"127.0.0.1:{port}", "KB_INGEST__METRICS_PORT", "in use")
 
 
 def test_migrations_started_together_on_a_fresh_database_all_succeed() -> None:
