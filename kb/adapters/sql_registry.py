@@ -249,8 +249,13 @@ class SqlRegistry:
         if make_url(url).get_backend_name() == "postgresql":
             # A database behind a dead route would hang each connect for minutes: fail within seconds (503), and
             # test pooled connections before use, so one dropped by a restarted server is replaced, not an error.
-            options = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True, "pool_size": pool_size,
-                       "max_overflow": max_overflow}  # fmt: skip
+            # A pooled connection whose peer vanished without a word (a failover, a dropped NAT entry) is found dead
+            # by TCP keepalives after ~60 s idle, and a query waiting on it gives up after 30 s unacknowledged,
+            # instead of the kernel's ~15 minutes of retransmissions.
+            keepalive = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                         "tcp_user_timeout": 30_000}  # fmt: skip
+            options = {"connect_args": {"connect_timeout": 5, **keepalive}, "pool_pre_ping": True,
+                       "pool_size": pool_size, "max_overflow": max_overflow}  # fmt: skip
         self._engine = create_engine(url, future=True, **options)
         if self._engine.dialect.name == "sqlite":
 
