@@ -474,7 +474,7 @@ def _reused_server(state: Path) -> dict[str, Any] | None:
         if httpx.get(f"http://127.0.0.1:{kept['port']}/health", timeout=5).status_code == 200:
             return kept
     except httpx.HTTPError:
-        pass
+        pass  # not listening any more: start a new server
     return None
 
 

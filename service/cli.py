@@ -56,8 +56,8 @@ def _store_errors() -> Iterator[None]:
         from kb.outages import store_down_in_chain
 
         first = (str(exc).strip().splitlines() or [""])[0]
-        setting = _STORE_SETTINGS.get(store_down_in_chain(exc) or "")
-        hint = f" (the {store_down_in_chain(exc)}: check {setting})" if setting else ""
+        store = store_down_in_chain(exc)
+        hint = f" (the {store}: check {_STORE_SETTINGS[store]})" if store in _STORE_SETTINGS else ""
         console.print(Text("error: ", style="red") + Text(f"cannot start: {type(exc).__name__}: {first}{hint}"),
                       soft_wrap=True)  # fmt: skip
         raise typer.Exit(1) from exc

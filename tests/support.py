@@ -41,6 +41,28 @@ def postgres_schema() -> Iterator[str]:
         admin.dispose()
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def backdate_conversation(registry_url: str, conversation_id: str, days: float) -> None:
+    """As if the conversation's messages and claim had been written `days` ago (straight into the registry's
+    tables: nothing waits for a clock)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(registry_url)
+    moment = datetime.now(UTC) - timedelta(days=days)
+    if engine.dialect.name == "sqlite":
+        moment = moment.replace(tzinfo=None)  # SQLite keeps the UTC wall time
+    with engine.begin() as connection:
+        for table in ("messages", "conversations"):
+            connection.execute(text(f"UPDATE {table} SET created_at = :at WHERE conversation_id = :id"),
+                               {"at": moment, "id": conversation_id})  # fmt: skip
+    engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -679,9 +679,7 @@ class SqlRegistry:
                 ids = [i for i in ids if i not in kept]
                 s.execute(_MessageRow.__table__.delete().where(_MessageRow.conversation_id.in_(ids)))
                 s.execute(_ConversationRow.__table__.delete().where(_ConversationRow.conversation_id.in_(ids)))
-                forgotten += len(set(ids))
-                if kept and not ids:
-                    return forgotten
+                forgotten += len(ids)
 
     def add_feedback(self, feedback: Feedback) -> Feedback:
         with self._session() as s, s.begin():

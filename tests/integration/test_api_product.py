@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from kb.settings import RateLimitSettings, Settings
 from service.app import create_app
+from tests.support import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,6 @@ def new_key(client: TestClient, settings: Settings, scopes: list[str], groups: l
                            headers=admin_headers(settings))  # fmt: skip
     assert response.status_code == 201, response.text
     return response.json()["key"]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 
 from kb.settings import Settings
 from service.app import create_app
+from tests.support import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,6 @@ def long_report() -> bytes:
         words = " ".join(f"The {topic} survey notes item {n}-{i} about {topic} maintenance." for i in range(12))
         sections.append(f"Section {n}: {topic.title()}\n\n{words}\n")
     return "\n".join(sections).encode()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

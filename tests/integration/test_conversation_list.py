@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
 from tests.conftest import SERVER_MAX_MODEL_LEN
+from tests.support import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +28,6 @@ LONG_QUESTION = (
     "I am new here and I would like to know, in as much detail as possible, how long the nightly backups of the "
     "production servers are kept before they are deleted?"
 )
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import create_engine, text
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service import retention
 from service.app import create_app
+from tests.support import backdate_conversation, bearer
 
 pytestmark = pytest.mark.integration
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -38,17 +33,6 @@ def client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Test
         yield test_client
 
 
-def backdate(settings: Settings, conversation_id: str, days: float) -> None:
-    """As if its messages (and claim) had been written `days` ago."""
-    engine = create_engine(settings.resolved_registry_url)
-    moment = (datetime.now(UTC) - timedelta(days=days)).replace(tzinfo=None)  # SQLite keeps UTC wall time
-    with engine.begin() as connection:
-        for table in ("messages", "conversations"):
-            connection.execute(text(f"UPDATE {table} SET created_at = :at WHERE conversation_id = :id"),
-                               {"at": moment, "id": conversation_id})  # fmt: skip
-    engine.dispose()
-
-
 def test_a_conversation_past_its_retention_is_forgotten_and_one_continued_since_is_kept(
     settings: Settings, client: TestClient
 ) -> None:
@@ -62,8 +46,8 @@ def test_a_conversation_past_its_retention_is_forgotten_and_one_continued_since_
             assert registry.claim_conversation(conversation_id, key_id)
             registry.add_message(conversation_id, "user", f"A question of {conversation_id}")
             registry.add_message(conversation_id, "assistant", "An answer [1].", [{"document_id": "d", "chunk_id": "c"}])
-        backdate(settings, "last-spring", days=200)
-        backdate(settings, "last-week", days=7)
+        backdate_conversation(settings.resolved_registry_url, "last-spring", days=200)
+        backdate_conversation(settings.resolved_registry_url, "last-week", days=7)
     finally:
         registry.close()
 
@@ -87,7 +71,7 @@ def test_without_a_retention_nothing_is_forgotten(tmp_path, monkeypatch: pytest.
     registry.claim_conversation("years-ago", "key-a")
     registry.add_message("years-ago", "user", "An old question")
     registry.close()
-    backdate(settings, "years-ago", days=2000)
+    backdate_conversation(settings.resolved_registry_url, "years-ago", days=2000)
     monkeypatch.setattr(retention, "RETENTION_EVERY_S", 0.1)
     with TestClient(app=create_app(settings), timeout=60):
         time.sleep(1.0)

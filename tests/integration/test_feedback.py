@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
+from tests.support import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +22,6 @@ KB_REQUEST = {"X-KB-Request": "1"}
 CITATIONS = [
     {"n": 1, "document_id": "0123456789abcdef", "filename": "运维手册.pdf", "page": 2, "snippet": "每晚 02:00"}
 ]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

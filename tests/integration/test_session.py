@@ -20,16 +20,13 @@ from service.app import API_CSP, PAGE_CSP, create_app
 from service.auth import ApiKeyService
 from service.openapi import DOCS_CSP
 from service.routes.session import SESSION_COOKIE, SessionTokens
+from tests.support import bearer
 
 pytestmark = pytest.mark.integration
 
 SAMPLE_PDF = Path(__file__).resolve().parents[2] / "samples" / "kb-administrator-guide.pdf"
 ORIGINAL_CSP = "sandbox; default-src 'none'; frame-ancestors 'none'"
 KB_REQUEST = {"X-KB-Request": "1"}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

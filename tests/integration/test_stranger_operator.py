@@ -15,21 +15,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.exceptions import NotFoundException
 from litestar.testing import TestClient
-from sqlalchemy import create_engine, text
 
 from kb.adapters.sql_registry import SqlRegistry
 from kb.settings import GeneratorSettings, RateLimitSettings, Settings
 from service.app import create_app
 from service.ask.access import claim_conversation
 from service.auth import Principal
+from tests.support import backdate_conversation, bearer
 
 pytestmark = pytest.mark.integration
 
 SECRET = "The Q3 numbers: revenue 4.2 M, margin 31 %"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -42,16 +38,6 @@ def settings(tmp_path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(app=create_app(settings), timeout=60) as test_client:
         yield test_client
-
-
-def backdate(settings: Settings, conversation_id: str, days: float) -> None:
-    engine = create_engine(settings.resolved_registry_url)
-    moment = (datetime.now(UTC) - timedelta(days=days)).replace(tzinfo=None)  # SQLite keeps UTC wall time
-    with engine.begin() as connection:
-        for table in ("messages", "conversations"):
-            connection.execute(text(f"UPDATE {table} SET created_at = :at WHERE conversation_id = :id"),
-                               {"at": moment, "id": conversation_id})  # fmt: skip
-    engine.dispose()
 
 
 def test_a_conversation_continued_while_retention_runs_is_neither_lost_to_its_owner_nor_readable_by_another_key(
@@ -69,7 +55,7 @@ def test_a_conversation_continued_while_retention_runs_is_neither_lost_to_its_ow
         assert registry.claim_conversation("standup-notes", alice_id)
         registry.add_message("standup-notes", "user", "What did we decide in the spring?")
         registry.add_message("standup-notes", "assistant", "To wait [1].", [{"document_id": "d", "chunk_id": "c"}])
-        backdate(settings, "standup-notes", days=200)
+        backdate_conversation(settings.resolved_registry_url, "standup-notes", days=200)
 
         # Alice continues it: /v1/ask claims it (hers), and starts generating.
         assert registry.claim_conversation("standup-notes", alice_id)
